@@ -1,0 +1,60 @@
+"""Dataclass configs filled from YAML: unknown keys are errors, not warnings.
+
+Each component owns one dataclass; a YAML file in ``configs/`` only sets values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from avatar3d.errors import Avatar3DError
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -> T:
+    """Build dataclass ``cls`` from ``values``; nested dataclasses are built recursively."""
+    if not isinstance(values, dict):
+        raise Avatar3DError(f"{source}: expected a mapping of {cls.__name__} fields, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise Avatar3DError(
+            f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; valid keys: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints.get(name)
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value, source=f"{source}.{name}")  # type: ignore[arg-type]
+        elif hint in (tuple, typing.Tuple) or typing.get_origin(hint) is tuple:
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)  # type: ignore[call-arg]
+
+
+def load_config(cls: type[T], path: str | Path | None = None, **overrides: Any) -> T:
+    """Defaults of ``cls``, then the YAML file (if given), then non-None ``overrides``."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise Avatar3DError(f"config file {path} not found: pass an existing YAML file (see configs/)")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise Avatar3DError(f"config file {path} is not valid YAML ({first}): fix the syntax") from None
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(cls, values, source=str(path) if path else cls.__name__)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain-dict view of a dataclass config, for saving the resolved config beside outputs."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,159 @@
+"""Crash-safe file writing: outputs appear under their final name complete or not at all.
+
+Everything is first written to a hidden temp file in the *same directory* (so the
+final ``os.replace`` is an atomic rename on one filesystem), fsynced, then renamed.
+A crash or exception mid-write leaves the previous file (if any) untouched and
+removes the temp file, so a later stage never reads a truncated mp4/npz/json.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+import numpy as np
+
+from avatar3d.errors import Avatar3DError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = [
+    "atomic_path",
+    "temp_path_for",
+    "write_bytes_atomic",
+    "write_text_atomic",
+    "write_json_atomic",
+    "save_npz_atomic",
+]
+
+
+def temp_path_for(final_path: PathLike) -> Path:
+    """Hidden sibling temp name that keeps the real suffix last.
+
+    ``out/clip.mp4`` -> ``out/.clip.tmp-<pid>-<random>.mp4``: encoders and
+    libraries that pick the format from the extension (FFmpeg muxers,
+    ``soundfile``) still see ``.mp4``/``.wav``; the leading dot and ``.tmp-``
+    keep it out of globs like ``*.mp4`` made by other stages.
+    """
+    final = Path(final_path)
+    stem, suffix = final.stem, final.suffix
+    if not stem:  # e.g. a dotfile such as ".cache" has no separate suffix
+        stem, suffix = final.name, ""
+    token = secrets.token_hex(4)
+    return final.with_name(f".{stem.lstrip('.')}.tmp-{os.getpid()}-{token}{suffix}")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself; best effort (not possible on every OS/filesystem)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def atomic_path(final_path: PathLike) -> Iterator[Path]:
+    """Yield a temp path to write to; on success it is fsynced and renamed onto ``final_path``.
+
+    On any exception (including KeyboardInterrupt) the temp file is deleted and
+    ``final_path`` keeps its old content (or stays absent). The parent directory
+    is created if missing. The body must create the file at the yielded path.
+    """
+    final = Path(final_path)
+    if final.is_dir():
+        raise Avatar3DError(f"{final}: is a directory; give a file path for the output")
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Avatar3DError(
+            f"{final}: cannot create output directory {parent} ({exc.strerror or exc}); "
+            "choose a writable location"
+        ) from exc
+    tmp = temp_path_for(final)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise Avatar3DError(f"{final}: nothing was written to the temp file {tmp.name}")
+        _fsync_file(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    _fsync_dir(parent)
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the final path."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return Path(path)
+
+
+def write_text_atomic(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically; returns the final path."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding=encoding, newline="\n") as f:
+            f.write(text)
+    return Path(path)
+
+
+def write_json_atomic(path: PathLike, obj: Any, *, indent: int | None = 2, **dump_kwargs: Any) -> Path:
+    """Stream ``obj`` as JSON into ``path`` atomically (a serialization error midway
+    leaves the old file intact); returns the final path."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            json.dump(obj, f, indent=indent, **dump_kwargs)
+            f.write("\n")
+    return Path(path)
+
+
+def save_npz_atomic(path: PathLike, **arrays: Any) -> Path:
+    """Save arrays as an uncompressed ``.npz`` (readable by ``np.load``) atomically.
+
+    Written member by member with ``zipfile`` rather than ``np.savez`` so that a
+    failure midway closes the archive cleanly, the file lands exactly at
+    ``path`` (numpy would append ``.npz``), and object arrays are refused
+    (``np.load`` would need ``allow_pickle=True`` to read them). Returns the final path.
+    """
+    if not arrays:
+        raise Avatar3DError(f"{path}: no arrays given to save; pass them as name=array")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, value in arrays.items():
+                arr = np.asanyarray(value)
+                if arr.dtype.hasobject:
+                    raise Avatar3DError(
+                        f"{path}: array {name!r} has dtype object; convert it to a numeric or string array"
+                    )
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, arr, allow_pickle=False)
+    return Path(path)

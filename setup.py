@@ -1,0 +1,29 @@
+"""avatar3d: installable with ``pip install -e .`` (CPU torch pinned; see README)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="avatar3d",
+    version="0.1.0",
+    description="Audio-driven, 3D-consistent talking-head avatars from a few minutes of video",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["avatar3d", "avatar3d.*", "data_prep", "data_prep.*"]),
+    include_package_data=True,
+    package_data={"avatar3d": ["face/data/*.npz"]},
+    install_requires=[
+        # Pinned: an unpinned torch pulls a multi-GB CUDA build (see shared ENVIRONMENT.md).
+        "torch==2.13.0",
+        # 0.10.21 is the last release that ships its models (face mesh, selfie segmentation).
+        "mediapipe==0.10.21",
+        "numpy>=1.26,<2",
+        "protobuf<5",
+        "scipy>=1.11",
+        "scikit-image>=0.22",
+        "av>=12,<19",
+        "soundfile>=0.12",
+        "pocketsphinx>=5.0,<6",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": ["avatar3d=avatar3d.cli:main"]},
+)
