@@ -31,7 +31,7 @@ from avatar3d.synth.calibrate import Calibration, calibrate, project_landmarks, 
 from avatar3d.synth.camera import head_rotation
 from avatar3d.synth.motion import HeadMotionConfig, blink_track, head_track
 from avatar3d.synth.phonemes import Phone, align_phones
-from avatar3d.synth.photo import load_photo, prepare_source
+from avatar3d.synth.photo import SourcePhoto, load_photo, prepare_source
 from avatar3d.synth.scene import Scene, render_frame
 from avatar3d.synth.sentences import SENTENCES
 from avatar3d.synth.speech import resolve_voice, synthesize
@@ -169,10 +169,11 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("AVATAR3D_CACHE", Path.home() / ".cache" / "avatar3d"))
 
 
-def subject_scene(config: SynthConfig, progress: bool = True) -> tuple[Scene, Calibration, str]:
+def subject_scene(config: SynthConfig, source: SourcePhoto | None = None, progress: bool = True
+                  ) -> tuple[Scene, Calibration, str]:
     """Build the rigged scene for the photo and its landmark calibration (cached on disk)."""
-    rgb, name = load_photo(config.photo)
-    source = prepare_source(rgb, name, config.size)
+    if source is None:
+        source = prepare_source(*load_photo(config.photo), config.size)
     scene = build_scene(source, config.size, focal_factor=config.focal_factor, depth_scale=config.depth_scale)
     key = hashlib.sha256(json.dumps([source.sha256, config.size, config.focal_factor, config.depth_scale,
                                      config.calibration_views, RIG_VERSION]).encode()).hexdigest()[:16]
@@ -212,9 +213,10 @@ def generate(config: SynthConfig, out_dir: str | Path, progress: bool = True) ->
     if config.fps <= 0 or config.fps > 60:
         raise Avatar3DError(f"--fps {config.fps} is not supported: use 1-60 (25 default)")
     started = time.time()
+    resolve_voice(config.voice)  # fail fast on bad input, before any slow work
+    source = prepare_source(*load_photo(config.photo), config.size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(config.seed)
     speech = build_speech(config, np.random.default_rng([config.seed, 1]), progress)
     n_frames = len(speech.audio) * config.fps // SAMPLE_RATE
     curves = expression_curves(speech.phones, config.fps, n_frames, rng=np.random.default_rng([config.seed, 2]))
@@ -222,7 +224,7 @@ def generate(config: SynthConfig, out_dir: str | Path, progress: bool = True) ->
     blinks = blink_track(n_frames, config.fps, config.head, np.random.default_rng([config.seed, 4]))
     t_speech = time.time() - started
 
-    scene, cal, photo_sha = subject_scene(config, progress)
+    scene, cal, photo_sha = subject_scene(config, source, progress)
     t_scene = time.time() - started - t_speech
 
     expression = np.zeros((n_frames, len(EXPRESSION_NAMES)), np.float32)
