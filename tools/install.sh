@@ -27,8 +27,8 @@ if ! "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   exit 1
 fi
 # torch first and pinned: an unpinned torch (or torchvision/torchaudio) pulls a multi-GB CUDA build.
-"$py" -m pip install -q --disable-pip-version-check torch==2.13.0
-"$py" -m pip install -q --disable-pip-version-check -e ".[test]"
+"$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore torch==2.13.0
+"$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
 "$py" - <<'PY'
 import av
 missing = [c for c in ("libx264", "aac") if c not in av.codecs_available]

@@ -6,7 +6,9 @@ these run offline.  Landmarks come back in pixels with the continuous convention
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import numpy as np
 
@@ -15,6 +17,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 N_LANDMARKS = 468
 N_LANDMARKS_WITH_IRISES = 478
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence the C++ log lines MediaPipe prints while it builds its graph (not errors raised in Python)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class FaceMeshDetector:
@@ -27,20 +44,27 @@ class FaceMeshDetector:
     def __init__(self, *, video: bool = False, refine_landmarks: bool = True, min_confidence: float = 0.5):
         from mediapipe.python.solutions import face_mesh
 
-        self._mesh = face_mesh.FaceMesh(
-            static_image_mode=not video,
-            max_num_faces=1,
-            refine_landmarks=refine_landmarks,
-            min_detection_confidence=min_confidence,
-            min_tracking_confidence=min_confidence,
-        )
+        with quiet_native_stderr():
+            self._mesh = face_mesh.FaceMesh(
+                static_image_mode=not video,
+                max_num_faces=1,
+                refine_landmarks=refine_landmarks,
+                min_detection_confidence=min_confidence,
+                min_tracking_confidence=min_confidence,
+            )
+        self._warm = False
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         """[478 or 468, 3] float32 (x, y in pixels; z in pixel units, smaller = nearer) or None."""
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an RGB uint8 image [H,W,3], got {rgb.dtype} {rgb.shape}")
         height, width = rgb.shape[:2]
-        result = self._mesh.process(np.ascontiguousarray(rgb))
+        if self._warm:
+            result = self._mesh.process(np.ascontiguousarray(rgb))
+        else:  # the first call still prints graph-setup log lines
+            with quiet_native_stderr():
+                result = self._mesh.process(np.ascontiguousarray(rgb))
+            self._warm = True
         if not result.multi_face_landmarks:
             return None
         points = result.multi_face_landmarks[0].landmark
@@ -61,6 +85,6 @@ def person_mask(rgb: np.ndarray) -> np.ndarray:
     """Soft person mask [H,W] float32 in [0,1] from MediaPipe selfie segmentation."""
     from mediapipe.python.solutions import selfie_segmentation
 
-    with selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+    with quiet_native_stderr(), selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
         result = seg.process(np.ascontiguousarray(rgb))
     return np.clip(result.segmentation_mask.astype(np.float32), 0.0, 1.0)
