@@ -136,8 +136,8 @@ def write_json_atomic(path: PathLike, obj: Any, *, indent: int | None = 2, **dum
     return Path(path)
 
 
-def save_npz_atomic(path: PathLike, **arrays: Any) -> Path:
-    """Save arrays as an uncompressed ``.npz`` (readable by ``np.load``) atomically.
+def save_npz_atomic(path: PathLike, *, compress: bool = False, **arrays: Any) -> Path:
+    """Save arrays as an ``.npz`` (readable by ``np.load``) atomically; ``compress`` deflates them.
 
     Written member by member with ``zipfile`` rather than ``np.savez`` so that a
     failure midway closes the archive cleanly, the file lands exactly at
@@ -147,7 +147,9 @@ def save_npz_atomic(path: PathLike, **arrays: Any) -> Path:
     if not arrays:
         raise Avatar3DError(f"{path}: no arrays given to save; pass them as name=array")
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with open(tmp, "wb") as f, zipfile.ZipFile(
+            f, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED, allowZip64=True
+        ) as zf:
             for name, value in arrays.items():
                 arr = np.asanyarray(value)
                 if arr.dtype.hasobject:

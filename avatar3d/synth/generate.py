@@ -32,7 +32,7 @@ from avatar3d.synth.camera import head_rotation
 from avatar3d.synth.motion import HeadMotionConfig, blink_track, head_track
 from avatar3d.synth.phonemes import Phone, align_phones
 from avatar3d.synth.photo import SourcePhoto, load_photo, prepare_source
-from avatar3d.synth.scene import Scene, render_frame
+from avatar3d.synth.scene import Scene, render_frame_and_mask
 from avatar3d.synth.sentences import SENTENCES
 from avatar3d.synth.speech import resolve_voice, synthesize
 from avatar3d.synth.subject import build_scene
@@ -201,9 +201,15 @@ def _init_worker(scene: Scene) -> None:
     _WORKER_SCENE = scene
 
 
-def _render_chunk(jobs: list[tuple[dict[str, float], np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+def _render_chunk(jobs: list[tuple[dict[str, float], np.ndarray, np.ndarray]]
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(frame, packed head mask) per job."""
     assert _WORKER_SCENE is not None
-    return [render_frame(_WORKER_SCENE, w, r, t) for w, r, t in jobs]
+    out = []
+    for w, r, t in jobs:
+        frame, mask = render_frame_and_mask(_WORKER_SCENE, w, r, t)
+        out.append((frame, np.packbits(mask.reshape(-1))))
+    return out
 
 
 def generate(config: SynthConfig, out_dir: str | Path, progress: bool = True) -> dict:
@@ -249,6 +255,7 @@ def generate(config: SynthConfig, out_dir: str | Path, progress: bool = True) ->
     chunk = 10
     batches = [jobs[i:i + chunk] for i in range(0, n_frames, chunk)]
     video_path = out / "video.mp4"
+    masks: list[np.ndarray] = []
     t0 = time.time()
     with VideoWriter(video_path, config.fps, audio=speech.audio, sample_rate=SAMPLE_RATE, crf=config.crf) as writer:
         bar = tqdm(total=n_frames, disable=not progress, desc="render", unit="frame")
@@ -257,19 +264,23 @@ def generate(config: SynthConfig, out_dir: str | Path, progress: bool = True) ->
             # unlike mp.Pool, raises instead of hanging if a worker dies.
             with ProcessPoolExecutor(config.workers, mp_context=mp.get_context("spawn"),
                                      initializer=_init_worker, initargs=(scene,)) as pool:
-                for frames in pool.map(_render_chunk, batches):
-                    for frame in frames:
+                for rendered in pool.map(_render_chunk, batches):
+                    for frame, mask in rendered:
                         writer.write(frame)
-                    bar.update(len(frames))
+                        masks.append(mask)
+                    bar.update(len(rendered))
         else:
             _init_worker(scene)
             for batch in batches:
-                for frame in _render_chunk(batch):
+                for frame, mask in _render_chunk(batch):
                     writer.write(frame)
+                    masks.append(mask)
                 bar.update(len(batch))
         bar.close()
     t_render = time.time() - t0
     write_wav(out / "audio.wav", speech.audio, SAMPLE_RATE)
+    save_npz_atomic(out / "masks.npz", compress=True, head_packed=np.stack(masks),
+                    plate=scene.plate_u8, shape=np.array([config.size, config.size], np.int32))
 
     intr = scene.intrinsics
     phones = speech.phones
@@ -300,7 +311,8 @@ def generate(config: SynthConfig, out_dir: str | Path, progress: bool = True) ->
         | {"offset_median_mm": float(np.median(np.linalg.norm(cal.offsets, axis=1)) * 1000)},
         "timing_s": {"speech": t_speech, "scene": t_scene, "render_encode": t_render, "total": elapsed},
         "files": {"video": str(video_path), "audio": str(out / "audio.wav"),
-                  "groundtruth": str(out / "groundtruth.npz"), "config": str(out / "synth.json")},
+                  "groundtruth": str(out / "groundtruth.npz"), "masks": str(out / "masks.npz"),
+                  "config": str(out / "synth.json")},
     }
     write_json_atomic(out / "synth.json", report)
     return report

@@ -66,11 +66,19 @@ def render_head(scene: Scene, vertices_cam: np.ndarray) -> tuple[np.ndarray, np.
 def render_frame(scene: Scene, weights: dict[str, float], rotation: np.ndarray, translation: np.ndarray
                  ) -> np.ndarray:
     """RGB uint8 frame [H,W,3] of the subject with expression ``weights`` at pose (R, t)."""
+    return render_frame_and_mask(scene, weights, rotation, translation)[0]
+
+
+def render_frame_and_mask(scene: Scene, weights: dict[str, float], rotation: np.ndarray,
+                          translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The frame and the head's mask [H,W] bool (face, hair, ears, neck: alpha > 0.5)."""
     verts = to_camera(deform(scene.mesh, weights), rotation, translation)
     rgb, alpha, box = render_head(scene, verts)
     out = scene.plate_u8.copy()
     out[box] = cv2.blendLinear(rgb, out[box], alpha, 1.0 - alpha)
-    return out
+    mask = np.zeros(out.shape[:2], bool)
+    mask[box] = alpha > 0.5
+    return out, mask
 
 
 def head_coverage(scene: Scene, vertices_cam: np.ndarray) -> np.ndarray:

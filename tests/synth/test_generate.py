@@ -117,3 +117,19 @@ def test_same_seed_gives_the_same_clip(tmp_path):
     track = [head_track(100, 25, HeadMotionConfig(), np.random.default_rng([seed, 3])).angles for seed in (3, 4)]
     np.testing.assert_allclose(track[0], a["euler_deg"][:100], atol=1e-5)
     assert not np.allclose(track[0], track[1])
+
+
+def test_head_masks_and_plate_are_ground_truth_for_segmentation(synth_clip, truth):
+    with np.load(synth_clip / "masks.npz") as data:
+        size = tuple(data["shape"])
+        masks = np.unpackbits(data["head_packed"], axis=1)[:, : size[0] * size[1]].reshape(-1, *size).astype(bool)
+        plate = data["plate"]
+    assert masks.shape[0] == len(truth["rotation"]) and plate.shape == size + (3,)
+    lm = truth["landmarks"]
+    inside = [masks[i, int(lm[i, k, 1]), int(lm[i, k, 0])] for i in range(0, len(lm), 10) for k in (1, 4, 10, 152)]
+    assert np.mean(inside) > 0.99  # nose, forehead and chin landmarks lie on the head mask
+    from avatar3d.io.video import read_video
+
+    frame = next(iter(read_video(synth_clip / "video.mp4")))
+    background = ~masks[0]
+    assert np.abs(frame[background].astype(int) - plate[background].astype(int)).mean() < 4.0
