@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.io.atomic import save_npz_atomic
 
 _ARRAY_KEYS = ("mean", "triangles", "identity_basis", "expression_basis",
                "landmark_faces", "landmark_bary")
@@ -125,22 +125,10 @@ class MorphableModel:
     def save(self, path: str | os.PathLike) -> None:
         """Write a compressed .npz atomically (temp file in the same folder, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {k: np.asarray(getattr(self, k)) for k in _ARRAY_KEYS}
         arrays["name"] = np.array(self.name)
         arrays["expression_names"] = np.array(list(self.expression_names))
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; use normal file permissions
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        save_npz_atomic(path, compress=True, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MorphableModel":
