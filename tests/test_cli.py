@@ -36,7 +36,7 @@ def _no_outputs(directory: Path) -> None:
 def test_help_lists_only_working_subcommands():
     parser = build_parser()
     choices = next(a for a in parser._actions if a.dest == "command").choices
-    assert sorted(choices) == ["demo", "synth"]
+    assert sorted(choices) == ["demo", "prep", "synth"]
 
 
 def test_photo_without_a_face(tmp_path, capsys):
@@ -97,3 +97,8 @@ def test_entry_point_exit_code_in_a_real_process(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_prep_of_a_missing_clip(tmp_path, capsys):
+    code, _, err = _run(capsys, ["prep", str(tmp_path / "talk.mp4"), "-o", str(tmp_path / "subject")])
+    _assert_one_line_error(code, err, "talk.mp4", "not found")

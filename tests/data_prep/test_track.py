@@ -10,7 +10,7 @@ import pytest
 
 from avatar3d.face.default_model import load_face_model
 from avatar3d.synth import regions as rg
-from avatar3d.synth.camera import rotation_angle_deg
+from avatar3d.eval.pose import rotation_errors_deg, still_jitter_deg, translation_errors_mm
 from avatar3d.synth.check import detect_video, load_groundtruth
 from data_prep.track import TrackConfig, rodrigues, track
 
@@ -23,36 +23,15 @@ def fitted(synth_clip):
     return truth, result
 
 
-def _rotation_offset(r_true: np.ndarray, r_est: np.ndarray) -> np.ndarray:
-    """The constant rotation O with R_est ≈ R_true @ O (model and rig frames differ by a fixed rotation)."""
-    mean = np.einsum("nji,njk->nik", r_true, r_est).mean(axis=0)
-    u, _, vt = np.linalg.svd(mean)
-    return u @ vt
-
-
-def _similarity_aligned(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Umeyama similarity taking trajectory ``b`` onto ``a`` (monocular scale ambiguity)."""
-    ma, mb = a.mean(0), b.mean(0)
-    u, s, vt = np.linalg.svd((b - mb).T @ (a - ma))
-    d = np.eye(3)
-    d[2, 2] = np.sign(np.linalg.det(vt.T @ u.T))
-    rot = vt.T @ d @ u.T
-    scale = np.trace(np.diag(s) @ d) / ((b - mb) ** 2).sum()
-    return scale * (b - mb) @ rot.T + ma
-
-
 def test_rotation_translation_and_jitter(fitted):
     truth, res = fitted
-    offset = _rotation_offset(truth["rotation"], res.rotation)
-    err = rotation_angle_deg(truth["rotation"] @ offset, res.rotation)
+    err = rotation_errors_deg(truth["rotation"], res.rotation)
     assert np.median(err) <= 2.2, np.median(err)
     assert np.percentile(err, 95) <= 4.0
-    moved = _similarity_aligned(truth["translation"], res.translation)
-    t_err_mm = 1000 * np.linalg.norm(moved - truth["translation"], axis=1)
+    t_err_mm = translation_errors_mm(truth["translation"], res.translation)
     assert np.median(t_err_mm) <= 5.0, np.median(t_err_mm)
-    still = truth["head_still"][1:] & truth["head_still"][:-1]
-    jitter = rotation_angle_deg(res.rotation[1:], res.rotation[:-1])[still]
-    assert jitter.mean() <= 0.2, jitter.mean()
+    jitter = still_jitter_deg(res.rotation, truth["head_still"])
+    assert jitter <= 0.2, jitter
 
 
 def test_fitted_model_reprojects_onto_true_landmarks(fitted):
