@@ -31,8 +31,10 @@ class TrackConfig:
 
     iterations: int = 200
     """Adam steps over all frames at once (first descent)."""
-    lbfgs_iterations: int = 300
+    lbfgs_iterations: int = 600
     """L-BFGS iterations after Adam (resolves the slow depth / rotation trade-off)."""
+    lbfgs_history: int = 60
+    """L-BFGS memory (curvature pairs kept)."""
     learning_rate: float = 0.02
     """Adam step size (parameters are scaled to be O(1))."""
     focal_init: float = 1.0
@@ -47,7 +49,7 @@ class TrackConfig:
     """Identity coefficients are optimised in units of this many standard deviations (faster to move)."""
     expression_prior: float = 1e-3
     """L1 weight pulling unused expressions to zero."""
-    pose_smoothness: float = 50.0
+    pose_smoothness: float = 20.0
     """Weight on the second difference of rotation (rad) and translation (cm) over frames."""
     expression_smoothness: float = 0.5
     """Weight on the first difference of expression weights over frames."""
@@ -213,7 +215,7 @@ def _track(landmarks: np.ndarray, width: int, height: int, model: MorphableModel
             expression.clamp_(0.0, 1.0)
         bar.update(1)
     # L-BFGS: the depth/rotation trade-off is ill-conditioned; quasi-Newton steps resolve it.
-    lbfgs = torch.optim.LBFGS(params, lr=1.0, max_iter=config.lbfgs_iterations, history_size=20,
+    lbfgs = torch.optim.LBFGS(params, lr=1.0, max_iter=config.lbfgs_iterations, history_size=config.lbfgs_history,
                               line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
 
     def closure() -> torch.Tensor:

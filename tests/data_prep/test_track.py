@@ -1,7 +1,8 @@
 """Tracking on the synthetic subject, measured against its ground-truth poses and landmarks.
 
-Figures asserted here are what the tracker reaches today (see the issue note); the
-data-prep issue's targets are tighter for rotation (median 1.5°).
+The data-prep issue's targets: median rotation error ≤ 1.5°, median translation error
+≤ 5 mm (after the global similarity), reprojection ≤ 2 px, jitter while still ≤ 0.2°
+(its 60 s figures come from tools/bench/prep.py; this is a 16 s clip).
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def fitted(synth_clip):
 def test_rotation_translation_and_jitter(fitted):
     truth, res = fitted
     err = rotation_errors_deg(truth["rotation"], res.rotation)
-    assert np.median(err) <= 2.2, np.median(err)
-    assert np.percentile(err, 95) <= 4.0
+    assert np.median(err) <= 1.5, np.median(err)
+    assert np.percentile(err, 95) <= 3.0
     t_err_mm = translation_errors_mm(truth["translation"], res.translation)
     assert np.median(t_err_mm) <= 5.0, np.median(t_err_mm)
     jitter = still_jitter_deg(res.rotation, truth["head_still"])
