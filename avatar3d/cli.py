@@ -96,6 +96,8 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="YAML file of PrepConfig values (e.g. configs/prep.yaml)")
     p.add_argument("--fps", type=_positive_int, help="output frame rate (default 25)")
     p.add_argument("--size", type=_positive_int, help="output square size, even (default 512)")
+    p.add_argument("--preview", action="store_true",
+                   help="also write preview.mp4: labels, landmarks and the fitted face mesh over the first 10 s")
     p.set_defaults(func=_cmd_prep)
 
 
@@ -109,10 +111,14 @@ def _cmd_prep(args: argparse.Namespace) -> int:
     decode_changes = {k: v for k, v in (("fps", args.fps), ("size", args.size)) if v is not None}
     if decode_changes:
         config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, **decode_changes))
+    if args.preview:
+        config = dataclasses.replace(config, preview=True)
     manifest = prepare(args.clip, args.out, config)
     print(f"subject dataset in {args.out}: {manifest['n_frames']} frames, "
           f"train {manifest['split']['train']}, val {manifest['split']['val']}, "
           f"{manifest['excluded_frames']} frames excluded")
+    if args.preview:
+        print(f"  preview      {args.out / 'preview.mp4'}")
     return 0
 
 

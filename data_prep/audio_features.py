@@ -16,7 +16,6 @@ frame count and config skips the work (the stage-skip rule of the pipeline).
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Union
@@ -25,6 +24,7 @@ import numpy as np
 
 from avatar3d.audio.features import AudioFeatureConfig, frame_features, frontend_name
 from avatar3d.errors import Avatar3DError
+from avatar3d.io.hashing import file_sha256
 from avatar3d.io.atomic import save_npz_atomic
 from avatar3d.io.audio import read_wav
 
@@ -34,14 +34,6 @@ AUDIO_NAME = "audio.wav"
 FEATURES_NAME = "audio_features.npz"
 SILENT_PEAK_DBFS = -60.0
 """A wav whose loudest sample is below this is treated as silent (no speech to drive a face)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _up_to_date(out: Path, digest: str, fps: float, n_frames: int, frontend: str) -> bool:
@@ -76,7 +68,7 @@ def extract_audio_features(subject_dir: Union[str, Path], fps: float, n_frames: 
     if not wav.is_file():
         raise Avatar3DError(f"{wav}: not found; run the decode stage first (or the clip was prepared with "
                             "--no-audio, which has no audio features)")
-    digest = _sha256(wav)
+    digest = file_sha256(wav)
     frontend = frontend_name(config)
     out = subject / FEATURES_NAME
     if not force and _up_to_date(out, digest, fps, n_frames, frontend):

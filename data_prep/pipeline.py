@@ -21,6 +21,7 @@ import numpy as np
 from avatar3d.audio.features import AudioFeatureConfig
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import save_npz_atomic, write_json_atomic
+from avatar3d.io.hashing import file_sha256
 from data_prep.background import BackgroundConfig, estimate_background
 from data_prep.decode import DecodeConfig, DecodeResult, decode
 from data_prep.landmarks import LandmarkConfig, detect_landmarks
@@ -50,6 +51,8 @@ class PrepConfig:
     """Face model: "default" (the open model) or the path of a saved model .npz."""
     val_fraction: float = 1.0 / 11.0
     """The last this fraction of frames is held out (RAD-NeRF / ER-NeRF split)."""
+    preview: bool = False
+    """Also write ``preview.mp4`` (labels, landmarks and the fitted mesh over the first 10 s) at the end."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,12 @@ def _run_track(source: Path, out: Path, config: PrepConfig, progress: bool) -> N
                     residual_px=result.residual_px, fps=np.float64(float(Fraction(info.fps_fraction))))
 
 
+def _run_transforms(source: Path, out: Path, config: PrepConfig, progress: bool) -> None:
+    from data_prep.transforms import write_transforms
+
+    write_transforms(out, _summary(out, config))  # the manifest's summary is only written at the end
+
+
 def _run_segment(source: Path, out: Path, config: PrepConfig, progress: bool) -> None:
     segment(out, config.segment, progress=progress)
 
@@ -104,21 +113,14 @@ STAGES: tuple[Stage, ...] = (
           _run_landmarks, lambda c: c.landmarks),
     Stage("track", 1, ("landmarks.npy",), ("tracking.npz",), _run_track,
           lambda c: (c.track, c.face_model, c.decode.size)),
+    Stage("transforms", 1, ("tracking.npz", "landmark_flags.npy"), ("transforms_train.json", "transforms_val.json"),
+          _run_transforms, lambda c: (c.val_fraction, c.decode.size, c.decode.fps)),
     Stage("segment", 1, ("frames.mp4", "landmarks.npy"), ("parsing.npz",), _run_segment, lambda c: c.segment),
     Stage("background", 1, ("frames.mp4", "parsing.npz"), ("background.png",), _run_background,
           lambda c: c.background),
     Stage("audio_features", 1, ("audio.wav", "landmarks.npy"), ("audio_features.npz",), _run_audio,
           lambda c: (c.audio, c.decode.fps)),
 )
-
-
-def file_sha256(path: Path) -> str:
-    """Streaming sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _settings_hash(stage: Stage, config: PrepConfig) -> str:
@@ -189,7 +191,18 @@ def prepare(clip: str | Path, out_dir: str | Path, config: PrepConfig | None = N
         write_json_atomic(out / "manifest.json", manifest)  # after every stage: a kill resumes here
     manifest.update(_summary(out, config))
     write_json_atomic(out / "manifest.json", manifest)
+    if config.preview:
+        _write_preview(out, config, log)
     return manifest
+
+
+def _write_preview(out: Path, config: PrepConfig, log: Callable[[str], None]) -> None:
+    """The diagnostic video; not a stage: cheap, never an input to anything, redone on request."""
+    from avatar3d.face.default_model import load_face_model
+    from data_prep.preview import PREVIEW_NAME, write_preview
+
+    log("[preview] writing " + PREVIEW_NAME)
+    write_preview(out, out / PREVIEW_NAME, model=load_face_model(config.face_model))
 
 
 def _summary(out: Path, config: PrepConfig) -> dict:

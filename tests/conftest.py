@@ -21,3 +21,19 @@ def synth_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth-clip")
     generate(SynthConfig(duration_s=16.0, seed=7), out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def prepared_subject(synth_clip: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``synth_clip`` through `avatar3d prep` once (a fast tracking schedule): (folder, config, manifest, log).
+
+    Shared read-only by the data-prep tests; a test that changes the folder must leave it complete.
+    """
+    from data_prep.pipeline import PrepConfig, prepare
+    from data_prep.track import TrackConfig
+
+    out = tmp_path_factory.mktemp("subject")
+    config = PrepConfig(track=TrackConfig(iterations=100, lbfgs_iterations=60))
+    log: list[str] = []
+    manifest = prepare(synth_clip / "video.mp4", out, config, progress=False, log=log.append)
+    return out, config, manifest, log

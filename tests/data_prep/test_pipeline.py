@@ -6,24 +6,19 @@ import json
 import numpy as np
 import pytest
 
-from data_prep.pipeline import STAGES, PrepConfig, prepare
-from data_prep.track import TrackConfig
+from data_prep.pipeline import STAGES, prepare
 
 
 @pytest.fixture(scope="module")
-def prepared(synth_clip, tmp_path_factory):
-    out = tmp_path_factory.mktemp("subject")
-    config = PrepConfig(track=TrackConfig(iterations=100, lbfgs_iterations=60))
-    log: list[str] = []
-    manifest = prepare(synth_clip / "video.mp4", out, config, progress=False, log=log.append)
-    return out, config, manifest, log
+def prepared(prepared_subject):
+    return prepared_subject  # the session's prepared synthetic subject (tests/conftest.py)
 
 
 def test_writes_the_dataset_contract(prepared, synth_clip):
     out, _, manifest, log = prepared
     assert all(line.endswith("running") for line in log)
     for name in ("manifest.json", "frames.mp4", "audio.wav", "landmarks.npy", "tracking.npz", "parsing.npz",
-                 "background.png", "audio_features.npz"):
+                 "background.png", "audio_features.npz", "transforms_train.json", "transforms_val.json"):
         assert (out / name).is_file(), name
     truth = np.load(synth_clip / "groundtruth.npz")
     n = len(truth["rotation"])
