@@ -43,7 +43,7 @@ from tqdm import tqdm
 from avatar3d.audio.features import AudioFeatureConfig, frame_features, frontend_name
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import save_npz_atomic, write_json_atomic
-from avatar3d.synth.phonemes import SIL, Phone, align_phones
+from avatar3d.synth.phonemes import SIL, Phone, align_phones, fill_silence, reset_aligners
 from avatar3d.synth.sentences import SENTENCES
 from avatar3d.synth.speech import list_variants, resolve_voice, synthesize
 from avatar3d.synth.visemes import BLENDSHAPES, expression_curves
@@ -261,7 +261,7 @@ def make_utterance(spec: UtteranceSpec, config: CorpusConfig) -> dict[str, np.nd
     for k, sentence in enumerate(spec.sentences):
         audio = synthesize(sentence, voice=spec.voice, words_per_minute=spec.words_per_minute, pitch=spec.pitch,
                            sample_rate=sr)
-        phones += [Phone(p.start + cursor, p.end + cursor, p.label) for p in _align(audio, sr, sentence)]
+        phones += [Phone(p.start + cursor, p.end + cursor, p.label) for p in align_phones(audio, sr, sentence, language="en")]
         gap = config.pause_s if k + 1 < len(spec.sentences) else config.tail_silence_s
         silence = np.zeros(int(round(float(rng.uniform(*gap)) * sr)), np.float32)
         chunks += [audio, silence]
@@ -276,7 +276,7 @@ def make_utterance(spec: UtteranceSpec, config: CorpusConfig) -> dict[str, np.nd
         audio = audio + rng.standard_normal(len(audio)).astype(np.float32) * 10.0 ** (
             float(rng.uniform(*config.noise_db)) / 20.0)
     audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
-    timeline = _fill_silence(phones, total / sr)
+    timeline = fill_silence(phones, total / sr)
     curves = expression_curves(timeline, config.fps, n_frames, rng=np.random.default_rng([config.seed, 3, spec.index,
                                                                                           SPLITS.index(spec.split)]))
     feats = frame_features(audio, config.fps, n_frames, AudioFeatureConfig(sample_rate=sr))
@@ -289,65 +289,12 @@ def make_utterance(spec: UtteranceSpec, config: CorpusConfig) -> dict[str, np.nd
     }
 
 
-def _align(audio: np.ndarray, sample_rate: int, text: str) -> list[Phone]:
-    """``align_phones`` made independent of earlier calls in this process.
-
-    Why: pocketsphinx carries its cepstral-mean estimate from one utterance to
-    the next even with ``cmn=batch``, so the same audio can align differently
-    depending on what was decoded before (seen on phone-loop fallbacks); that
-    would make the corpus depend on worker scheduling.  Resetting the cached
-    decoders' CMN to its configured start value before each call removes it.
-    (Workaround until ``avatar3d.synth.phonemes`` resets it itself.)
-    """
-    from avatar3d.synth import phonemes
-
-    decoder = getattr(phonemes, "_decoder", None)
-    for kind in ("align", "align_fine", "loop"):
-        try:
-            dec = decoder(kind) if decoder is not None else None
-            if dec is not None:
-                dec.set_cmn(dec.config["cmninit"])
-        except Exception:  # noqa: BLE001 - a newer phonemes module without these internals: nothing to reset
-            break
-    return align_phones(audio, sample_rate, text, language="en")
-
-
-def _fill_silence(phones: list[Phone], duration: float) -> list[Phone]:
-    """Contiguous timeline over [0, duration]: gaps (leading, between sentences, trailing) become SIL."""
-    out: list[Phone] = []
-    t = 0.0
-    for p in sorted(phones, key=lambda q: q.start):
-        start, end = max(p.start, t), min(p.end, duration)
-        if start > t + 1e-6:
-            out.append(Phone(t, start, SIL))
-        if end > start:
-            out.append(Phone(start, end, p.label))
-            t = end
-    if t < duration - 1e-6:
-        out.append(Phone(t, duration, SIL))
-    return out
-
-
-def _fresh_aligner() -> None:
-    """Drop pocketsphinx's cached decoders so the next shard starts from fresh ones.
-
-    Why: the decoders keep state between utterances (more than the CMN), so a
-    shard is only reproducible if it starts from new decoders and makes its
-    calls in a fixed order.  Building them costs about a second per shard.
-    """
-    from avatar3d.synth import phonemes
-
-    clear = getattr(getattr(phonemes, "_decoder", None), "cache_clear", None)
-    if clear is not None:
-        clear()
-
-
 def make_shard(specs: list[UtteranceSpec], config: CorpusConfig,
                on_item: Callable[[], None] | None = None) -> list[dict[str, np.ndarray]]:
     """Make a shard's utterances in order, from fresh aligners (reproducible whatever ran before)."""
     import torch
 
-    _fresh_aligner()
+    reset_aligners()  # a shard is reproducible whatever ran before it in this process
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # short clips: extra threads only add overhead (and contend with the other workers)
     try:

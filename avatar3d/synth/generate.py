@@ -30,7 +30,7 @@ from avatar3d.synth import regions as rg
 from avatar3d.synth.calibrate import Calibration, calibrate, project_landmarks, landmark_points
 from avatar3d.synth.camera import head_rotation
 from avatar3d.synth.motion import HeadMotionConfig, blink_track, head_track
-from avatar3d.synth.phonemes import Phone, align_phones
+from avatar3d.synth.phonemes import Phone, align_phones, fill_silence
 from avatar3d.synth.photo import SourcePhoto, load_photo, prepare_source
 from avatar3d.synth.scene import Scene, render_frame_and_mask
 from avatar3d.synth.sentences import SENTENCES
@@ -146,23 +146,7 @@ def build_speech(config: SynthConfig, rng: np.random.Generator, progress: bool =
     end = target if target is not None else cursor
     total = int(round(end * config.fps)) * SAMPLE_RATE // config.fps
     audio = np.pad(audio, (0, max(0, total - len(audio))))[:total]
-    return SpeechTrack(audio=audio, phones=_fill_silence(phones, total / SAMPLE_RATE), sentences=spans)
-
-
-def _fill_silence(phones: list[Phone], duration: float) -> list[Phone]:
-    """Contiguous timeline over [0, duration] with SIL in the gaps."""
-    out: list[Phone] = []
-    t = 0.0
-    for p in sorted(phones, key=lambda p: p.start):
-        if p.start > t + 1e-6:
-            out.append(Phone(t, p.start, "SIL"))
-        start = max(p.start, t)
-        if p.end > start:
-            out.append(Phone(start, min(p.end, duration), p.label))
-            t = min(p.end, duration)
-    if t < duration:
-        out.append(Phone(t, duration, "SIL"))
-    return out
+    return SpeechTrack(audio=audio, phones=fill_silence(phones, total / SAMPLE_RATE), sentences=spans)
 
 
 def _cache_dir() -> Path:

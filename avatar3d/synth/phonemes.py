@@ -99,6 +99,9 @@ def _to_pcm16(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def _decode(dec, pcm: np.ndarray) -> None:
+    # pocketsphinx carries its cepstral-mean estimate across utterances even with
+    # cmn=batch; restart it so an alignment never depends on what was decoded before.
+    dec.set_cmn(dec.config["cmninit"])
     dec.start_utt()
     dec.process_raw(pcm.tobytes(), full_utt=True)
     dec.end_utt()
@@ -340,3 +343,25 @@ def silences(phones: list[Phone], min_duration: float = 0.0) -> list[tuple[float
         else:
             out.append((p.start, p.end))
     return [(s, e) for s, e in out if e - s >= min_duration - 1e-9]
+
+
+def reset_aligners() -> None:
+    """Drop the cached pocketsphinx decoders (they keep some state between utterances),
+    so a batch of alignments that starts here is reproducible whatever ran before."""
+    _decoder.cache_clear()
+
+
+def fill_silence(phones: list[Phone], duration: float) -> list[Phone]:
+    """Contiguous timeline over [0, duration]: gaps (leading, between sentences, trailing) become SIL."""
+    out: list[Phone] = []
+    t = 0.0
+    for p in sorted(phones, key=lambda q: q.start):
+        start, end = max(p.start, t), min(p.end, duration)
+        if start > t + 1e-6:
+            out.append(Phone(t, start, SIL))
+        if end > start:
+            out.append(Phone(start, end, p.label))
+            t = end
+    if t < duration - 1e-6:
+        out.append(Phone(t, duration, SIL))
+    return out
