@@ -16,7 +16,6 @@ import os
 import pytest
 import torch
 
-from avatar3d.nerf.backend import load_extension
 from avatar3d.nerf.composite import (
     composite,
     composite_cpu,
@@ -31,15 +30,8 @@ BOX = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
 OUTPUTS = ("weights", "opacity", "depth", "color")
 
 
-@pytest.fixture(scope="module")
-def cpu_ops():
-    record = load_extension(RAYMARCH_SPEC, "cpu")
-    if record.module is None:
-        pytest.fail(f"CPU build failed: {record.error}")
-    return record.module
-
-
-def _seed() -> int:
+def fresh_seed() -> int:
+    """A new seed each run (tests print it on failure): parity on fresh random inputs."""
     return int.from_bytes(os.urandom(4), "little")
 
 
@@ -70,8 +62,8 @@ def _run(fn, sigmas, rgbs, t0, t1, offsets, counts, upstream):
 
 
 @pytest.mark.parametrize("size", [(1, 5), (300, 40), (2000, 128), (4096, 12)], ids=lambda s: f"R{s[0]}-max{s[1]}")
-def test_cpu_matches_torch_forward_backward(cpu_ops, size) -> None:
-    seed = _seed()
+def test_cpu_matches_torch_forward_backward(raymarch_ops, size) -> None:
+    seed = fresh_seed()
     gen = torch.Generator().manual_seed(seed)
     args = _packed(*size, gen)
     n_rays, s = size[0], args[0].shape[0]
@@ -90,8 +82,8 @@ def test_cpu_matches_torch_forward_backward(cpu_ops, size) -> None:
 
 
 @pytest.mark.parametrize("fn", [composite_cpu, composite_torch], ids=["cpu", "torch"])
-def test_gradcheck_float64(cpu_ops, fn) -> None:
-    gen = torch.Generator().manual_seed(_seed())
+def test_gradcheck_float64(raymarch_ops, fn) -> None:
+    gen = torch.Generator().manual_seed(fresh_seed())
     sigmas, rgbs, t0, t1, offsets, counts = _packed(6, 5, gen, dtype=torch.float64, sigma_max=8.0)
 
     def f(s: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -101,7 +93,7 @@ def test_gradcheck_float64(cpu_ops, fn) -> None:
     assert torch.autograd.gradcheck(f, (sigmas.requires_grad_(), rgbs.requires_grad_()), eps=1e-6, atol=1e-7)
 
 
-def test_no_samples_and_no_rays(cpu_ops) -> None:
+def test_no_samples_and_no_rays(raymarch_ops) -> None:
     for n_rays in (0, 5):
         offsets = counts = torch.zeros(n_rays, dtype=torch.int64)
         empty, rgb0 = torch.zeros(0, requires_grad=True), torch.zeros(0, 3, requires_grad=True)
@@ -124,8 +116,8 @@ def _chord(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
-def test_homogeneous_box_opacity(cpu_ops, backend: str) -> None:
-    gen = torch.Generator().manual_seed(_seed())
+def test_homogeneous_box_opacity(raymarch_ops, backend: str) -> None:
+    gen = torch.Generator().manual_seed(fresh_seed())
     o = torch.randn(400, 3, generator=gen) * 0.4 + torch.tensor([0.0, 0.0, -3.0])
     d = torch.nn.functional.normalize(torch.randn(400, 3, generator=gen) * 0.3 + torch.tensor([0.0, 0.0, 1.0]), dim=1)
     grid = OccupancyGrid(BOX, 16)  # full
@@ -139,9 +131,9 @@ def test_homogeneous_box_opacity(cpu_ops, backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
-def test_sphere_depth_near_entry(cpu_ops, backend: str) -> None:
+def test_sphere_depth_near_entry(raymarch_ops, backend: str) -> None:
     """A dense ball of radius 0.5: expected depth / opacity ~ entry + 1/sigma (exponential free path)."""
-    gen = torch.Generator().manual_seed(_seed())
+    gen = torch.Generator().manual_seed(fresh_seed())
     sigma, radius = 200.0, 0.5
 
     def density(x: torch.Tensor) -> torch.Tensor:
@@ -180,8 +172,8 @@ def _field(sigma_scale: float):
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
-def test_inference_with_early_termination_matches_full_composite(cpu_ops, backend: str) -> None:
-    gen = torch.Generator().manual_seed(_seed())
+def test_inference_with_early_termination_matches_full_composite(raymarch_ops, backend: str) -> None:
+    gen = torch.Generator().manual_seed(fresh_seed())
     o = torch.randn(1500, 3, generator=gen) * 0.3 + torch.tensor([0.0, 0.0, -3.0])
     d = torch.nn.functional.normalize(torch.randn(1500, 3, generator=gen) * 0.2 + torch.tensor([0.0, 0.0, 1.0]), dim=1)
     grid = OccupancyGrid(BOX, 16)
@@ -210,8 +202,8 @@ def test_inference_with_early_termination_matches_full_composite(cpu_ops, backen
     torch.testing.assert_close(thin.depth, ref.depth, atol=1e-5, rtol=1e-5)
 
 
-def test_composite_step_cpu_matches_torch(cpu_ops) -> None:
-    gen = torch.Generator().manual_seed(_seed())
+def test_composite_step_cpu_matches_torch(raymarch_ops) -> None:
+    gen = torch.Generator().manual_seed(fresh_seed())
     o = torch.randn(800, 3, generator=gen) * 0.3 + torch.tensor([0.0, 0.0, -3.0])
     d = torch.nn.functional.normalize(torch.randn(800, 3, generator=gen) * 0.2 + torch.tensor([0.0, 0.0, 1.0]), dim=1)
     grid = OccupancyGrid(BOX, 16)

@@ -34,16 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 BOX = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
 
 
-@pytest.fixture(scope="module")
-def cpu_ops():
-    """The CPU build (JIT-compiled once into build/torch_extensions, then cached)."""
-    record = load_extension(RAYMARCH_SPEC, "cpu")
-    if record.module is None:
-        pytest.fail(f"CPU build failed: {record.error}")
-    return record.module
-
-
-def _seed() -> int:
+def fresh_seed() -> int:
+    """A new seed each run (tests print it on failure): parity on fresh random inputs."""
     return int.from_bytes(os.urandom(4), "little")
 
 
@@ -67,10 +59,10 @@ def _assert_same(a, b, msg: str) -> None:
 
 
 @pytest.mark.parametrize("cascades", [1, 2, 3])
-def test_grid_geometry_and_lookup_match_header(cpu_ops, cascades: int) -> None:
-    gen = torch.Generator().manual_seed(_seed())
+def test_grid_geometry_and_lookup_match_header(raymarch_ops, cascades: int) -> None:
+    gen = torch.Generator().manual_seed(fresh_seed())
     grid = _grid(16, cascades, 0.5, gen)
-    info = cpu_ops.grid_info(*grid.geometry.ext_args())
+    info = raymarch_ops.grid_info(*grid.geometry.ext_args())
     tab = grid.geometry.tables()
     for i, key in enumerate(("center", "half0", "outer_lo", "outer_hi")):
         assert torch.equal(torch.tensor(info[i], dtype=torch.float32), tab[key]), key
@@ -78,7 +70,7 @@ def test_grid_geometry_and_lookup_match_header(cpu_ops, cascades: int) -> None:
     assert torch.equal(torch.tensor(info[5], dtype=torch.float32).view(cascades, 3), tab["mip_cell"])
     pts = (torch.rand(20000, 3, generator=gen) * 2 - 1) * 2.0 ** (cascades - 1) * 1.1
     pts[:5] = torch.tensor([[0.0, 0, 0], [1.0, 1, 1], [-1.0, 0.5, 0], [float("nan"), 0, 0], [2.0, -2.0, 0.999]])
-    occ, idx = cpu_ops.occupied(pts, grid.bitfield, *grid.geometry.ext_args())
+    occ, idx = raymarch_ops.occupied(pts, grid.bitfield, *grid.geometry.ext_args())
     _, _, idx_t = grid_cell_torch(pts, grid.geometry, tab)
     assert torch.equal(idx, idx_t) and torch.equal(occ, grid.occupied(pts))
     assert int(idx.min()) >= 0 and int(idx.max()) < grid.geometry.n_cells
@@ -89,13 +81,13 @@ def test_bit_packing_roundtrip() -> None:
     assert torch.equal(unpack_bits(pack_bits(mask), mask.numel()), mask)
 
 
-def test_ray_aabb_matches(cpu_ops) -> None:
-    gen = torch.Generator().manual_seed(_seed())
+def test_ray_aabb_matches(raymarch_ops) -> None:
+    gen = torch.Generator().manual_seed(fresh_seed())
     o, d = _rays(2000, gen, spread=1.0)
     o[:4] = torch.tensor([[0.5, 0.5, -3.0], [1.5, 0.0, -3.0], [0.0, 0.0, 0.0], [1.0, 0.0, -3.0]])
     d[:4] = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # axis-parallel
     grid = OccupancyGrid(BOX, 8)
-    near, far, hit = cpu_ops.ray_aabb(o, d, *grid.geometry.ext_args(), 0.0)
+    near, far, hit = raymarch_ops.ray_aabb(o, d, *grid.geometry.ext_args(), 0.0)
     tab = grid.geometry.tables()
     near_t, far_t, hit_t = ray_aabb_torch(o, d, tab["outer_lo"], tab["outer_hi"], torch.tensor(0.0))
     assert torch.equal(hit, hit_t) and torch.equal(near[hit], near_t[hit]) and torch.equal(far[hit], far_t[hit])
@@ -112,9 +104,9 @@ CASES = [  # (n_rays, resolution, cascades, occupied fraction, cone_angle, dt_mi
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"R{c[0]}-res{c[1]}-C{c[2]}-occ{c[3]}")
-def test_march_cpu_matches_torch_exactly(cpu_ops, case) -> None:
+def test_march_cpu_matches_torch_exactly(raymarch_ops, case) -> None:
     n, res, cascades, frac, cone, dt_min, cap = case
-    seed = _seed()
+    seed = fresh_seed()
     gen = torch.Generator().manual_seed(seed)
     grid = _grid(res, cascades, frac, gen)
     o, d = _rays(n, gen)
@@ -125,7 +117,7 @@ def test_march_cpu_matches_torch_exactly(cpu_ops, case) -> None:
     assert a.n_samples > 0 and int(a.counts.max()) <= cap
     # Every sample's midpoint is in an occupied cell, inside [near, far], steps within [dt_min, dt_max].
     assert grid.occupied(a.midpoints(o, d)).all()
-    near, far, _ = cpu_ops.ray_aabb(o, d, *grid.geometry.ext_args(), 0.0)
+    near, far, _ = raymarch_ops.ray_aabb(o, d, *grid.geometry.ext_args(), 0.0)
     assert (a.t_starts >= near[a.ray_indices]).all() and (a.t_ends <= far[a.ray_indices]).all()
     dt = a.t_ends - a.t_starts
     assert (dt > 0).all() and (dt <= 0.1 + 1e-6).all()
@@ -133,8 +125,8 @@ def test_march_cpu_matches_torch_exactly(cpu_ops, case) -> None:
     assert torch.equal(a.ray_indices, torch.repeat_interleave(torch.arange(n), a.counts))
 
 
-def test_march_is_deterministic_across_threads(cpu_ops) -> None:
-    gen = torch.Generator().manual_seed(_seed())
+def test_march_is_deterministic_across_threads(raymarch_ops) -> None:
+    gen = torch.Generator().manual_seed(fresh_seed())
     grid = _grid(32, 2, 0.4, gen)
     o, d = _rays(3000, gen)
     params = MarchParams(dt_min=0.005, max_samples=512)
@@ -149,8 +141,8 @@ def test_march_is_deterministic_across_threads(cpu_ops) -> None:
     _assert_same(a, b, "1 vs 2 threads")
 
 
-def test_missing_rays_and_empty_grid(cpu_ops) -> None:
-    gen = torch.Generator().manual_seed(_seed())
+def test_missing_rays_and_empty_grid(raymarch_ops) -> None:
+    gen = torch.Generator().manual_seed(fresh_seed())
     o, d = _rays(400, gen)
     o[:100] += torch.tensor([0.0, 5.0, 0.0])  # far above the box, heading +z or up: all miss
     d[:100, 1] = d[:100, 1].abs()
@@ -169,14 +161,14 @@ def test_missing_rays_and_empty_grid(cpu_ops) -> None:
     assert s.offsets.shape == (0,) and s.n_samples == 0
 
 
-def test_full_grid_covers_the_chord_and_cap(cpu_ops) -> None:
-    gen = torch.Generator().manual_seed(_seed())
+def test_full_grid_covers_the_chord_and_cap(raymarch_ops) -> None:
+    gen = torch.Generator().manual_seed(fresh_seed())
     o, d = _rays(500, gen)
     grid = OccupancyGrid(BOX, 16)  # fresh grid: every cell occupied
     params = MarchParams(cone_angle=0.0, dt_min=0.01, dt_max=0.01, max_samples=1024)
     s = ray_march(o, d, grid, params, backend="cpu")
     _assert_same(s, ray_march_torch(o, d, grid.bitfield, grid.geometry, params), "full grid")
-    near, far, hit = cpu_ops.ray_aabb(o, d, *grid.geometry.ext_args(), 0.0)
+    near, far, hit = raymarch_ops.ray_aabb(o, d, *grid.geometry.ext_args(), 0.0)
     hit_rays = hit.nonzero().squeeze(1)
     first, last = s.offsets[hit_rays], s.offsets[hit_rays] + s.counts[hit_rays] - 1
     assert torch.equal(s.t_starts[first], near[hit_rays]) and torch.equal(s.t_ends[last], far[hit_rays])
@@ -190,8 +182,8 @@ def test_full_grid_covers_the_chord_and_cap(cpu_ops) -> None:
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
-def test_inference_rounds_reproduce_the_packed_march(cpu_ops, backend: str) -> None:
-    gen = torch.Generator().manual_seed(_seed())
+def test_inference_rounds_reproduce_the_packed_march(raymarch_ops, backend: str) -> None:
+    gen = torch.Generator().manual_seed(fresh_seed())
     grid = _grid(16, 2, 0.4, gen)
     o, d = _rays(600, gen)
     params = MarchParams(cone_angle=1 / 128, dt_min=0.01, max_samples=40)
@@ -212,8 +204,8 @@ def test_inference_rounds_reproduce_the_packed_march(cpu_ops, backend: str) -> N
     assert torch.equal(state.n_done, full.counts)
 
 
-def test_march_round_cpu_matches_torch(cpu_ops) -> None:
-    gen = torch.Generator().manual_seed(_seed())
+def test_march_round_cpu_matches_torch(raymarch_ops) -> None:
+    gen = torch.Generator().manual_seed(fresh_seed())
     grid = _grid(16, 1, 0.5, gen)
     o, d = _rays(700, gen)
     params = MarchParams(dt_min=0.02, max_samples=30)
@@ -229,7 +221,7 @@ def test_march_round_cpu_matches_torch(cpu_ops) -> None:
 
 
 def test_grid_update_from_a_sphere() -> None:
-    gen = torch.Generator().manual_seed(_seed())
+    gen = torch.Generator().manual_seed(fresh_seed())
     grid = OccupancyGrid(BOX, 16, 2)
 
     def sphere(x: torch.Tensor) -> torch.Tensor:
@@ -259,7 +251,7 @@ def test_params_and_grid_validation() -> None:
 
 def test_env_var_forces_torch(monkeypatch) -> None:
     monkeypatch.setenv(backend_mod.ENV_VAR, "torch")
-    gen = torch.Generator().manual_seed(_seed())
+    gen = torch.Generator().manual_seed(fresh_seed())
     grid = _grid(8, 1, 0.5, gen)
     o, d = _rays(50, gen)
     s = ray_march(o, d, grid, MarchParams(dt_min=0.05), backend="cpu")
