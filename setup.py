@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["avatar3d", "avatar3d.*", "data_prep", "data_prep.*"]),
     include_package_data=True,
-    package_data={"avatar3d": ["face/data/*.npz"]},
+    package_data={"avatar3d": ["face/data/*.npz", "motion/data/*.pt"]},
     install_requires=[
         # Pinned: an unpinned torch pulls a multi-GB CUDA build (see shared ENVIRONMENT.md).
         "torch==2.13.0",

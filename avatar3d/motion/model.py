@@ -328,6 +328,17 @@ class MotionModel:
         return model
 
 
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "data" / "default_motion.pt"
+
+
+def load_default() -> MotionModel:
+    """The shipped model, trained on synthetic multi-voice speech only (tools/train_default_motion.py)."""
+    if not DEFAULT_MODEL_PATH.is_file():
+        raise Avatar3DError(f"the default motion model {DEFAULT_MODEL_PATH} is missing: reinstall avatar3d "
+                            "or rebuild it with `python tools/train_default_motion.py`")
+    return load(DEFAULT_MODEL_PATH)
+
+
 def load(path: str | Path) -> MotionModel:
     """Load a model saved by :meth:`MotionModel.save`; one-line error if it is missing or not one."""
     return MotionModel.from_state(read_blob(path))
