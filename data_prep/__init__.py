@@ -8,4 +8,10 @@ nothing is re-exported here, so the ``decode`` function never shadows the
   upright) + ``audio.wav`` (16 kHz mono) + ``decode.json``.
 * :mod:`data_prep.landmarks` - ``frames.mp4`` -> ``landmarks.npy`` [N,478,3]
   + ``landmark_flags.npy`` (detected / interpolated / excluded) + ``landmarks.json``.
+* :mod:`data_prep.track` - ``landmarks.npy`` -> ``tracking.npz`` (face-model fit).
+* :mod:`data_prep.transforms` - ``tracking.npz`` -> ``transforms_train/val.json``.
+* :mod:`data_prep.segment` - frames + landmarks -> ``parsing.npz`` (0 bg, 1 head, 2 neck/torso, 3 mouth).
+* :mod:`data_prep.background` - frames + parsing -> ``background.png``.
+* :mod:`data_prep.audio_features` - ``audio.wav`` -> ``audio_features.npz``.
+* :mod:`data_prep.pipeline` - runs them in order with ``manifest.json`` (skip / resume).
 """
