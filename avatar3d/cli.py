@@ -159,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     except Avatar3DError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted: partial outputs were not kept (all files are written atomically)", file=sys.stderr)
         return 130
