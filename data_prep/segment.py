@@ -42,7 +42,7 @@ from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path, write_json_atomic
 from avatar3d.io.video import probe_video, read_video
 from avatar3d.synth import regions as rg
-from avatar3d.vision.face_mesh import quiet_native_stderr
+from avatar3d.vision.face_mesh import PersonSegmenter
 
 PathLike = Union[str, Path]
 
@@ -92,36 +92,6 @@ class SegmentResult:
     wall_s: float
     frames_per_s: float
     config: dict
-
-
-class PersonSegmenter:
-    """One MediaPipe selfie-segmentation graph reused for every frame (building one costs ~50 ms)."""
-
-    def __init__(self, model_selection: int = 0) -> None:
-        from mediapipe.python.solutions import selfie_segmentation
-
-        with quiet_native_stderr():
-            self._seg = selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
-        self._warm = False
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """Soft person probability [H, W] float32 in [0, 1]."""
-        if self._warm:
-            result = self._seg.process(np.ascontiguousarray(rgb))
-        else:
-            with quiet_native_stderr():
-                result = self._seg.process(np.ascontiguousarray(rgb))
-            self._warm = True
-        return np.clip(result.segmentation_mask.astype(np.float32, copy=False), 0.0, 1.0)
-
-    def close(self) -> None:
-        self._seg.close()
-
-    def __enter__(self) -> "PersonSegmenter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _fill(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:

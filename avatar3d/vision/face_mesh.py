@@ -81,10 +81,37 @@ class FaceMeshDetector:
         self.close()
 
 
-def person_mask(rgb: np.ndarray) -> np.ndarray:
-    """Soft person mask [H,W] float32 in [0,1] from MediaPipe selfie segmentation."""
-    from mediapipe.python.solutions import selfie_segmentation
+class PersonSegmenter:
+    """One MediaPipe selfie-segmentation graph reused for every frame (building one costs ~50 ms)."""
 
-    with quiet_native_stderr(), selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
-        result = seg.process(np.ascontiguousarray(rgb))
-    return np.clip(result.segmentation_mask.astype(np.float32), 0.0, 1.0)
+    def __init__(self, model_selection: int = 0) -> None:
+        from mediapipe.python.solutions import selfie_segmentation
+
+        with quiet_native_stderr():
+            self._seg = selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
+        self._warm = False
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """Soft person probability [H, W] float32 in [0, 1]."""
+        if self._warm:
+            result = self._seg.process(np.ascontiguousarray(rgb))
+        else:  # the first call still prints graph-setup log lines
+            with quiet_native_stderr():
+                result = self._seg.process(np.ascontiguousarray(rgb))
+            self._warm = True
+        return np.clip(result.segmentation_mask.astype(np.float32, copy=False), 0.0, 1.0)
+
+    def close(self) -> None:
+        self._seg.close()
+
+    def __enter__(self) -> "PersonSegmenter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def person_mask(rgb: np.ndarray) -> np.ndarray:
+    """Soft person mask [H,W] float32 in [0,1] of a single image."""
+    with PersonSegmenter() as segment:
+        return segment(rgb)

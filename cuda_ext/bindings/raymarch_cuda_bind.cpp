@@ -12,23 +12,18 @@
 #include <vector>
 
 #include "raymarch.cuh"
+#include "raymarch_host.h"
 
 namespace {
 
+constexpr const char* kWho = "raymarch_cuda";
+
 A3dOccGrid make_grid(const std::vector<double>& aabb, int64_t resolution, int64_t n_cascades) {
-    TORCH_CHECK(aabb.size() == 6, "raymarch_cuda: aabb must be 6 numbers (lo xyz, hi xyz)");
-    float box[6];
-    for (int i = 0; i < 6; ++i) box[i] = (float)aabb[i];
-    A3dOccGrid g;
-    TORCH_CHECK(a3d_make_occ_grid(&g, box, (int)resolution, (int)n_cascades),
-                "raymarch_cuda: bad grid (resolution 1..1024, n_cascades 1..", A3D_MAX_CASCADES, ", lo < hi)");
-    return g;
+    return a3d_host::make_grid(aabb, resolution, n_cascades, kWho);
 }
 
 A3dMarchParams make_params(double near_plane, double cone_angle, double dt_min, double dt_max, int64_t max_samples) {
-    TORCH_CHECK(dt_min > 0 && dt_max >= dt_min && cone_angle >= 0 && max_samples >= 0,
-                "raymarch_cuda: need 0 < dt_min <= dt_max, cone_angle >= 0, max_samples >= 0");
-    return {(float)near_plane, (float)cone_angle, (float)dt_min, (float)dt_max, (int32_t)max_samples};
+    return a3d_host::make_params(near_plane, cone_angle, dt_min, dt_max, max_samples, kWho);
 }
 
 void check_bits(const torch::Tensor& bits, const A3dOccGrid& g) {
@@ -57,20 +52,7 @@ cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
 }  // namespace
 
 std::vector<std::vector<double>> grid_info(std::vector<double> aabb, int64_t resolution, int64_t n_cascades) {
-    const A3dOccGrid g = make_grid(aabb, resolution, n_cascades);
-    std::vector<std::vector<double>> out(6);
-    for (int i = 0; i < 3; ++i) {
-        out[0].push_back(g.center[i]);
-        out[1].push_back(g.half0[i]);
-        out[2].push_back(g.outer_lo[i]);
-        out[3].push_back(g.outer_hi[i]);
-    }
-    for (int m = 0; m < g.n_cascades; ++m)
-        for (int i = 0; i < 3; ++i) {
-            out[4].push_back(g.mip_lo[m][i]);
-            out[5].push_back(g.mip_cell[m][i]);
-        }
-    return out;
+    return a3d_host::grid_info(make_grid(aabb, resolution, n_cascades));
 }
 
 std::tuple<torch::Tensor, torch::Tensor> occupied(torch::Tensor points, torch::Tensor bits, std::vector<double> aabb,

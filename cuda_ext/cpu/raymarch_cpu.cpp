@@ -13,17 +13,18 @@
 #include <vector>
 
 #include "raymarch.h"
+#include "raymarch_host.h"
 
 namespace {
 
+constexpr const char* kWho = "raymarch_cpu";
+
 A3dOccGrid make_grid(const std::vector<double>& aabb, int64_t resolution, int64_t n_cascades) {
-    TORCH_CHECK(aabb.size() == 6, "raymarch_cpu: aabb must be 6 numbers (lo xyz, hi xyz), got ", aabb.size());
-    float box[6];
-    for (int i = 0; i < 6; ++i) box[i] = (float)aabb[i];
-    A3dOccGrid g;
-    TORCH_CHECK(a3d_make_occ_grid(&g, box, (int)resolution, (int)n_cascades),
-                "raymarch_cpu: bad grid (resolution 1..1024, n_cascades 1..", A3D_MAX_CASCADES, ", lo < hi)");
-    return g;
+    return a3d_host::make_grid(aabb, resolution, n_cascades, kWho);
+}
+
+A3dMarchParams make_params(double near_plane, double cone_angle, double dt_min, double dt_max, int64_t max_samples) {
+    return a3d_host::make_params(near_plane, cone_angle, dt_min, dt_max, max_samples, kWho);
 }
 
 void check_bits(const torch::Tensor& bits, const A3dOccGrid& g) {
@@ -39,12 +40,6 @@ void check_rays(const torch::Tensor& o, const torch::Tensor& d) {
                 "raymarch_cpu: rays must be float32");
     TORCH_CHECK(o.dim() == 2 && o.size(1) == 3 && d.sizes() == o.sizes(),
                 "raymarch_cpu: rays_o and rays_d must be [n_rays, 3], got ", o.sizes(), " and ", d.sizes());
-}
-
-A3dMarchParams make_params(double near_plane, double cone_angle, double dt_min, double dt_max, int64_t max_samples) {
-    TORCH_CHECK(dt_min > 0 && dt_max >= dt_min && cone_angle >= 0 && max_samples >= 0,
-                "raymarch_cpu: need 0 < dt_min <= dt_max, cone_angle >= 0, max_samples >= 0");
-    return {(float)near_plane, (float)cone_angle, (float)dt_min, (float)dt_max, (int32_t)max_samples};
 }
 
 void check_composite(const torch::Tensor& sigmas, const torch::Tensor& rgbs, const torch::Tensor& t_starts,
@@ -119,20 +114,7 @@ void composite_round_loop(const T* s, const T* c, const T* t0, const T* t1, cons
 
 // (centre, half0, outer_lo, outer_hi, mip_lo [C*3], mip_cell [C*3]) as computed by the header.
 std::vector<std::vector<double>> grid_info(std::vector<double> aabb, int64_t resolution, int64_t n_cascades) {
-    const A3dOccGrid g = make_grid(aabb, resolution, n_cascades);
-    std::vector<std::vector<double>> out(6);
-    for (int i = 0; i < 3; ++i) {
-        out[0].push_back(g.center[i]);
-        out[1].push_back(g.half0[i]);
-        out[2].push_back(g.outer_lo[i]);
-        out[3].push_back(g.outer_hi[i]);
-    }
-    for (int m = 0; m < g.n_cascades; ++m)
-        for (int i = 0; i < 3; ++i) {
-            out[4].push_back(g.mip_lo[m][i]);
-            out[5].push_back(g.mip_cell[m][i]);
-        }
-    return out;
+    return a3d_host::grid_info(make_grid(aabb, resolution, n_cascades));
 }
 
 // (occupied bool [N], cell index int64 [N]) for float32 points [N, 3].
