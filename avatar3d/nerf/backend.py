@@ -45,7 +45,7 @@ class ExtensionSpec:
     name: str
     cpu_sources: tuple[Path, ...]
     cuda_sources: tuple[Path, ...] = ()  # binding .cpp + kernel .cu files
-    include_dirs: tuple[Path, ...] = (CUDA_EXT_DIR / "include",)
+    include_dirs: tuple[Path, ...] = (CUDA_EXT_DIR / "include", CUDA_EXT_DIR / "cuda")
     build_root: Path = field(default=BUILD_ROOT)
 
     def module_name(self, kind: str) -> str:

@@ -3,7 +3,7 @@
 // Why separate: this file needs a CUDA build of torch (ATen/cuda headers, libc10_cuda)
 // for the current stream and device guard; the kernels themselves are plain CUDA and
 // are compile-checked without torch. Same Python API as the CPU build: fwd, bwd, layout.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
@@ -63,7 +63,7 @@ torch::Tensor hashgrid_fwd(torch::Tensor x, torch::Tensor table, int64_t n_level
     table = table.contiguous();
     auto out = torch::empty({x.size(0), (int64_t)lay.n_levels * lay.n_features}, x.options());
     check(a3d_hashgrid_fwd_cuda(x.data_ptr(), to_a3d(x.scalar_type()), table.data_ptr(), to_a3d(table.scalar_type()),
-                                out.data_ptr(), x.size(0), lay, at::cuda::getCurrentCUDAStream()),
+                                out.data_ptr(), x.size(0), lay, c10::cuda::getCurrentCUDAStream()),
           "forward");
     return out;
 }
@@ -80,7 +80,7 @@ std::tuple<torch::Tensor, torch::Tensor> hashgrid_bwd(torch::Tensor v_out, torch
     TORCH_CHECK(v_out.dim() == 2 && v_out.size(0) == n && v_out.size(1) == (int64_t)lay.n_levels * lay.n_features,
                 "hashgrid_cuda: v_out must be [n_points, n_levels * n_features]");
     v_out = v_out.to(x.scalar_type()).contiguous();
-    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     torch::Tensor v_table, v_x;
     if (need_v_table) {
         v_table = torch::zeros({table.size(0), table.size(1)}, x.options());  // fp32 accumulation for fp16 tables

@@ -4,7 +4,7 @@
 // are plain CUDA and compile-checked without torch. Same Python API as the CPU build
 // (raymarch_cpu.cpp). The packed march does count -> exclusive cumsum (torch) -> one
 // device-to-host copy of the total -> fill.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
@@ -47,7 +47,7 @@ void check(cudaError_t err, const char* what) {
     TORCH_CHECK(err == cudaSuccess, "raymarch_cuda: ", what, " failed: ", cudaGetErrorString(err));
 }
 
-cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 }  // namespace
 
