@@ -23,6 +23,9 @@ setup(
         "pocketsphinx>=5.0,<6",
         "pyyaml>=6",
         "tqdm>=4.60",
+        # Training logs; 2.21 needs protobuf >= 6.31, which mediapipe 0.10.21 cannot take.
+        "tensorboard>=2.14,<2.21",
+        "matplotlib>=3.7",
     ],
     extras_require={"test": ["pytest>=8"]},
     entry_points={"console_scripts": ["avatar3d=avatar3d.cli:main"]},

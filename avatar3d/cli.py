@@ -122,6 +122,56 @@ def _cmd_prep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the avatar (head NeRF + torso field) on a prepared subject",
+                       description="Fit the motion-conditioned head field and the head-aware torso field to a "
+                                   "subject prepared by `avatar3d prep`. Checkpoints atomically; --resume continues.")
+    p.add_argument("subject", type=Path, help="subject folder written by `avatar3d prep`")
+    p.add_argument("-o", "--out", type=Path, required=True, help="avatar folder (checkpoint, avatar.pt, TensorBoard)")
+    p.add_argument("--config", type=Path, help="YAML of TrainConfig values (configs/cpu_small.yaml, configs/gpu_512.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--steps", type=_positive_int, help="override the number of steps")
+    p.add_argument("--minutes", type=_positive_float, help="stop after this much training time")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from avatar3d.config import load_config
+    from avatar3d.train.trainer import TrainConfig, train
+
+    config = None
+    if args.config is not None or args.steps or args.minutes:
+        config = load_config(TrainConfig, args.config)
+        if args.steps:
+            config = dataclasses.replace(config, steps=args.steps)
+        if args.minutes:
+            config = dataclasses.replace(config, time_budget_s=args.minutes * 60.0)
+    result = train(args.subject, args.out, config, resume=args.resume)
+    print(json.dumps(result))
+    return 0
+
+
+def _add_render(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="render a trained avatar to an mp4",
+                       description="Re-render a subject's frames with their tracked pose and motion and the "
+                                   "original audio (held-out frames by default).")
+    p.add_argument("avatar", type=Path, help="avatar folder written by `avatar3d train`")
+    p.add_argument("--motion-from", type=Path, required=True, help="subject folder whose tracked motion drives it")
+    p.add_argument("--split", choices=("val", "train", "all"), default="val", help="which frames (default val)")
+    p.add_argument("--size", type=_positive_int, help="output size in pixels (default: the training resolution)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output .mp4")
+    p.set_defaults(func=_cmd_render)
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from avatar3d.render.replay import render_from_subject
+
+    render_from_subject(args.avatar, args.motion_from, args.out, split=args.split, size=args.size)
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run every stage that exists end to end on the built-in subject",
                        description="Synthesise a talking subject from the built-in photo, check it with MediaPipe "
@@ -144,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_synth(sub)
     _add_prep(sub)
+    _add_train(sub)
+    _add_render(sub)
     _add_demo(sub)
     return parser
 

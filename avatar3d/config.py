@@ -16,6 +16,17 @@ from avatar3d.errors import Avatar3DError
 T = TypeVar("T")
 
 
+def _default_values(f: dataclasses.Field) -> dict[str, Any]:
+    """A nested config field's default as a dict, so YAML may set only some of its keys."""
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = f.default_factory()  # type: ignore[misc]
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return {}
+    return dataclasses.asdict(default) if dataclasses.is_dataclass(default) else {}
+
+
 def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -> T:
     """Build dataclass ``cls`` from ``values``; nested dataclasses are built recursively."""
     if not isinstance(values, dict):
@@ -31,7 +42,7 @@ def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -
     for name, value in values.items():
         hint = hints.get(name)
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value, source=f"{source}.{name}")  # type: ignore[arg-type]
+            value = from_dict(hint, {**_default_values(fields[name]), **value}, source=f"{source}.{name}")  # type: ignore[arg-type]
         elif hint in (tuple, typing.Tuple) or typing.get_origin(hint) is tuple:
             value = tuple(value)
         kwargs[name] = value

@@ -79,6 +79,27 @@ class PackedSamples:
         return rays_o[self.ray_indices] + t[:, None] * rays_d[self.ray_indices]
 
 
+def prune_occluded(samples: PackedSamples, sigmas: torch.Tensor, eps: float = 1e-4) -> tuple[PackedSamples, torch.Tensor]:
+    """Drops samples whose incoming transmittance is below ``eps`` (hidden behind a surface).
+
+    Why: training marches every occupied cell up to the cap, but samples behind an opaque
+    surface get weights < eps and only cost time. Evaluating densities once without
+    gradients and keeping the visible samples (nerfacc's early stop for training) cuts the
+    expensive gradient pass to the samples that matter. Returns the kept samples and the
+    [n_samples] bool mask; sigmas [n_samples] is a no-grad density estimate.
+    """
+    a = sigmas.detach().double().clamp_min(0) * (samples.t_ends - samples.t_starts).double()
+    before = torch.cumsum(a, 0) - a  # exclusive prefix over the whole packed array
+    start = before[samples.offsets.clamp_max(max(samples.n_samples - 1, 0))] if samples.n_samples else before
+    trans = torch.exp(-(before - start[samples.ray_indices])) if samples.n_samples else before
+    keep = trans > eps
+    counts = torch.zeros_like(samples.counts).index_add_(0, samples.ray_indices[keep], torch.ones_like(
+        samples.ray_indices[keep]))  # fmt: skip
+    pruned = PackedSamples(samples.ray_indices[keep], samples.t_starts[keep], samples.t_ends[keep],
+                           counts.cumsum(0) - counts, counts)  # fmt: skip
+    return pruned, keep
+
+
 def _rays_f32(rays_o: torch.Tensor, rays_d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if rays_o.dim() != 2 or rays_o.shape[1] != 3 or rays_d.shape != rays_o.shape:
         raise Avatar3DError(f"raymarch: rays_o/rays_d must be [n_rays, 3], got {tuple(rays_o.shape)}, "

@@ -1,0 +1,186 @@
+"""The avatar's two fields: a motion-conditioned head field in canonical head space and a
+head-aware torso field on the image plane.
+
+Why these shapes:
+* **Head field** — rays are cast through the inverse head pose, so the field only ever sees
+  the canonical head; pose never has to be learned. Motion (expression coefficients + blink)
+  enters through *region attention* (ER-NeRF's idea): the hash features at a point produce a
+  per-channel gate in [0, 1] that multiplies a per-frame motion code. The learned gate is
+  multiplied by a fixed spatial prior — Gaussians around the face model's mouth, eyes and
+  brows — because on a short clip a purely learned gate turns the motion code into a per-frame
+  appearance code that also changes the forehead and hair (measured: swapping motions changed
+  the forehead as much as the mouth); with the prior, hair and forehead cannot move. Chosen over RAD-NeRF's decomposed motion grid because it costs one small linear layer
+  per sample instead of a second grid lookup, which matters on two CPU cores.
+* **Torso field** — the torso moves with the head but not rigidly (the neck bends), so it is a
+  2D image-plane hash grid whose lookup is deformed by an offset predicted from the pixel and a
+  *pose code*: the image positions of a few anchor points carried by the head pose (ER-NeRF's
+  anchors). Colour and alpha come out per pixel and are composited under the head.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from avatar3d.nerf.encoding import HashGridConfig, HashGridEncoding
+
+
+def mlp(n_in: int, hidden: int, n_out: int, n_hidden_layers: int = 1) -> nn.Sequential:
+    """ReLU MLP: ``n_hidden_layers`` hidden layers of width ``hidden``."""
+    layers: list[nn.Module] = []
+    width = n_in
+    for _ in range(n_hidden_layers):
+        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+def sh_encode(dirs: torch.Tensor) -> torch.Tensor:
+    """Real spherical harmonics up to degree 2 of unit directions [..., 3] -> [..., 9] (view dependence)."""
+    x, y, z = dirs.unbind(-1)
+    return torch.stack([
+        torch.full_like(x, 0.28209479), -0.48860251 * y, 0.48860251 * z, -0.48860251 * x,
+        1.09254843 * x * y, -1.09254843 * y * z, 0.31539157 * (2 * z * z - x * x - y * y),
+        -1.09254843 * x * z, 0.54627422 * (x * x - y * y),
+    ], -1)  # fmt: skip
+
+
+class TruncExp(torch.autograd.Function):
+    """exp with the gradient of exp(min(x, 15)): densities grow fast without exploding gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(max=15.0))
+
+
+@dataclass
+class HeadFieldConfig:
+    """Head field: hash grid over the canonical head box + region-attended motion code."""
+
+    grid: HashGridConfig = field(default_factory=lambda: HashGridConfig(
+        n_dims=3, n_levels=16, features_per_level=2, log2_table_size=16, base_resolution=16,
+        finest_resolution=1024))  # fmt: skip
+    motion_code_dim: int = 32  # width of the per-frame motion code that the attention gates
+    hidden: int = 64
+    geo_dim: int = 15  # features passed from the density net to the colour net
+    appearance_dim: int = 0  # per-training-frame appearance code (0: off); zero at inference
+    motion_regions: tuple[tuple[float, ...], ...] = ()
+    """Where motion may act: (x, y, z, sigma) Gaussians in canonical metres; empty = mouth, eyes and
+    brows of the default face model (:func:`face_motion_regions`)."""
+
+
+def face_motion_regions() -> tuple[tuple[float, ...], ...]:
+    """Gaussian regions around the mouth (sigma 3.5 cm: lips and jaw), each eye and each brow (1.8 cm)."""
+    from avatar3d.face.default_model import load_face_model
+    from avatar3d.synth import regions as rg
+
+    v = np.asarray(load_face_model().mean, dtype=np.float64).reshape(-1, 3)
+    groups = [(rg.LIP_OUTER_UPPER + rg.LIP_OUTER_LOWER, 0.035), (rg.EYE_RIGHT_UPPER + rg.EYE_RIGHT_LOWER, 0.018),
+              (rg.EYE_LEFT_UPPER + rg.EYE_LEFT_LOWER, 0.018), (rg.BROW_RIGHT, 0.018), (rg.BROW_LEFT, 0.018)]  # fmt: skip
+    return tuple((*(float(c) for c in v[idx].mean(0)), sigma) for idx, sigma in groups)
+
+
+class HeadField(nn.Module):
+    """sigma, rgb at canonical points, given a motion vector per point (via its frame)."""
+
+    def __init__(self, config: HeadFieldConfig, motion_dim: int, aabb: tuple[float, ...], n_frames: int = 0):
+        super().__init__()
+        self.config = config
+        self.encoding = HashGridEncoding(config.grid)
+        enc = self.encoding.out_dim
+        self.register_buffer("aabb", torch.tensor(aabb, dtype=torch.float32).view(2, 3))
+        self.motion_net = mlp(motion_dim, config.hidden, config.motion_code_dim)
+        self.attention = nn.Linear(enc, config.motion_code_dim)
+        regions = config.motion_regions or face_motion_regions()
+        self.register_buffer("regions", torch.tensor(regions, dtype=torch.float32).view(-1, 4))
+        self.density_net = mlp(enc + config.motion_code_dim, config.hidden, 1 + config.geo_dim)
+        self.appearance = nn.Embedding(max(n_frames, 1), config.appearance_dim) if config.appearance_dim else None
+        if self.appearance is not None:
+            nn.init.zeros_(self.appearance.weight)
+        self.color_net = mlp(config.geo_dim + 9 + config.appearance_dim, config.hidden, 3)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Canonical metres -> [0, 1]^3 inside the head box."""
+        lo, hi = self.aabb[0], self.aabb[1]
+        return (x - lo) / (hi - lo)
+
+    def region_prior(self, x: torch.Tensor) -> torch.Tensor:
+        """[M] in [0, 1]: how much motion may act at x (1 at a region centre, ~0 on hair and forehead)."""
+        d2 = (x[:, None, :] - self.regions[None, :, :3]).square().sum(-1)
+        return torch.exp(-0.5 * d2 / self.regions[None, :, 3].square()).amax(-1)
+
+    def motion_code(self, motion: torch.Tensor) -> torch.Tensor:
+        """[F, motion_dim] -> [F, motion_code_dim]; computed once per frame, gathered per sample."""
+        return self.motion_net(motion)
+
+    def geometry(self, x: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sigma [M], geo features [M, geo_dim], attention [M, motion_code_dim]) at points x [M, 3]."""
+        feat = self.encoding(self.normalize(x))
+        attn = torch.sigmoid(self.attention(feat)) * self.region_prior(x)[:, None]
+        h = self.density_net(torch.cat([feat, attn * code], -1))
+        return TruncExp.apply(h[:, 0] - 1.0), h[:, 1:], attn
+
+    def forward(
+        self, x: torch.Tensor, dirs: torch.Tensor, code: torch.Tensor, frame_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x, dirs [M, 3] (head space), code [M, motion_code_dim] -> sigma [M], rgb [M, 3], attention [M, D]."""
+        sigma, geo, attn = self.geometry(x, code)
+        parts = [geo, sh_encode(dirs)]
+        if self.appearance is not None:
+            if frame_ids is None:
+                parts.append(geo.new_zeros(geo.shape[0], self.config.appearance_dim))
+            else:
+                parts.append(self.appearance(frame_ids))
+        rgb = torch.sigmoid(self.color_net(torch.cat(parts, -1)))
+        return sigma, rgb, attn
+
+
+@dataclass
+class TorsoFieldConfig:
+    """Torso field: 2D hash grid on the image plane, deformed by the head's pose code."""
+
+    grid: HashGridConfig = field(default_factory=lambda: HashGridConfig(
+        n_dims=2, n_levels=12, features_per_level=2, log2_table_size=15, base_resolution=16,
+        finest_resolution=512))  # fmt: skip
+    hidden: int = 64
+    max_offset: float = 0.1  # largest deformation, in units of the image side
+    anchors: tuple[tuple[float, float, float], ...] = (
+        (0.0, -0.09, 0.04), (-0.06, -0.06, 0.03), (0.06, -0.06, 0.03), (0.0, 0.02, 0.10))
+    """Canonical head points (metres) whose projections form the pose code: chin, jaw sides, nose."""
+
+
+class TorsoField(nn.Module):
+    """rgb, alpha at image points uv [P, 2] in [0, 1] for a pose code [P, 2 * n_anchors]."""
+
+    def __init__(self, config: TorsoFieldConfig):
+        super().__init__()
+        self.config = config
+        self.encoding = HashGridEncoding(config.grid)
+        code = 2 * len(config.anchors)
+        self.register_buffer("anchors", torch.tensor(config.anchors, dtype=torch.float32))
+        self.deform_net = mlp(2 + code, config.hidden, 2)
+        nn.init.zeros_(self.deform_net[-1].weight)
+        nn.init.zeros_(self.deform_net[-1].bias)
+        self.color_net = mlp(self.encoding.out_dim + code, config.hidden, 4)
+
+    def pose_code(self, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, size: int) -> torch.Tensor:
+        """Anchor projections for poses R [F, 3, 3], t [F, 3] -> [F, 2 * n_anchors] in [-1, 1] image units."""
+        cam = torch.einsum("fij,aj->fai", R, self.anchors) + t[:, None, :]  # [F, A, 3]
+        uv = (cam[..., :2] / cam[..., 2:3].clamp_min(1e-3)) * K[[0, 1], [0, 1]] + K[[0, 1], [2, 2]]
+        return (uv / size * 2.0 - 1.0).reshape(R.shape[0], -1)
+
+    def forward(self, uv: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uv [P, 2] in [0, 1], code [P, C] -> rgb [P, 3], alpha [P], offset [P, 2]."""
+        offset = torch.tanh(self.deform_net(torch.cat([uv * 2 - 1, code], -1))) * self.config.max_offset
+        feat = self.encoding((uv + offset).clamp(0.0, 1.0))
+        out = self.color_net(torch.cat([feat, code], -1))
+        return torch.sigmoid(out[:, :3]), torch.sigmoid(out[:, 3]), offset

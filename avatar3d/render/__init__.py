@@ -1,0 +1,1 @@
+"""Rendering a trained avatar to video."""

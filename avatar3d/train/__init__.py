@@ -1,0 +1,1 @@
+"""Training the avatar: subject data, the training loop, checkpoints."""

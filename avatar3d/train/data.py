@@ -1,0 +1,267 @@
+"""A prepared subject folder as training data: cached frames and labels, poses, motion, splits.
+
+Why the cache: NeRF training samples random pixels of random frames, so every frame
+must be at hand at once.  At 512² a 5-minute clip is 5.9 GB as uint8 and four times
+that as float, so frames (and parsing labels) are decoded once into uint8 ``.npy``
+files at the training resolution under ``SUBJECT/cache/r{resolution}/`` and
+memory-mapped; they are never held as float.  The cache is streamed to a temporary
+name and renamed, and ``cache.json`` (hashes of its inputs) is written last, so a
+killed build never leaves a cache that looks valid.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence, Union
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from avatar3d.errors import Avatar3DError
+from avatar3d.io.atomic import atomic_path, write_json_atomic
+from avatar3d.io.hashing import file_sha256
+from avatar3d.io.video import read_video
+from avatar3d.synth.regions import LIP_INNER_LOWER, LIP_INNER_UPPER, LIP_OUTER_LOWER, LIP_OUTER_UPPER
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = ["SubjectData", "load_subject", "mouth_boxes", "LIP_IDS", "CACHE_VERSION"]
+
+CACHE_VERSION = 1
+REQUIRED = ("manifest.json", "frames.mp4", "audio.wav", "landmarks.npy", "landmark_flags.npy",
+            "tracking.npz", "parsing.npz", "background.png")
+LIP_IDS = np.array(sorted(set(LIP_OUTER_UPPER + LIP_OUTER_LOWER + LIP_INNER_UPPER + LIP_INNER_LOWER)))
+MOUTH_PAD = 0.2  # of the lip box's width / height, on each side
+_TEMP = re.compile(r"^\.\w+\.tmp-(\d+)-[0-9a-f]+\.(npy|json)$")
+
+
+@dataclass
+class SubjectData:
+    """Everything training reads from one subject, at training resolution ``r``."""
+
+    root: Path
+    resolution: int  # square training image side r
+    frames: np.ndarray  # uint8 [N, r, r, 3], memory-mapped
+    labels: np.ndarray  # uint8 [N, r, r], memory-mapped; 0 bg, 1 head, 2 neck/torso, 3 mouth interior
+    background: np.ndarray  # float32 [r, r, 3] in [0, 1]
+    K: np.ndarray  # float64 [3, 3] intrinsics at r
+    R: np.ndarray  # float64 [N, 3, 3] head -> OpenCV camera
+    t: np.ndarray  # float64 [N, 3] metres
+    expression: np.ndarray  # float32 [N, Ke]
+    expression_names: list[str]
+    blink: np.ndarray  # float32 [N, 2]
+    landmarks: np.ndarray  # float32 [N, 478, 2] pixels at r, NaN where no face
+    mouth_boxes: np.ndarray  # int32 [N, 4] x0, y0, x1, y1 (exclusive) at r; zeros where no face
+    train_ids: np.ndarray  # int64, train range minus excluded frames
+    val_ids: np.ndarray  # int64, val range minus excluded frames
+    fps: float
+    audio_path: Path
+    size: int  # the subject's original frame side
+
+    @property
+    def n_frames(self) -> int:
+        return int(len(self.frames))
+
+    def motion(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """float32 [len(ids), Ke + 2]: expression then blink, the avatar's motion vector."""
+        idx = np.asarray(ids, dtype=np.int64).reshape(-1)
+        return np.concatenate([self.expression[idx], self.blink[idx]], axis=1).astype(np.float32)
+
+    def image(self, i: int) -> np.ndarray:
+        """float32 [r, r, 3] in [0, 1]: one frame as float, for evaluation only."""
+        return np.asarray(self.frames[int(i)], dtype=np.float32) / 255.0
+
+
+def load_subject(subject_dir: PathLike, resolution: int, *, progress: bool = True) -> SubjectData:
+    """Load a prepared subject at ``resolution``, building its frame/label cache if missing or stale."""
+    root = Path(subject_dir)
+    fix = f"run `avatar3d prep CLIP -o {root}` first"
+    if not root.is_dir():
+        raise Avatar3DError(f"subject folder {root} not found: {fix}")
+    for name in REQUIRED:
+        if not (root / name).is_file():
+            raise Avatar3DError(f"{root / name} is missing: {fix}")
+    manifest = _read_manifest(root / "manifest.json", fix)
+    size = int(manifest["width"])
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
+        raise Avatar3DError(f"resolution must be an integer number of pixels, got {resolution!r}")
+    resolution = int(resolution)
+    if not 16 <= resolution <= size:
+        raise Avatar3DError(f"resolution {resolution} is outside 16..{size} (the size of {root / 'frames.mp4'}); "
+                            f"pick a training resolution no larger than the prepared frames")
+    scale = resolution / size
+
+    n = int(manifest["n_frames"])
+    with np.load(root / "tracking.npz", allow_pickle=False) as z:
+        try:
+            tracking = {k: z[k] for k in ("R", "t", "expression", "blink", "expression_names")}
+        except KeyError as exc:
+            raise Avatar3DError(f"{root / 'tracking.npz'} lacks {exc}; re-run `avatar3d prep` on the clip") from exc
+    landmarks = np.load(root / "landmarks.npy")[..., :2].astype(np.float32) * np.float32(scale)
+    flags = np.load(root / "landmark_flags.npy")
+    for name, count in (("tracking.npz", len(tracking["R"])), ("landmarks.npy", len(landmarks)),
+                        ("landmark_flags.npy", len(flags))):
+        if count != n:
+            raise _mismatch(root / name, count, n, root)
+
+    frames, labels = _cached_arrays(root, resolution, size, n, progress)
+
+    intr = manifest["intrinsics"]
+    K = np.array([[intr["fx"] * scale, 0.0, intr["cx"] * scale],
+                  [0.0, intr["fy"] * scale, intr["cy"] * scale],
+                  [0.0, 0.0, 1.0]], dtype=np.float64)
+    keep = flags != 0
+
+    def split(name: str) -> np.ndarray:
+        a, b = (int(v) for v in manifest["split"][name])
+        ids = np.arange(max(a, 0), min(b, n), dtype=np.int64)
+        return ids[keep[ids]]
+
+    return SubjectData(
+        root=root, resolution=resolution, frames=frames, labels=labels,
+        background=_read_background(root / "background.png", resolution),
+        K=K, R=tracking["R"].astype(np.float64), t=tracking["t"].astype(np.float64),
+        expression=tracking["expression"].astype(np.float32),
+        expression_names=[str(s) for s in tracking["expression_names"]],
+        blink=tracking["blink"].astype(np.float32).reshape(n, -1),
+        landmarks=landmarks, mouth_boxes=mouth_boxes(landmarks, resolution),
+        train_ids=split("train"), val_ids=split("val"),
+        fps=float(manifest["fps"]), audio_path=root / "audio.wav", size=size)
+
+
+def mouth_boxes(landmarks: np.ndarray, resolution: int) -> np.ndarray:
+    """int32 [N, 4] lip-landmark boxes padded by MOUTH_PAD per side, clipped; zeros where no face.
+
+    Exclusive upper bounds: ``floor(max) + 1`` keeps the pixel holding the last landmark.
+    """
+    lips = landmarks[:, LIP_IDS, :]  # [N, L, 2]
+    ok = np.isfinite(lips).all(axis=(1, 2))
+    boxes = np.zeros((len(landmarks), 4), dtype=np.int32)
+    if not ok.any():
+        return boxes
+    lo, hi = lips[ok].min(axis=1), lips[ok].max(axis=1)  # [M, 2]
+    pad = MOUTH_PAD * (hi - lo)
+    x0y0 = np.clip(np.floor(lo - pad), 0, resolution)
+    x1y1 = np.clip(np.floor(hi + pad) + 1, 0, resolution)
+    box = np.concatenate([x0y0, x1y1], axis=1).astype(np.int32)
+    empty = (box[:, 2] <= box[:, 0]) | (box[:, 3] <= box[:, 1])  # lips entirely off-image
+    box[empty] = 0
+    boxes[ok] = box
+    return boxes
+
+
+def _read_manifest(path: Path, fix: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise Avatar3DError(f"{path} is unreadable ({exc}): {fix}") from exc
+    for key in ("fps", "width", "height", "n_frames", "intrinsics", "split"):
+        if key not in manifest:
+            raise Avatar3DError(f"{path} has no {key!r} (prep did not finish): {fix}")
+    if manifest["width"] != manifest["height"]:
+        raise Avatar3DError(f"{path}: frames are {manifest['width']}x{manifest['height']}, training needs square "
+                            f"frames; re-run `avatar3d prep` with the default square crop")
+    return manifest
+
+
+def _mismatch(path: Path, count: int, n: int, root: Path) -> Avatar3DError:
+    return Avatar3DError(f"{path} has {count} frames but the subject has {n}: the prep outputs are out of step; "
+                         f"re-run `avatar3d prep CLIP -o {root}`")
+
+
+def _read_background(path: Path, resolution: int) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise Avatar3DError(f"{path} is not a readable PNG: re-run `avatar3d prep` to rebuild it")
+    rgb = cv2.resize(bgr[..., ::-1], (resolution, resolution), interpolation=cv2.INTER_AREA)
+    return rgb.astype(np.float32) / 255.0
+
+
+def _cached_arrays(root: Path, resolution: int, size: int, n: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(frames, labels) memory-mapped from the cache; (re)built when cache.json does not match the inputs."""
+    cache = root / "cache" / f"r{resolution}"
+    record = {"format_version": CACHE_VERSION, "resolution": resolution, "n_frames": n,
+              "frames_sha256": file_sha256(root / "frames.mp4"),
+              "parsing_sha256": file_sha256(root / "parsing.npz")}
+    arrays = _open_cache(cache, record)
+    if arrays is None:
+        (cache / "cache.json").unlink(missing_ok=True)  # the old record must not vouch for half-rebuilt files
+        _build_cache(root, cache, resolution, size, n, progress)
+        write_json_atomic(cache / "cache.json", record)
+        arrays = _open_cache(cache, record)
+        assert arrays is not None, f"{cache}: freshly built cache does not validate"
+    return arrays
+
+
+def _open_cache(cache: Path, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached memmaps if cache.json matches ``record`` and both arrays have the expected shape."""
+    try:
+        if json.loads((cache / "cache.json").read_text(encoding="utf-8")) != record:
+            return None
+        frames = np.load(cache / "frames.npy", mmap_mode="r")
+        labels = np.load(cache / "labels.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    n, r = record["n_frames"], record["resolution"]
+    if frames.shape != (n, r, r, 3) or labels.shape != (n, r, r) or frames.dtype != np.uint8 \
+            or labels.dtype != np.uint8:
+        return None
+    return frames, labels
+
+
+def _build_cache(root: Path, cache: Path, resolution: int, size: int, n: int, progress: bool) -> None:
+    """Decode frames.mp4 and parsing.npz once, in step, into uint8 .npy files at ``resolution``."""
+    from data_prep.segment import iter_labels  # data_prep is the producer; import it only to build
+
+    cache.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temps(cache)
+    r = resolution
+    frames_in, labels_in = read_video(root / "frames.mp4"), iter_labels(root / "parsing.npz")
+    with atomic_path(cache / "frames.npy") as frames_tmp, atomic_path(cache / "labels.npy") as labels_tmp, \
+            tqdm(total=n, disable=not progress, desc=f"caching frames r{r}", unit="frame") as bar:
+        frames = np.lib.format.open_memmap(frames_tmp, mode="w+", dtype=np.uint8, shape=(n, r, r, 3))
+        labels = np.lib.format.open_memmap(labels_tmp, mode="w+", dtype=np.uint8, shape=(n, r, r))
+        for i, (image, label) in enumerate(_in_step(frames_in, labels_in, root, n)):
+            if image.shape[:2] != (size, size) or label.shape != (size, size):
+                raise Avatar3DError(f"{root / 'frames.mp4'} frame {i} is {image.shape[1]}x{image.shape[0]} and its "
+                                    f"labels {label.shape[1]}x{label.shape[0]}, manifest says {size}; re-run prep")
+            frames[i] = image if r == size else cv2.resize(image, (r, r), interpolation=cv2.INTER_AREA)
+            labels[i] = label if r == size else cv2.resize(label, (r, r), interpolation=cv2.INTER_NEAREST)
+            bar.update()
+        frames.flush()
+        labels.flush()
+        del frames, labels  # close the maps before the rename
+
+
+def _in_step(frames_in: Iterator[np.ndarray], labels_in: Iterator[np.ndarray], root: Path,
+             n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (frame, label) pairs; a count differing from ``n`` in either file is an error."""
+    sentinel = object()
+    for i in range(n + 1):
+        image, label = next(frames_in, sentinel), next(labels_in, sentinel)
+        if i == n and image is sentinel and label is sentinel:
+            return
+        for name, item in (("frames.mp4", image), ("parsing.npz", label)):
+            if (item is sentinel) != (i == n):
+                what = f"{i} frames" if item is sentinel else f"more than {n} frames"
+                raise Avatar3DError(f"{root / name} has {what} but tracking.npz has {n}: the prep outputs are out "
+                                    f"of step; re-run `avatar3d prep CLIP -o {root}`")
+        yield image, label
+
+
+def _remove_dead_temps(cache: Path) -> None:
+    """Delete temp files left by a killed build (their pid is gone); a live build's are left alone."""
+    for path in cache.iterdir():
+        match = _TEMP.match(path.name)
+        if not match:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except (PermissionError, OSError):
+            pass

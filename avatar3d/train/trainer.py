@@ -1,0 +1,374 @@
+"""`avatar3d train`: fit the avatar to a prepared subject.
+
+One loop, three ingredients that matter on a CPU budget:
+* rays are drawn from a few frames per step, with a share forced into the head region and
+  another into the mouth box (the mouth is small but is what viewers watch);
+* the head is sampled only in occupied cells of an occupancy grid refreshed from the field
+  every few steps (at the motion of a random frame, keeping the max over motions);
+* losses: photometric MSE on the composite, head-opacity and torso-alpha against the
+  parsing masks (the neck seam is learned), a small L1 on the region attention (motion
+  stays local) and on the torso deformation.
+
+Everything the next step depends on is checkpointed atomically, so `--resume` continues
+exactly (same rays, same updates) after a crash or a kill.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+from avatar3d.config import from_dict, to_dict
+from avatar3d.errors import Avatar3DError
+from avatar3d.eval.image_metrics import frame_metrics, mean_metrics
+from avatar3d.io.atomic import write_json_atomic, write_text_atomic
+from avatar3d.nerf.model import AvatarConfig, AvatarModel, RayBatch, pixel_dirs, to_head_space
+from avatar3d.synth import regions as rg
+from avatar3d.train.checkpoint import AVATAR_NAME, CHECKPOINT_NAME, FORMAT_VERSION, load_state, restore, save_checkpoint
+from avatar3d.train.data import SubjectData, load_subject
+from avatar3d.train.hull import carve_head_hull
+from avatar3d.io.atomic import atomic_path
+
+CONFIG_NAME = "config.yaml"
+HISTORY_NAME = "history.json"
+LIP_INDICES = sorted(set(rg.LIP_OUTER_UPPER + rg.LIP_OUTER_LOWER + rg.LIP_INNER_UPPER + rg.LIP_INNER_LOWER))
+
+
+@dataclass
+class TrainConfig:
+    """Schedule and losses of `avatar3d train`; the model's shape is ``avatar``."""
+
+    avatar: AvatarConfig = field(default_factory=AvatarConfig)
+    resolution: int = 128  # square training image side (frames are downsampled once into a cache)
+    steps: int = 4000
+    time_budget_s: float = 0.0  # stop when this much training time has passed (0: run all steps)
+    rays_per_step: int = 2048
+    frames_per_step: int = 4
+    head_fraction: float = 0.4  # share of rays drawn inside the head label
+    mouth_fraction: float = 0.2  # share drawn inside the mouth box
+    torso_fraction: float = 0.2  # share drawn inside the neck/torso label (its detail moves with the head)
+    lr_grid: float = 1e-2
+    lr_net: float = 2e-3
+    lr_final_factor: float = 0.1  # exponential decay to this factor at the last step
+    head_mask_weight: float = 0.02
+    torso_mask_weight: float = 0.02
+    attention_weight: float = 1e-3
+    offset_weight: float = 1e-2
+    grid_update_every: int = 16
+    grid_warmup_steps: int = 64
+    grid_threshold: float = 5.0  # occupancy: density (1/m) above min(mean, this); 5/m = 5% opacity per cm
+    eval_every: int = 250  # held-out PSNR and TensorBoard images every this many steps (0: only at the end)
+    eval_frames: int = 2
+    checkpoint_every: int = 250
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads (0: leave torch's default)
+
+    def __post_init__(self) -> None:
+        if self.resolution < 16 or self.steps < 1 or self.rays_per_step < self.frames_per_step:
+            raise Avatar3DError("TrainConfig: need resolution >= 16, steps >= 1, rays_per_step >= frames_per_step")
+        if not 0 <= self.head_fraction + self.mouth_fraction + self.torso_fraction <= 1:
+            raise Avatar3DError("TrainConfig: head_fraction + mouth_fraction + torso_fraction must be in [0, 1]")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively (YAML-safe)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(_plain(to_dict(config)), sort_keys=False)
+
+
+def config_from_yaml(text: str, source: str) -> TrainConfig:
+    return from_dict(TrainConfig, yaml.safe_load(text) or {}, source=source)
+
+
+class RaySampler:
+    """Draws the pixels of one step: a few frames, head/mouth-weighted pixels, everything as tensors."""
+
+    def __init__(self, data: SubjectData, config: TrainConfig):
+        self.data, self.config = data, config
+        self.K = torch.from_numpy(data.K).float()
+        self.R = torch.from_numpy(data.R).float()
+        self.t = torch.from_numpy(data.t).float()
+        self.background = torch.from_numpy(data.background.reshape(-1, 3)).float()
+
+    def pixels(self, frame: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        r = self.data.resolution
+        n_mouth = int(n * self.config.mouth_fraction)
+        n_head = int(n * self.config.head_fraction)
+        parts = []
+        x0, y0, x1, y1 = (int(v) for v in self.data.mouth_boxes[frame])
+        if n_mouth and x1 > x0 and y1 > y0:
+            parts.append(rng.integers(y0, y1, n_mouth) * r + rng.integers(x0, x1, n_mouth))
+        else:
+            n_head += n_mouth
+        lab = np.asarray(self.data.labels[frame]).reshape(-1)
+        for count, where in ((n_head, (lab == 1) | (lab == 3)), (int(n * self.config.torso_fraction), lab == 2)):
+            if count:
+                pool = np.flatnonzero(where)
+                parts.append(rng.choice(pool, count) if pool.size else rng.integers(0, r * r, count))
+        rest = n - sum(len(p) for p in parts)
+        parts.append(rng.integers(0, r * r, rest))
+        return np.concatenate(parts)
+
+    def sample(self, model: AvatarModel, rng: np.random.Generator) -> tuple[RayBatch, dict[str, torch.Tensor]]:
+        cfg, data, r = self.config, self.data, self.data.resolution
+        frames = rng.choice(data.train_ids, cfg.frames_per_step)
+        per = cfg.rays_per_step // cfg.frames_per_step
+        idx = np.stack([self.pixels(int(f), per, rng) for f in frames])  # [F, per] flat pixel indices
+        rgb = np.stack([np.asarray(data.frames[int(f)]).reshape(-1, 3)[i] for f, i in zip(frames, idx)])
+        lab = np.stack([np.asarray(data.labels[int(f)]).reshape(-1)[i] for f, i in zip(frames, idx)])
+        edge = np.stack([label_edges(np.asarray(data.labels[int(f)])).reshape(-1)[i] for f, i in zip(frames, idx)])
+        idx_t = torch.from_numpy(idx.reshape(-1))
+        local = torch.arange(len(frames)).repeat_interleave(per)
+        fr = torch.from_numpy(frames.astype(np.int64))
+        pix = torch.stack([idx_t % r, idx_t // r], -1).float() + 0.5
+        origins, dirs = to_head_space(self.R[fr][local], self.t[fr][local], pixel_dirs(self.K, pix))
+        motion = torch.from_numpy(data.motion(frames)).float()
+        head_code = model.head.motion_code(motion)[local]
+        torso_code = model.torso.pose_code(self.R[fr], self.t[fr], self.K, r)[local]
+        batch = RayBatch(origins, dirs, pix / r, head_code, torso_code, self.background[idx_t], fr[local])
+        labels = torch.from_numpy(lab.reshape(-1).astype(np.int64))
+        target = {"rgb": torch.from_numpy(rgb.reshape(-1, 3)).float() / 255.0, "labels": labels,
+                  "mask_ok": torch.from_numpy(~edge.reshape(-1))}  # fmt: skip
+        return batch, target
+
+
+def label_edges(labels: np.ndarray, radius: int = 1) -> np.ndarray:
+    """Bool [H, W]: pixels within ``radius`` of a change of parsing label."""
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    return cv2.dilate(labels, kernel) != cv2.erode(labels, kernel)
+
+
+def _bce(alpha: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of an opacity: unlike MSE it keeps pushing a 5% leak over the background to 0."""
+    if alpha.numel() == 0:
+        return alpha.new_zeros(())
+    return torch.nn.functional.binary_cross_entropy(alpha.clamp(1e-4, 1 - 1e-4), target)
+
+
+def losses(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor], config: TrainConfig) -> dict[str, torch.Tensor]:
+    """Named loss terms and their weighted total (``"total"``)."""
+    labels = target["labels"]
+    ok = target["mask_ok"]  # masks are trusted away from label edges only (parsing is uncertain there)
+    is_head = ((labels == 1) | (labels == 3)).float()
+    photo = torch.mean((out["rgb"] - target["rgb"]) ** 2)
+    head_mask = _bce(out["head_alpha"][ok], is_head[ok])
+    not_head = (is_head == 0) & ok
+    torso_mask = _bce(out["torso_alpha"][not_head], (labels[not_head] == 2).float())
+    offset = torch.mean(out["offset"] ** 2)
+    total = (photo + config.head_mask_weight * head_mask + config.torso_mask_weight * torso_mask
+             + config.attention_weight * out["attention"] + config.offset_weight * offset)  # fmt: skip
+    return {"total": total, "photo": photo, "head_mask": head_mask, "torso_mask": torso_mask,
+            "attention": out["attention"], "offset": offset}  # fmt: skip
+
+
+def render_subject_frame(model: AvatarModel, data: SubjectData, i: int, size: int | None = None) -> dict[str, torch.Tensor]:
+    """Renders frame ``i`` of the subject with its tracked pose and motion (at ``size``, default training res)."""
+    r = data.resolution
+    size = size or r
+    K = torch.from_numpy(data.K).float() * torch.tensor([[size / r], [size / r], [1.0]])
+    bg = torch.from_numpy(data.background).float()
+    if size != r:
+        bg = torch.nn.functional.interpolate(bg.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
+                                             align_corners=False)[0].permute(1, 2, 0)  # fmt: skip
+    motion = torch.from_numpy(data.motion(np.array([i]))[0]).float()
+    return model.render_image(K, torch.from_numpy(data.R[i]).float(), torch.from_numpy(data.t[i]).float(), motion,
+                              bg, size)  # fmt: skip
+
+
+def evaluate_frames(model: AvatarModel, data: SubjectData, ids: np.ndarray) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Mean full/head/mouth PSNR + SSIM over frames ``ids`` and the rendered images."""
+    rows, images = [], []
+    for i in ids:
+        pred = render_subject_frame(model, data, int(i))["rgb"].numpy()
+        ref = data.image(int(i))
+        rows.append(frame_metrics(pred, ref, np.asarray(data.labels[int(i)]), data.landmarks[int(i)][LIP_INDICES]))
+        images.append(pred)
+    return mean_metrics(rows), images
+
+
+def _optimizer(model: AvatarModel, config: TrainConfig) -> torch.optim.Optimizer:
+    grids = [model.head.encoding.table, model.torso.encoding.table]
+    grid_ids = {id(p) for p in grids}
+    nets = [p for p in model.parameters() if id(p) not in grid_ids]
+    return torch.optim.Adam([{"params": grids, "lr": config.lr_grid, "base_lr": config.lr_grid},
+                             {"params": nets, "lr": config.lr_net, "base_lr": config.lr_net}],
+                            betas=(0.9, 0.99), eps=1e-15)  # fmt: skip
+
+
+def _eval_ids(data: SubjectData, n: int) -> np.ndarray:
+    ids = data.val_ids if len(data.val_ids) else data.train_ids
+    return ids[np.linspace(0, len(ids) - 1, max(1, min(n, len(ids)))).round().astype(int)]
+
+
+def _prepare_run(out: Path, config: TrainConfig | None, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """Resolves the run's config and the checkpoint to resume from (None: fresh start)."""
+    ckpt, saved = out / CHECKPOINT_NAME, out / CONFIG_NAME
+    if resume:
+        if not ckpt.is_file() or not saved.is_file():
+            raise Avatar3DError(f"{out}: nothing to resume ({CHECKPOINT_NAME} missing): drop --resume to start a run")
+        saved_cfg = config_from_yaml(saved.read_text(), str(saved))
+        if config is not None and to_dict(config) != to_dict(saved_cfg):
+            raise Avatar3DError(f"{saved}: the run was started with another config; drop --config to resume it, "
+                                "or train into a new folder")  # fmt: skip
+        return saved_cfg, load_state(ckpt)
+    if ckpt.is_file():
+        raise Avatar3DError(f"{out} already holds a training run: pass --resume to continue it, or choose a new folder")
+    return config or TrainConfig(), None
+
+
+def train(
+    subject: str | Path, out: str | Path, config: TrainConfig | None = None, *, resume: bool = False,
+    progress: bool = True, log: Callable[[str], None] = print, data: SubjectData | None = None,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Trains (or resumes) an avatar into ``out``; returns the final held-out metrics and timings.
+
+    ``data`` overrides the loaded subject (the benchmark swaps in ground-truth poses);
+    ``stop_after_steps`` ends this call early (tests simulate an interrupted run).
+    """
+    out = Path(out)
+    config, state = _prepare_run(out, config, resume)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    data = data or load_subject(subject, config.resolution, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / CONFIG_NAME, config_to_yaml(config))
+    torch.manual_seed(config.seed)  # network initialisation
+    model = AvatarModel(config.avatar, data.motion(np.array([0])).shape[1], data.n_frames)
+    opt = _optimizer(model, config)
+    torch_gen, np_gen = torch.Generator().manual_seed(config.seed), np.random.default_rng(config.seed)
+    step, elapsed, history = 0, 0.0, []
+    if state is None:
+        hull = carve_head_hull(model.grid, data.R, data.t, data.K, data.labels, data.train_ids)
+        model.set_hull(hull)
+        log(f"[train] head hull from the masks: {100 * float(hull.float().mean()):.1f}% of the head box")
+    else:
+        step = restore(state, model=model, optimizer=opt, torch_gen=torch_gen, np_gen=np_gen)
+        elapsed, history = float(state.get("elapsed_s", 0.0)), list(state.get("history", []))
+        log(f"[train] resumed at step {step} ({elapsed:.0f} s trained)")
+    sampler = RaySampler(data, config)
+    eval_ids = _eval_ids(data, config.eval_frames)
+    writer = _tensorboard(out)
+    last_stop = config.steps if stop_after_steps is None else min(config.steps, step + stop_after_steps)
+    bar = _progress(progress, config.steps, step)
+
+    def checkpoint() -> None:
+        save_checkpoint(out / CHECKPOINT_NAME, model=model, optimizer=opt, step=step, torch_gen=torch_gen,
+                        np_gen=np_gen, extra={"elapsed_s": elapsed, "history": history})  # fmt: skip
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        metrics, images = evaluate_frames(model, data, eval_ids)
+        model.train()
+        row = {"step": step, "elapsed_s": round(elapsed, 2), **{k: round(v, 4) for k, v in metrics.items()}}
+        history.append(row)
+        write_json_atomic(out / HISTORY_NAME, history)
+        if writer is not None:
+            for k, v in metrics.items():
+                writer.add_scalar(f"val/{k}", v, step)
+            grid = np.concatenate([np.concatenate([p, data.image(int(i))], 1) for p, i in zip(images, eval_ids)], 0)
+            writer.add_image("val/pred_vs_truth", grid.clip(0, 1), step, dataformats="HWC")
+        return metrics
+
+    budget_hit = False
+    while step < last_stop and not budget_hit:
+        t0 = time.perf_counter()
+        progress = step / max(config.steps - 1, 1)
+        if config.time_budget_s > 0:  # a timed run decays on time, so it ends at the final rate too
+            progress = max(progress, elapsed / config.time_budget_s)
+        factor = config.lr_final_factor ** min(progress, 1.0)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        if step % config.grid_update_every == 0:
+            f = int(np_gen.choice(data.train_ids))
+            model.update_grid(torch.from_numpy(data.motion(np.array([f]))[0]).float(), step, torch_gen,
+                              config.grid_warmup_steps, config.grid_threshold)  # fmt: skip
+        batch, target = sampler.sample(model, np_gen)
+        out_rays = model.render_rays(batch)
+        terms = losses(out_rays, target, config)
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        opt.step()
+        step += 1
+        elapsed += time.perf_counter() - t0
+        budget_hit = config.time_budget_s > 0 and elapsed >= config.time_budget_s
+        if writer is not None and step % 25 == 0:
+            for k, v in terms.items():
+                writer.add_scalar(f"loss/{k}", float(v.detach()), step)
+            writer.add_scalar("train/samples_per_ray", float(out_rays["n_samples"]) / config.rays_per_step, step)
+            writer.add_scalar("train/occupancy", model.grid.occupancy_fraction(), step)
+        if bar is not None:
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(psnr=f"{-10 * math.log10(max(float(terms['photo']), 1e-10)):.1f}", refresh=False)
+        if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+            evaluate()
+        if step % config.checkpoint_every == 0 or step == last_stop or budget_hit:
+            checkpoint()
+    if bar is not None:
+        bar.close()
+    finished = step >= config.steps or budget_hit
+    result: dict[str, Any] = {"step": step, "elapsed_s": round(elapsed, 1), "finished": finished}
+    if finished:
+        result["val"] = evaluate()
+        checkpoint()
+        save_avatar(out / AVATAR_NAME, model, data, config)
+        log(f"[train] {step} steps in {elapsed:.0f} s; held-out PSNR full {result['val']['psnr_full']:.2f} / "
+            f"head {result['val']['psnr_head']:.2f} / mouth {result['val']['psnr_mouth']:.2f} dB -> {out / AVATAR_NAME}")
+    if writer is not None:
+        writer.close()
+    return result
+
+
+def save_avatar(path: Path, model: AvatarModel, data: SubjectData, config: TrainConfig) -> None:
+    """The inference bundle: weights, model config, camera, plate and the subject's poses (for `render`)."""
+    bundle = {
+        "format_version": FORMAT_VERSION, "avatar_config": _plain(to_dict(config.avatar)),
+        "motion_dim": model.motion_dim, "n_frames": data.n_frames, "model": model.state_dict(),
+        "resolution": data.resolution, "K": data.K, "background": (data.background * 255).round().astype(np.uint8),
+        "expression_names": list(data.expression_names), "R": data.R, "t": data.t, "fps": data.fps,
+        "train_ids": data.train_ids, "val_ids": data.val_ids, "subject": str(data.root),
+    }  # fmt: skip
+    with atomic_path(path) as tmp:
+        torch.save(bundle, tmp)
+
+
+def load_avatar(path: str | Path) -> tuple[AvatarModel, dict[str, Any]]:
+    """(model in eval mode, bundle metadata) from an avatar folder or its avatar.pt."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / AVATAR_NAME
+    bundle = load_state(path)
+    cfg = from_dict(AvatarConfig, bundle["avatar_config"], source=str(path))
+    model = AvatarModel(cfg, int(bundle["motion_dim"]), int(bundle["n_frames"]))
+    model.load_state_dict(bundle.pop("model"))
+    model.eval()
+    return model, bundle
+
+
+def _tensorboard(out: Path):  # type: ignore[no-untyped-def]
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _progress(enabled: bool, total: int, initial: int):  # type: ignore[no-untyped-def]
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)

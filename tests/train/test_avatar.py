@@ -1,0 +1,202 @@
+"""The avatar on a tiny run (64², a few hundred steps): quality, geometry, motion locality, torso, resume.
+
+One avatar is trained once per module on the session's prepared synthetic subject (16 s,
+tracked poses) and every behaviour a user relies on is measured on it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avatar3d.errors import Avatar3DError
+from avatar3d.eval.image_metrics import head_mask, psnr
+from avatar3d.nerf.fields import HeadFieldConfig, TorsoFieldConfig
+from avatar3d.nerf.encoding import HashGridConfig
+from avatar3d.nerf.model import AvatarConfig
+from avatar3d.train.checkpoint import CHECKPOINT_NAME, load_state
+from avatar3d.train.data import load_subject
+from avatar3d.train.trainer import (
+    TrainConfig,
+    config_to_yaml,
+    evaluate_frames,
+    load_avatar,
+    render_subject_frame,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_config(steps: int = 400, **changes) -> TrainConfig:
+    avatar = AvatarConfig(
+        head=HeadFieldConfig(grid=HashGridConfig(n_dims=3, n_levels=12, log2_table_size=14, base_resolution=16,
+                                                 finest_resolution=256), hidden=32),  # fmt: skip
+        torso=TorsoFieldConfig(grid=HashGridConfig(n_dims=2, n_levels=8, log2_table_size=12, base_resolution=8,
+                                                   finest_resolution=128), hidden=32),  # fmt: skip
+        grid_resolution=32, cone_angle=1 / 128, dt_min=0.003, max_samples=96,
+    )
+    base = TrainConfig(avatar=avatar, resolution=64, steps=steps, rays_per_step=1024, eval_every=0,
+                       checkpoint_every=100, lr_final_factor=0.3)  # fmt: skip
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def subject_copy(prepared_subject, tmp_path_factory) -> Path:
+    """A private copy of the prepared subject (training writes a frame cache into it)."""
+    folder = tmp_path_factory.mktemp("avatar-subject") / "subject"
+    shutil.copytree(prepared_subject[0], folder, ignore=shutil.ignore_patterns("cache"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_avatar(subject_copy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("avatar") / "run"
+    result = train(subject_copy, out, tiny_config(), progress=False, log=lambda s: None)
+    model, meta = load_avatar(out)
+    data = load_subject(subject_copy, 64, progress=False)
+    return out, result, model, meta, data
+
+
+def test_held_out_psnr_far_above_the_mean_image(tiny_avatar) -> None:
+    out, result, model, meta, data = tiny_avatar
+    assert result["finished"] and (out / "avatar.pt").is_file() and (out / "config.yaml").is_file()
+    assert any((out / "tensorboard").iterdir()), "no TensorBoard events written"
+    ids = data.val_ids[:: max(1, len(data.val_ids) // 8)]
+    metrics, _ = evaluate_frames(model, data, ids)
+    mean_image = np.mean([data.image(int(i)) for i in data.train_ids[::5]], axis=0)
+    base_full = np.mean([psnr(mean_image, data.image(int(i))) for i in ids])
+    base_head = np.mean([psnr(mean_image, data.image(int(i)), head_mask(np.asarray(data.labels[int(i)])))
+                         for i in ids])  # fmt: skip
+    print(f"tiny avatar: full {metrics['psnr_full']:.2f} (mean image {base_full:.2f}), head {metrics['psnr_head']:.2f} "
+          f"({base_head:.2f}), mouth {metrics['psnr_mouth']:.2f}")
+    assert metrics["psnr_full"] > base_full + 2.0  # the 16 s clip's plate itself is only ~27 dB on background pixels
+    assert metrics["psnr_head"] > base_head + 6.0
+
+
+def _opacity_centroid(alpha: torch.Tensor) -> np.ndarray:
+    a = alpha.numpy()
+    ys, xs = np.mgrid[: a.shape[0], : a.shape[1]]
+    return np.array([(a * xs).sum(), (a * ys).sum()]) / a.sum()
+
+
+def test_head_moves_as_the_projection_predicts(tiny_avatar) -> None:
+    _, _, model, meta, data = tiny_avatar
+    i = int(data.val_ids[0])
+    K = torch.from_numpy(data.K).float()
+    R, t = torch.from_numpy(data.R[i]).float(), torch.from_numpy(data.t[i]).float()
+    motion = torch.from_numpy(data.motion(np.array([i]))[0]).float()
+    bg = torch.from_numpy(data.background).float()
+    base = model.render_image(K, R, t, motion, bg, 64)
+    assert float(base["head_alpha"].sum()) > 100  # the head is there
+    for shift in (torch.tensor([0.03, 0.0, 0.0]), torch.tensor([0.0, -0.02, 0.0])):
+        moved = model.render_image(K, R, t + shift, motion, bg, 64)
+        expected = (K[[0, 1], [0, 1]] * shift[:2] / t[2]).numpy()  # pixels, at the head's depth
+        got = _opacity_centroid(moved["head_alpha"]) - _opacity_centroid(base["head_alpha"])
+        assert np.abs(got - expected).max() < 0.15 * np.abs(expected).max() + 0.3, (got, expected)
+
+
+def test_jaw_open_changes_the_mouth_only(tiny_avatar) -> None:
+    _, _, model, meta, data = tiny_avatar
+    jaw = list(data.expression_names).index("jawOpen")
+    i = int(data.val_ids[len(data.val_ids) // 2])
+    K = torch.from_numpy(data.K).float()
+    R, t = torch.from_numpy(data.R[i]).float(), torch.from_numpy(data.t[i]).float()
+    bg = torch.from_numpy(data.background).float()
+    lo, hi = np.percentile(data.expression[data.train_ids, jaw], [2, 98])  # the range training saw
+    closed = torch.from_numpy(data.motion(np.array([i]))[0]).float()
+    closed[jaw] = float(lo)
+    opened = closed.clone()
+    opened[jaw] = float(hi)
+    a, b = model.render_image(K, R, t, closed, bg, 64), model.render_image(K, R, t, opened, bg, 64)
+    diff = (a["rgb"] - b["rgb"]).abs().mean(-1).numpy()
+    x0, y0, x1, y1 = data.mouth_boxes[i]
+    mouth = diff[y0:y1, x0:x1].mean()
+    labels = np.asarray(data.labels[i])
+    rows = np.arange(labels.shape[0])[:, None] * np.ones((1, labels.shape[1]))
+    upper = ((labels == 1) | (labels == 3)) & (rows < data.landmarks[i][10, 1] + 1)  # hair + top of the forehead
+    top = diff[upper].mean()
+    outside = (a["head_alpha"] < 0.01) & (b["head_alpha"] < 0.01)
+    print(f"jawOpen {lo:.2f} -> {hi:.2f}: mean |change| mouth {mouth:.5f}, hair/upper forehead {top:.5f}")
+    assert mouth > 5e-4 and mouth > 4 * top
+    assert diff[outside.numpy()].max() < 0.02  # background and torso untouched
+
+
+def test_torso_follows_head_yaw(tiny_avatar) -> None:
+    _, _, model, meta, data = tiny_avatar
+    i = int(data.val_ids[0])
+    K = torch.from_numpy(data.K).float()
+    R, t = torch.from_numpy(data.R[i]).float(), torch.from_numpy(data.t[i]).float()
+    pix = (torch.stack(torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij"), -1).reshape(-1, 2).flip(-1)
+           + 0.5) / 64  # fmt: skip
+
+    def torso_layer(yaw_deg: float) -> np.ndarray:
+        c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
+        Ry = torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=torch.float32)
+        code = model.torso.pose_code((R @ Ry)[None], t[None], K, 64)
+        with torch.no_grad():
+            rgb, alpha, _ = model.torso(pix, code.expand(pix.shape[0], -1))
+        return (alpha[:, None] * rgb).view(64, 64, 3).numpy()
+
+    left, mid, right = torso_layer(-8), torso_layer(0), torso_layer(8)
+    labels = np.asarray(data.labels[i])
+    torso = labels == 2
+    change = np.abs(left - right).mean(-1)
+    assert change[torso].mean() > 0.005, "the torso ignores the head's yaw"
+    # It changes smoothly with yaw: half the yaw, roughly half the change (no flicker).
+    half = np.abs(mid - right).mean(-1)[torso].mean()
+    assert 0.2 * change[torso].mean() < half < 0.8 * change[torso].mean()
+
+
+def test_resume_continues_exactly(subject_copy, tmp_path) -> None:
+    cfg = tiny_config(steps=40, checkpoint_every=10)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(subject_copy, straight, cfg, progress=False, log=lambda s: None)
+    first = train(subject_copy, split, cfg, progress=False, log=lambda s: None, stop_after_steps=20)
+    assert not first["finished"] and load_state(split / CHECKPOINT_NAME)["step"] == 20
+    with pytest.raises(Avatar3DError, match="--resume"):
+        train(subject_copy, split, cfg, progress=False)
+    train(subject_copy, split, None, resume=True, progress=False, log=lambda s: None)
+    a, b = load_avatar(straight)[0].state_dict(), load_avatar(split)[0].state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=lambda m: f"{k}: {m}")
+    with pytest.raises(Avatar3DError, match="another config"):
+        train(subject_copy, split, tiny_config(steps=41), resume=True, progress=False)
+
+
+def test_sigkill_mid_checkpoint_leaves_a_loadable_checkpoint(subject_copy, tmp_path) -> None:
+    cfg = tiny_config(steps=120, checkpoint_every=5)
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(config_to_yaml(cfg))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "avatar3d.cli", "train", str(subject_copy), "-o", str(run), "--config", str(cfg_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    killed_mid_write = False
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            temps = list(run.glob(".checkpoint.tmp-*")) if run.is_dir() else []
+            if temps and (run / CHECKPOINT_NAME).is_file():  # a second checkpoint is being written
+                proc.send_signal(signal.SIGKILL)
+                killed_mid_write = True
+                break
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert killed_mid_write, "never caught a checkpoint being written"
+    state = load_state(run / CHECKPOINT_NAME)
+    assert 5 <= state["step"] < 120
+    result = train(subject_copy, run, None, resume=True, progress=False, log=lambda s: None)
+    assert result["finished"] and result["step"] == 120 and (run / "avatar.pt").is_file()

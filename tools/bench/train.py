@@ -1,0 +1,157 @@
+"""Benchmark avatar training: held-out PSNR/SSIM against training time, render speed, peak RAM.
+
+Pipeline (outputs cached under --work, so a re-run reuses the subject):
+  1. synthesise a 60 s subject (seed fixed) at 512²            avatar3d.synth
+  2. prepare it with `avatar3d prep` (tracked poses)           data_prep
+  3. train with configs/cpu_small.yaml on the tracked poses    avatar3d.train
+  4. the same run with ground-truth poses (expressed in the tracked canonical frame by
+     one constant similarity), so tracking error and model capacity are told apart
+  5. evaluate held-out frames (full / head / mouth PSNR + SSIM, shared METRICS.md
+     definitions) and time inference renders (early-terminated rounds, CPU kernels)
+     against the same render with the pure-torch mirror.
+
+Writes psnr_vs_time.png (a curve per run) into --work. Last line: one JSON object.
+Usage: python tools/bench/train.py [--work build/bench_train] [--minutes 20] [--no-gt]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+from avatar3d.config import load_config
+from avatar3d.eval.pose import constant_rotation_offset
+from avatar3d.train.data import load_subject
+from avatar3d.train.trainer import TrainConfig, evaluate_frames, load_avatar, render_subject_frame, train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def gt_poses_in_tracked_frame(R_gt: np.ndarray, t_gt: np.ndarray, R_tr: np.ndarray, t_tr: np.ndarray):
+    """Ground-truth poses re-expressed in the tracker's canonical head frame (one constant similarity).
+
+    Rotation: R_gt @ O with the constant offset O. Translation: t = R_gt u + s t_gt, with (u, s)
+    the least-squares fit to the tracked translations (u = s * the tracked origin in the true
+    head frame; s the monocular scale, which rescales the scene and leaves the images unchanged).
+    """
+    O = constant_rotation_offset(R_gt, R_tr)
+    A = np.concatenate([R_gt, t_gt[:, :, None]], axis=2).reshape(-1, 4)  # rows: [R_gt_i | t_gt_i]
+    sol, *_ = np.linalg.lstsq(A, t_tr.reshape(-1), rcond=None)
+    u, s = sol[:3], sol[3]
+    return R_gt @ O, np.einsum("nij,j->ni", R_gt, u) + s * t_gt, float(s)
+
+
+def ensure_subject(work: Path, duration: float, seed: int) -> tuple[Path, Path]:
+    from avatar3d.synth.generate import SynthConfig, generate
+    from data_prep.pipeline import PrepConfig, prepare
+
+    synth, subject = work / "synth", work / "subject"
+    if not (synth / "groundtruth.npz").is_file():
+        generate(SynthConfig(duration_s=duration, seed=seed), synth, progress=True)
+    prepare(synth / "video.mp4", subject, PrepConfig(), progress=True, log=print)
+    return synth, subject
+
+
+def time_renders(avatar: Path, subject: Path, n: int) -> dict[str, float]:
+    """Mean seconds per inference frame with the compiled CPU kernels and with the torch mirror."""
+    model, meta = load_avatar(avatar)
+    data = load_subject(subject, int(meta["resolution"]), progress=False)
+    ids = data.val_ids[:n]
+    out = {}
+    for backend in ("cpu", "torch"):
+        os.environ["AVATAR3D_BACKEND"] = backend
+        render_subject_frame(model, data, int(ids[0]))  # warm-up (JIT load)
+        t0 = time.perf_counter()
+        for i in ids:
+            render_subject_frame(model, data, int(i))
+        out[backend] = (time.perf_counter() - t0) / len(ids)
+    os.environ.pop("AVATAR3D_BACKEND", None)
+    return out
+
+
+def plot(runs: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, hist in runs.items():
+        minutes = [h["elapsed_s"] / 60 for h in hist]
+        for key, style in (("psnr_full", "-"), ("psnr_head", "--"), ("psnr_mouth", ":")):
+            axes[0].plot(minutes, [h[key] for h in hist], style, label=f"{name} {key[5:]}")
+        axes[1].plot(minutes, [h["ssim_head"] for h in hist], label=f"{name} head")
+    axes[0].set(xlabel="training minutes (2 CPU cores)", ylabel="held-out PSNR (dB)")
+    axes[1].set(xlabel="training minutes (2 CPU cores)", ylabel="held-out SSIM")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_train")
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "cpu_small.yaml")
+    ap.add_argument("--minutes", type=float, default=20.0, help="training time per run")
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--no-gt", action="store_true", help="skip the ground-truth-pose run")
+    ap.add_argument("--eval-frames", type=int, default=40, help="held-out frames in the final evaluation")
+    args = ap.parse_args()
+
+    synth, subject = ensure_subject(args.work, args.duration, args.seed)
+    base = load_config(TrainConfig, args.config)
+    base = dataclasses.replace(base, time_budget_s=args.minutes * 60.0, steps=max(base.steps, 100_000)
+                               if args.minutes else base.steps)  # fmt: skip
+    runs, rows = {}, {}
+    variants = [("tracked", False)] + ([] if args.no_gt else [("ground_truth", True)])
+    for name, use_gt in variants:
+        out = args.work / f"avatar_{name}"
+        data = load_subject(subject, base.resolution)
+        if use_gt:
+            gt = np.load(synth / "groundtruth.npz")
+            data.R, data.t, scale = gt_poses_in_tracked_frame(gt["R"], gt["t"], data.R, data.t)
+            print(f"[bench] ground-truth poses in the tracked frame (scale {scale:.4f})")
+        if (out / "avatar.pt").is_file():
+            print(f"[bench] reusing {out}")
+        else:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+            train(subject, out, base, data=data)
+        model, _ = load_avatar(out)
+        step = max(1, len(data.val_ids) // args.eval_frames)
+        metrics, _ = evaluate_frames(model, data, data.val_ids[::step][: args.eval_frames])
+        runs[name] = json.loads((out / "history.json").read_text())
+        rows[name] = {k: round(v, 3) for k, v in metrics.items()}
+    timing = time_renders(args.work / "avatar_tracked", subject, 10)
+    plot(runs, args.work / "psnr_vs_time.png")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    print(f"\n{'run':<14}{'PSNR full':>10}{'head':>8}{'mouth':>8}{'SSIM full':>10}{'head':>8}{'mouth':>8}")
+    for name, m in rows.items():
+        print(f"{name:<14}{m['psnr_full']:>10.2f}{m['psnr_head']:>8.2f}{m['psnr_mouth']:>8.2f}"
+              f"{m['ssim_full']:>10.3f}{m['ssim_head']:>8.3f}{m['ssim_mouth']:>8.3f}")
+    fps_cpu, fps_torch = 1 / timing["cpu"], 1 / timing["torch"]
+    print(f"render {base.resolution}²: {fps_cpu:.2f} FPS with the CPU kernels, {fps_torch:.2f} FPS with the torch "
+          f"mirror ({fps_cpu / fps_torch:.1f}x), {torch.get_num_threads()} threads; peak RAM {peak_mb:.0f} MB")
+    print(f"curve: {args.work / 'psnr_vs_time.png'}")
+    print(json.dumps({"minutes": args.minutes, "resolution": base.resolution, "runs": rows,
+                      "render_fps_cpu": round(fps_cpu, 2), "render_fps_torch": round(fps_torch, 2),
+                      "render_speedup": round(fps_cpu / fps_torch, 2), "peak_ram_mb": round(peak_mb),
+                      "curve": str(args.work / "psnr_vs_time.png")}))
+
+
+if __name__ == "__main__":
+    main()
