@@ -36,7 +36,7 @@ def _no_outputs(directory: Path) -> None:
 def test_help_lists_only_working_subcommands():
     parser = build_parser()
     choices = next(a for a in parser._actions if a.dest == "command").choices
-    assert sorted(choices) == ["demo", "prep", "synth"]
+    assert sorted(choices) == ["demo", "prep", "render", "synth", "train"]
 
 
 def test_photo_without_a_face(tmp_path, capsys):
@@ -102,3 +102,15 @@ def test_entry_point_exit_code_in_a_real_process(tmp_path):
 def test_prep_of_a_missing_clip(tmp_path, capsys):
     code, _, err = _run(capsys, ["prep", str(tmp_path / "talk.mp4"), "-o", str(tmp_path / "subject")])
     _assert_one_line_error(code, err, "talk.mp4", "not found")
+
+
+def test_train_and_render_bad_input(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope"), "-o", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "nope" in err and "avatar3d prep" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert main(["train", str(tmp_path), "-o", str(tmp_path / "run"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(["render", str(tmp_path / "no_avatar"), "--motion-from", str(tmp_path), "-o", str(tmp_path / "o.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "avatar.pt" in err and "avatar3d train" in err and not (tmp_path / "o.mp4").exists()

@@ -69,6 +69,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     seed: int = 0
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
+    device: str = "auto"  # "auto" (a CUDA GPU when torch sees one, else the CPU), "cpu" or "cuda"
 
     def __post_init__(self) -> None:
         if self.resolution < 16 or self.steps < 1 or self.rays_per_step < self.frames_per_step:
@@ -124,7 +125,9 @@ class RaySampler:
         return np.concatenate(parts)
 
     def sample(self, model: AvatarModel, rng: np.random.Generator) -> tuple[RayBatch, dict[str, torch.Tensor]]:
+        """Rays are built on the CPU (cheap) and moved to the model's device once."""
         cfg, data, r = self.config, self.data, self.data.resolution
+        dev = model.hull.device
         frames = rng.choice(data.train_ids, cfg.frames_per_step)
         per = cfg.rays_per_step // cfg.frames_per_step
         idx = np.stack([self.pixels(int(f), per, rng) for f in frames])  # [F, per] flat pixel indices
@@ -136,13 +139,15 @@ class RaySampler:
         fr = torch.from_numpy(frames.astype(np.int64))
         pix = torch.stack([idx_t % r, idx_t // r], -1).float() + 0.5
         origins, dirs = to_head_space(self.R[fr][local], self.t[fr][local], pixel_dirs(self.K, pix))
-        motion = torch.from_numpy(data.motion(frames)).float()
-        head_code = model.head.motion_code(motion)[local]
-        torso_code = model.torso.pose_code(self.R[fr], self.t[fr], self.K, r)[local]
-        batch = RayBatch(origins, dirs, pix / r, head_code, torso_code, self.background[idx_t], fr[local])
-        labels = torch.from_numpy(lab.reshape(-1).astype(np.int64))
-        target = {"rgb": torch.from_numpy(rgb.reshape(-1, 3)).float() / 255.0, "labels": labels,
-                  "mask_ok": torch.from_numpy(~edge.reshape(-1))}  # fmt: skip
+        motion = torch.from_numpy(data.motion(frames)).float().to(dev)
+        local_d = local.to(dev)
+        head_code = model.head.motion_code(motion)[local_d]
+        torso_code = model.torso.pose_code(self.R[fr].to(dev), self.t[fr].to(dev), self.K.to(dev), r)[local_d]
+        batch = RayBatch(origins.to(dev), dirs.to(dev), (pix / r).to(dev), head_code, torso_code,
+                         self.background[idx_t].to(dev), fr[local].to(dev))  # fmt: skip
+        labels = torch.from_numpy(lab.reshape(-1).astype(np.int64)).to(dev)
+        target = {"rgb": (torch.from_numpy(rgb.reshape(-1, 3)).float() / 255.0).to(dev), "labels": labels,
+                  "mask_ok": torch.from_numpy(~edge.reshape(-1)).to(dev)}  # fmt: skip
         return batch, target
 
 
@@ -179,14 +184,16 @@ def render_subject_frame(model: AvatarModel, data: SubjectData, i: int, size: in
     """Renders frame ``i`` of the subject with its tracked pose and motion (at ``size``, default training res)."""
     r = data.resolution
     size = size or r
-    K = torch.from_numpy(data.K).float() * torch.tensor([[size / r], [size / r], [1.0]])
-    bg = torch.from_numpy(data.background).float()
+    dev = model.hull.device
+    K = (torch.from_numpy(data.K).float() * torch.tensor([[size / r], [size / r], [1.0]])).to(dev)
+    bg = torch.from_numpy(data.background).float().to(dev)
     if size != r:
         bg = torch.nn.functional.interpolate(bg.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
                                              align_corners=False)[0].permute(1, 2, 0)  # fmt: skip
-    motion = torch.from_numpy(data.motion(np.array([i]))[0]).float()
-    return model.render_image(K, torch.from_numpy(data.R[i]).float(), torch.from_numpy(data.t[i]).float(), motion,
-                              bg, size)  # fmt: skip
+    motion = torch.from_numpy(data.motion(np.array([i]))[0]).float().to(dev)
+    out = model.render_image(K, torch.from_numpy(data.R[i]).float().to(dev), torch.from_numpy(data.t[i]).float().to(dev),
+                             motion, bg, size)  # fmt: skip
+    return {k: v.cpu() for k, v in out.items()}
 
 
 def evaluate_frames(model: AvatarModel, data: SubjectData, ids: np.ndarray) -> tuple[dict[str, float], list[np.ndarray]]:
@@ -198,6 +205,17 @@ def evaluate_frames(model: AvatarModel, data: SubjectData, ids: np.ndarray) -> t
         rows.append(frame_metrics(pred, ref, np.asarray(data.labels[int(i)]), data.landmarks[int(i)][LIP_INDICES]))
         images.append(pred)
     return mean_metrics(rows), images
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> the GPU when this torch sees one, else the CPU; "cuda" without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise Avatar3DError("TrainConfig.device is 'cuda' but torch sees no GPU: use device: auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise Avatar3DError(f"TrainConfig.device={name!r}: use auto, cpu or cuda")
+    return torch.device(name)
 
 
 def _optimizer(model: AvatarModel, config: TrainConfig) -> torch.optim.Optimizer:
@@ -248,9 +266,10 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / CONFIG_NAME, config_to_yaml(config))
     torch.manual_seed(config.seed)  # network initialisation
-    model = AvatarModel(config.avatar, data.motion(np.array([0])).shape[1], data.n_frames)
+    dev = resolve_device(config.device)
+    model = AvatarModel(config.avatar, data.motion(np.array([0])).shape[1], data.n_frames).to(dev)
     opt = _optimizer(model, config)
-    torch_gen, np_gen = torch.Generator().manual_seed(config.seed), np.random.default_rng(config.seed)
+    torch_gen, np_gen = torch.Generator(device=dev).manual_seed(config.seed), np.random.default_rng(config.seed)
     step, elapsed, history = 0, 0.0, []
     if state is None:
         hull = carve_head_hull(model.grid, data.R, data.t, data.K, data.labels, data.train_ids)
@@ -295,7 +314,7 @@ def train(
             g["lr"] = g["base_lr"] * factor
         if step % config.grid_update_every == 0:
             f = int(np_gen.choice(data.train_ids))
-            model.update_grid(torch.from_numpy(data.motion(np.array([f]))[0]).float(), step, torch_gen,
+            model.update_grid(torch.from_numpy(data.motion(np.array([f]))[0]).float().to(dev), step, torch_gen,
                               config.grid_warmup_steps, config.grid_threshold)  # fmt: skip
         batch, target = sampler.sample(model, np_gen)
         out_rays = model.render_rays(batch)
@@ -350,7 +369,7 @@ def save_avatar(path: Path, model: AvatarModel, data: SubjectData, config: Train
 def load_avatar(path: str | Path) -> tuple[AvatarModel, dict[str, Any]]:
     """(model in eval mode, bundle metadata) from an avatar folder or its avatar.pt."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or path.suffix != ".pt":
         path = path / AVATAR_NAME
     bundle = load_state(path)
     cfg = from_dict(AvatarConfig, bundle["avatar_config"], source=str(path))

@@ -200,3 +200,18 @@ def test_sigkill_mid_checkpoint_leaves_a_loadable_checkpoint(subject_copy, tmp_p
     assert 5 <= state["step"] < 120
     result = train(subject_copy, run, None, resume=True, progress=False, log=lambda s: None)
     assert result["finished"] and result["step"] == 120 and (run / "avatar.pt").is_file()
+
+
+def test_render_held_out_frames_with_their_audio(tiny_avatar, subject_copy, tmp_path) -> None:
+    from avatar3d.io.video import probe_video, read_video
+    from avatar3d.render.replay import render_from_subject
+
+    out, _, _, _, data = tiny_avatar
+    video = tmp_path / "val.mp4"
+    stats = render_from_subject(out, subject_copy, video, split="val", progress=False, log=lambda s: None)
+    info = probe_video(video)
+    assert info.n_frames == len(data.val_ids) == stats["frames"] and (info.width, info.height) == (64, 64)
+    assert info.has_audio and abs(info.duration - len(data.val_ids) / data.fps) < 0.1
+    first = next(iter(read_video(video))).astype(np.float32) / 255
+    ref = render_subject_frame(load_avatar(out)[0], data, int(data.val_ids[0]))["rgb"].numpy()
+    assert np.abs(first - ref).mean() < 0.03  # the frame written is the frame rendered (H.264 loss only)

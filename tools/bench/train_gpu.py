@@ -1,0 +1,72 @@
+"""Avatar training and rendering at 512² on a GPU (configs/gpu_512.yaml): time to 30 dB, render FPS.
+
+Why separate from train.py: a lent GPU's time is short, so this one takes an already prepared
+subject (prep needs MediaPipe, which GPU images lack), trains for a fixed time with frequent
+held-out evaluations, and times inference renders with the CUDA kernels.
+
+Usage: python tools/bench/train_gpu.py SUBJECT [--minutes 3] [--out DIR] [--config configs/gpu_512.yaml]
+Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+from avatar3d.config import load_config
+from avatar3d.train.data import load_subject
+from avatar3d.train.trainer import TrainConfig, load_avatar, render_subject_frame, train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("subject", type=Path)
+    ap.add_argument("--out", type=Path, default=REPO / "build" / "bench_train_gpu")
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "gpu_512.yaml")
+    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--eval-every", type=int, default=200)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("tools/bench/train_gpu.py: torch sees no GPU")
+    config = load_config(TrainConfig, args.config)
+    config = dataclasses.replace(config, time_budget_s=args.minutes * 60, steps=100_000, eval_every=args.eval_every,
+                                 checkpoint_every=1000, device="cuda")  # fmt: skip
+    t0 = time.perf_counter()
+    data = load_subject(args.subject, config.resolution, progress=False)
+    load_s = time.perf_counter() - t0
+    result = train(args.subject, args.out, config, data=data, progress=False)
+    history = json.loads((args.out / "history.json").read_text())
+    to_30 = next((h["elapsed_s"] for h in history if h["psnr_full"] >= 30.0), None)
+
+    model, _ = load_avatar(args.out)
+    model.cuda()
+    ids = data.val_ids[:30]
+    render_subject_frame(model, data, int(ids[0]))
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in ids:
+        render_subject_frame(model, data, int(i))
+    torch.cuda.synchronize()
+    fps = len(ids) / (time.perf_counter() - t0)
+
+    print(f"device {torch.cuda.get_device_name(0)}; subject {data.n_frames} frames at {config.resolution}² "
+          f"(cache {load_s:.0f} s)")
+    print(f"{'step':>7}{'train s':>9}{'PSNR full':>11}{'head':>8}{'mouth':>8}")
+    for h in history:
+        print(f"{h['step']:>7}{h['elapsed_s']:>9.1f}{h['psnr_full']:>11.2f}{h['psnr_head']:>8.2f}{h['psnr_mouth']:>8.2f}")
+    print(f"time to 30 dB full-frame: {to_30} s; render {config.resolution}²: {fps:.1f} FPS (incl. host copies)")
+    print(json.dumps({"device": torch.cuda.get_device_name(0), "resolution": config.resolution,
+                      "steps": result["step"], "train_s": result["elapsed_s"], "val": result.get("val"),
+                      "seconds_to_30db": to_30, "render_fps": round(fps, 1), "history": history}))
+
+
+if __name__ == "__main__":
+    main()
