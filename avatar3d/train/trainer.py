@@ -333,7 +333,7 @@ def train(
         if bar is not None:
             bar.update(1)
             if step % 10 == 0:
-                bar.set_postfix(psnr=f"{-10 * math.log10(max(float(terms['photo']), 1e-10)):.1f}", refresh=False)
+                bar.set_postfix(psnr=f"{-10 * math.log10(max(float(terms['photo'].detach()), 1e-10)):.1f}", refresh=False)
         if config.eval_every and step % config.eval_every == 0 and step < config.steps:
             evaluate()
         if step % config.checkpoint_every == 0 or step == last_stop or budget_hit:

@@ -121,7 +121,7 @@ def main() -> None:
         data = load_subject(subject, base.resolution)
         if use_gt:
             gt = np.load(synth / "groundtruth.npz")
-            data.R, data.t, scale = gt_poses_in_tracked_frame(gt["R"], gt["t"], data.R, data.t)
+            data.R, data.t, scale = gt_poses_in_tracked_frame(gt["rotation"], gt["translation"], data.R, data.t)
             print(f"[bench] ground-truth poses in the tracked frame (scale {scale:.4f})")
         if (out / "avatar.pt").is_file():
             print(f"[bench] reusing {out}")
