@@ -18,6 +18,7 @@ Why these shapes:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +79,7 @@ class HeadFieldConfig:
     brows of the default face model (:func:`face_motion_regions`)."""
 
 
+@functools.lru_cache(maxsize=1)
 def face_motion_regions() -> tuple[tuple[float, ...], ...]:
     """Gaussian regions around the mouth (sigma 3.5 cm: lips and jaw), each eye and each brow (1.8 cm)."""
     from avatar3d.face.default_model import load_face_model

@@ -17,10 +17,6 @@ from avatar3d.synth import regions as rg
 from avatar3d.vision.face_mesh import FaceMeshDetector
 
 
-def _lip_indices() -> list[int]:
-    return sorted(set(rg.LIP_OUTER_UPPER + rg.LIP_OUTER_LOWER + rg.LIP_INNER_UPPER + rg.LIP_INNER_LOWER))
-
-
 def load_groundtruth(path: str | Path) -> dict[str, np.ndarray]:
     """All arrays of a ``groundtruth.npz`` (clear error if missing or not one)."""
     path = Path(path)
@@ -52,7 +48,7 @@ def landmark_agreement(detected: np.ndarray, truth: np.ndarray) -> dict[str, flo
     contour = np.zeros(468, bool)
     contour[rg.FACE_OVAL] = True
     lips = np.zeros(468, bool)
-    lips[_lip_indices()] = True
+    lips[rg.LIPS] = True
     inner = err[:, ~contour]
     return {
         "frames": int(n),

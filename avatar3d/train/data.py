@@ -25,7 +25,7 @@ from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path, write_json_atomic
 from avatar3d.io.hashing import file_sha256
 from avatar3d.io.video import read_video
-from avatar3d.synth.regions import LIP_INNER_LOWER, LIP_INNER_UPPER, LIP_OUTER_LOWER, LIP_OUTER_UPPER
+from avatar3d.synth.regions import LIPS
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -34,7 +34,7 @@ __all__ = ["SubjectData", "load_subject", "mouth_boxes", "LIP_IDS", "CACHE_VERSI
 CACHE_VERSION = 1
 REQUIRED = ("manifest.json", "frames.mp4", "audio.wav", "landmarks.npy", "landmark_flags.npy",
             "tracking.npz", "parsing.npz", "background.png")
-LIP_IDS = np.array(sorted(set(LIP_OUTER_UPPER + LIP_OUTER_LOWER + LIP_INNER_UPPER + LIP_INNER_LOWER)))
+LIP_IDS = np.array(LIPS)
 MOUTH_PAD = 0.2  # of the lip box's width / height, on each side
 _TEMP = re.compile(r"^\.\w+\.tmp-(\d+)-[0-9a-f]+\.(npy|json)$")
 

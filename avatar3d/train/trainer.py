@@ -28,17 +28,14 @@ import yaml
 from avatar3d.config import from_dict, to_dict
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.image_metrics import frame_metrics, mean_metrics
-from avatar3d.io.atomic import write_json_atomic, write_text_atomic
+from avatar3d.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from avatar3d.nerf.model import AvatarConfig, AvatarModel, RayBatch, pixel_dirs, to_head_space
-from avatar3d.synth import regions as rg
 from avatar3d.train.checkpoint import AVATAR_NAME, CHECKPOINT_NAME, FORMAT_VERSION, load_state, restore, save_checkpoint
-from avatar3d.train.data import SubjectData, load_subject
+from avatar3d.train.data import LIP_IDS, SubjectData, load_subject
 from avatar3d.train.hull import carve_head_hull
-from avatar3d.io.atomic import atomic_path
 
 CONFIG_NAME = "config.yaml"
 HISTORY_NAME = "history.json"
-LIP_INDICES = sorted(set(rg.LIP_OUTER_UPPER + rg.LIP_OUTER_LOWER + rg.LIP_INNER_UPPER + rg.LIP_INNER_LOWER))
 
 
 @dataclass
@@ -105,7 +102,8 @@ class RaySampler:
         self.t = torch.from_numpy(data.t).float()
         self.background = torch.from_numpy(data.background.reshape(-1, 3)).float()
 
-    def pixels(self, frame: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    def pixels(self, frame: int, lab: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n flat pixel indices of ``frame`` (label map ``lab`` [r*r]): mouth box, head, torso, then uniform."""
         r = self.data.resolution
         n_mouth = int(n * self.config.mouth_fraction)
         n_head = int(n * self.config.head_fraction)
@@ -115,7 +113,6 @@ class RaySampler:
             parts.append(rng.integers(y0, y1, n_mouth) * r + rng.integers(x0, x1, n_mouth))
         else:
             n_head += n_mouth
-        lab = np.asarray(self.data.labels[frame]).reshape(-1)
         for count, where in ((n_head, (lab == 1) | (lab == 3)), (int(n * self.config.torso_fraction), lab == 2)):
             if count:
                 pool = np.flatnonzero(where)
@@ -130,10 +127,11 @@ class RaySampler:
         dev = model.hull.device
         frames = rng.choice(data.train_ids, cfg.frames_per_step)
         per = cfg.rays_per_step // cfg.frames_per_step
-        idx = np.stack([self.pixels(int(f), per, rng) for f in frames])  # [F, per] flat pixel indices
+        maps = [np.asarray(data.labels[int(f)]) for f in frames]  # each label map read once per step
+        idx = np.stack([self.pixels(int(f), m.reshape(-1), per, rng) for f, m in zip(frames, maps)])  # [F, per]
         rgb = np.stack([np.asarray(data.frames[int(f)]).reshape(-1, 3)[i] for f, i in zip(frames, idx)])
-        lab = np.stack([np.asarray(data.labels[int(f)]).reshape(-1)[i] for f, i in zip(frames, idx)])
-        edge = np.stack([label_edges(np.asarray(data.labels[int(f)])).reshape(-1)[i] for f, i in zip(frames, idx)])
+        lab = np.stack([m.reshape(-1)[i] for m, i in zip(maps, idx)])
+        edge = np.stack([label_edges(m).reshape(-1)[i] for m, i in zip(maps, idx)])
         idx_t = torch.from_numpy(idx.reshape(-1))
         local = torch.arange(len(frames)).repeat_interleave(per)
         fr = torch.from_numpy(frames.astype(np.int64))
@@ -202,7 +200,7 @@ def evaluate_frames(model: AvatarModel, data: SubjectData, ids: np.ndarray) -> t
     for i in ids:
         pred = render_subject_frame(model, data, int(i))["rgb"].numpy()
         ref = data.image(int(i))
-        rows.append(frame_metrics(pred, ref, np.asarray(data.labels[int(i)]), data.landmarks[int(i)][LIP_INDICES]))
+        rows.append(frame_metrics(pred, ref, np.asarray(data.labels[int(i)]), data.landmarks[int(i)][LIP_IDS]))
         images.append(pred)
     return mean_metrics(rows), images
 
