@@ -177,16 +177,24 @@ def composite_step(
 @torch.no_grad()
 def render_inference(
     rays_o: torch.Tensor, rays_d: torch.Tensor, grid: OccupancyGrid, field_fn: FieldFn, params: MarchParams,
-    *, n_steps: int = 4, threshold: float = 1e-4, backend: str = "auto",
+    *, n_steps: int = 4, threshold: float = 1e-4, backend: str = "auto", sample_budget: int = 0,
+    max_round_steps: int = 64,
 ) -> RenderState:  # fmt: skip
     """Renders rays in rounds with early termination; returns the final state (``opacity``, ``depth``, ``color``).
 
     Each round marches ``n_steps`` samples for every alive ray, evaluates ``field_fn`` only on
-    the real samples, composites them and drops finished rays.
+    the real samples, composites them and drops finished rays.  With ``sample_budget`` > 0 a
+    round marches ``sample_budget / alive rays`` steps per ray instead (at least ``n_steps``,
+    at most ``max_round_steps``): as rays finish, the survivors take longer strides, so a frame
+    needs a handful of rounds rather than ``max_samples / n_steps`` -- on a GPU each round costs
+    launches and host syncs whatever its size (instant-ngp's schedule).
     """
     state = march_init(rays_o, rays_d, grid, params)
     while state.alive.numel():
-        samples = march_step(state, grid, params, n_steps, backend=backend)
+        steps = n_steps
+        if sample_budget > 0:
+            steps = int(min(max_round_steps, max(n_steps, sample_budget // state.alive.numel())))
+        samples = march_step(state, grid, params, steps, backend=backend)
         valid = samples.valid()  # [A, k]
         sigmas = torch.zeros(valid.shape, device=valid.device)
         rgbs = torch.zeros(*valid.shape, 3, device=valid.device)

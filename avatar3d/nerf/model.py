@@ -38,7 +38,8 @@ class AvatarConfig:
     max_samples: int = 160  # per ray, training and inference
     prune_eps: float = 1e-3  # training: drop samples whose transmittance is below this (0: keep all)
     render_threshold: float = 1e-3  # inference: stop a ray once its transmittance is below this
-    render_steps: int = 6  # inference: samples per ray per round
+    render_steps: int = 6  # inference: samples per ray per round (at least)
+    render_sample_budget: int = 0  # inference: > 0 lets the survivors of a round take more steps (composite.render_inference)
 
     def march_params(self) -> MarchParams:
         return MarchParams(0.05, self.cone_angle, self.dt_min, self.dt_max, self.max_samples)
@@ -162,7 +163,7 @@ class AvatarModel(nn.Module):
 
         cfg = self.config
         state = render_inference(origins, dirs, self.grid, field_fn, cfg.march_params(), n_steps=cfg.render_steps,
-                                 threshold=cfg.render_threshold)  # fmt: skip
+                                 threshold=cfg.render_threshold, sample_budget=cfg.render_sample_budget)  # fmt: skip
         torso_code = self.torso.pose_code(R[None].float(), t[None].float(), K.float(), size)
         torso_rgb, torso_alpha, _ = self.torso(pix / size, torso_code.expand(pix.shape[0], -1))
         bg = background.reshape(-1, 3).float()

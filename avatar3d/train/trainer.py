@@ -352,12 +352,13 @@ def train(
 
 
 def save_avatar(path: Path, model: AvatarModel, data: SubjectData, config: TrainConfig) -> None:
-    """The inference bundle: weights, model config, camera, plate and the subject's poses (for `render`)."""
+    """The inference bundle: weights, model config, camera, plate, the subject's poses and motion (for `render`)."""
     bundle = {
         "format_version": FORMAT_VERSION, "avatar_config": _plain(to_dict(config.avatar)),
         "motion_dim": model.motion_dim, "n_frames": data.n_frames, "model": model.state_dict(),
         "resolution": data.resolution, "K": data.K, "background": (data.background * 255).round().astype(np.uint8),
         "expression_names": list(data.expression_names), "R": data.R, "t": data.t, "fps": data.fps,
+        "expression": data.expression, "blink": data.blink,
         "train_ids": data.train_ids, "val_ids": data.val_ids, "subject": str(data.root),
     }  # fmt: skip
     with atomic_path(path) as tmp:

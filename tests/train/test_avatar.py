@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+from avatar3d.config import load_config
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.image_metrics import head_mask, psnr
-from avatar3d.nerf.fields import HeadFieldConfig, TorsoFieldConfig
-from avatar3d.nerf.encoding import HashGridConfig
-from avatar3d.nerf.model import AvatarConfig
 from avatar3d.train.checkpoint import CHECKPOINT_NAME, load_state
 from avatar3d.train.data import load_subject
 from avatar3d.train.trainer import (
@@ -38,32 +35,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_config(steps: int = 400, **changes) -> TrainConfig:
-    avatar = AvatarConfig(
-        head=HeadFieldConfig(grid=HashGridConfig(n_dims=3, n_levels=12, log2_table_size=14, base_resolution=16,
-                                                 finest_resolution=256), hidden=32),  # fmt: skip
-        torso=TorsoFieldConfig(grid=HashGridConfig(n_dims=2, n_levels=8, log2_table_size=12, base_resolution=8,
-                                                   finest_resolution=128), hidden=32),  # fmt: skip
-        grid_resolution=32, cone_angle=1 / 128, dt_min=0.003, max_samples=96,
-    )
-    base = TrainConfig(avatar=avatar, resolution=64, steps=steps, rays_per_step=1024, eval_every=0,
-                       checkpoint_every=100, lr_final_factor=0.3)  # fmt: skip
-    return dataclasses.replace(base, **changes)
+    """configs/tiny.yaml (what the shared ``tiny_avatar_run`` trains with), with ``changes``."""
+    return dataclasses.replace(load_config(TrainConfig, REPO / "configs" / "tiny.yaml"), steps=steps, **changes)
 
 
 @pytest.fixture(scope="module")
-def subject_copy(prepared_subject, tmp_path_factory) -> Path:
-    """A private copy of the prepared subject (training writes a frame cache into it)."""
-    folder = tmp_path_factory.mktemp("avatar-subject") / "subject"
-    shutil.copytree(prepared_subject[0], folder, ignore=shutil.ignore_patterns("cache"))
-    return folder
+def subject_copy(avatar_subject) -> Path:
+    return avatar_subject
 
 
 @pytest.fixture(scope="module")
-def tiny_avatar(subject_copy, tmp_path_factory):
-    out = tmp_path_factory.mktemp("avatar") / "run"
-    result = train(subject_copy, out, tiny_config(), progress=False, log=lambda s: None)
+def tiny_avatar(tiny_avatar_run, avatar_subject):
+    out, result = tiny_avatar_run
     model, meta = load_avatar(out)
-    data = load_subject(subject_copy, 64, progress=False)
+    data = load_subject(avatar_subject, 64, progress=False)
     return out, result, model, meta, data
 
 

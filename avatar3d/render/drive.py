@@ -1,0 +1,172 @@
+"""Per-frame driving signals for an avatar from new speech: head pose, blinks and expression.
+
+Why: the avatar only knows the motions of its training clip.  New speech gives the mouth
+(from the audio-to-motion model); everything speech does not determine -- where the head
+is, when the eyes blink, what the brows do -- must come from somewhere plausible.  This
+module builds those tracks from the subject's own clip, so the avatar is only ever asked
+for poses and expressions it has seen:
+
+* pose ``subject``: the training frames' poses played forward then backward (no jump at the
+  loop point); ``static``: the training pose closest to the average one.
+* blink ``auto``: blinks placed at intervals drawn from the subject's own inter-blink
+  intervals, each with the subject's average blink shape; ``off``: eyes at their resting
+  value; ``from-pose-source``: the tracked blinks of the frames the pose comes from.
+* expression: the 16 mouth channels from the motion model (times ``mouth_scale`` around
+  their resting value), the upper face (eyes, brows, cheeks) from the pose-source frames
+  (``subject``) or its median (``static``), every other channel at its median.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from avatar3d.errors import Avatar3DError
+
+POSE_MODES = ("subject", "static")
+BLINK_MODES = ("auto", "off", "from-pose-source")
+UPPER_FACE_PREFIXES = ("eye", "brow", "cheek")
+DEFAULT_BLINK_INTERVAL_S = (2.0, 6.0)
+
+
+@dataclass(frozen=True)
+class DriveConfig:
+    """How the signals speech does not determine are filled in."""
+
+    pose: str = "subject"
+    """subject (training poses, looped back and forth) or static (the most average training pose)."""
+    blink: str = "auto"
+    """auto (sampled from the subject's own blink statistics), off, or from-pose-source."""
+    mouth_scale: float = 1.0
+    """Multiplies the predicted mouth motion around its resting value (1 = as predicted)."""
+    seed: int = 0
+    """Seed of the blink sampler (a render is reproducible)."""
+
+    def __post_init__(self) -> None:
+        if self.pose not in POSE_MODES:
+            raise Avatar3DError(f"--pose {self.pose!r}: use one of {', '.join(POSE_MODES)}")
+        if self.blink not in BLINK_MODES:
+            raise Avatar3DError(f"--blink {self.blink!r}: use one of {', '.join(BLINK_MODES)}")
+        if not (np.isfinite(self.mouth_scale) and 0.0 <= self.mouth_scale <= 3.0):
+            raise Avatar3DError(f"--mouth-scale {self.mouth_scale}: use a value between 0 and 3 (1 = as predicted)")
+
+
+@dataclass
+class DriveTracks:
+    """Everything one render needs per frame."""
+
+    R: np.ndarray  # [T, 3, 3] head -> camera
+    t: np.ndarray  # [T, 3] metres
+    expression: np.ndarray  # [T, Ke] in the avatar's tracked coefficient scale
+    blink: np.ndarray  # [T, 2]
+    source_frames: np.ndarray  # [T] training frame each pose came from
+    expression_names: list[str]
+
+    @property
+    def motion(self) -> np.ndarray:
+        """[T, Ke + 2] float32: the avatar's motion vector (expression then blink)."""
+        return np.concatenate([self.expression, self.blink], axis=1).astype(np.float32)
+
+
+def ping_pong(ids: np.ndarray, n: int) -> np.ndarray:
+    """``n`` entries of ``ids`` played forward then backward, repeatedly (no jump where it turns)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) == 0:
+        raise Avatar3DError("the avatar has no training frames to take poses from")
+    if len(ids) == 1:
+        return np.full(n, ids[0], dtype=np.int64)
+    cycle = np.concatenate([ids, ids[-2:0:-1]])
+    return cycle[np.arange(n) % len(cycle)]
+
+
+def most_average_frame(R: np.ndarray, t: np.ndarray, ids: np.ndarray) -> int:
+    """The frame of ``ids`` whose pose is closest to the chordal mean rotation (ties: translation)."""
+    Rs = R[ids]
+    u, _, vt = np.linalg.svd(Rs.mean(axis=0))
+    mean_r = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+    cos = (np.einsum("nij,ij->n", Rs, mean_r) - 1.0) / 2.0
+    angle = np.arccos(np.clip(cos, -1.0, 1.0))
+    offset = np.linalg.norm(t[ids] - np.median(t[ids], axis=0), axis=1)
+    return int(ids[np.argmin(angle + 0.5 * offset)])  # 0.5 rad per metre: 1 cm weighs as ~0.3°
+
+
+def blink_events(blink: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Frame indices of blink peaks in a [N] eye-closure curve (rising above ``threshold`` of its range)."""
+    rest = float(np.median(blink))
+    span = float(blink.max() - rest)
+    if span < 0.2:  # never clearly closes: no blinks to learn from
+        return np.zeros(0, dtype=np.int64)
+    above = blink > rest + threshold * span
+    starts = np.flatnonzero(above & ~np.concatenate([[False], above[:-1]]))
+    ends = np.flatnonzero(above & ~np.concatenate([above[1:], [False]]))
+    return np.array([s + int(np.argmax(blink[s:e + 1])) for s, e in zip(starts, ends)], dtype=np.int64)
+
+
+def blink_shape(blink: np.ndarray, peaks: np.ndarray, half_width: int) -> np.ndarray:
+    """[2 * half_width + 1, eyes] average closure above rest around the peaks (a raised cosine if none)."""
+    rest = np.median(blink, axis=0)
+    windows = [blink[p - half_width:p + half_width + 1] - rest for p in peaks
+               if p - half_width >= 0 and p + half_width < len(blink)]  # fmt: skip
+    if windows:
+        return np.clip(np.mean(windows, axis=0), 0.0, None)
+    x = np.linspace(-1.0, 1.0, 2 * half_width + 1)
+    return np.repeat((0.5 + 0.5 * np.cos(np.pi * x))[:, None] * (1.0 - rest)[None], blink.shape[1], axis=1)
+
+
+def sample_blinks(n: int, fps: float, subject_blink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """[n, eyes] blink track: the subject's blink shape at intervals drawn from its own inter-blink intervals."""
+    rest = np.median(subject_blink, axis=0)
+    peaks = blink_events(subject_blink.mean(axis=1))
+    intervals = np.diff(peaks) / fps
+    half = max(1, int(round(0.12 * fps)))  # a blink lasts ~0.25 s
+    shape = blink_shape(subject_blink, peaks, half)
+    track = np.repeat(rest[None].astype(np.float64), n, axis=0)
+    time = rng.uniform(0.5, 2.0)  # first blink soon, not exactly at the start
+    while True:
+        centre = int(round(time * fps))
+        if centre >= n:
+            break
+        lo, hi = max(0, centre - half), min(n, centre + half + 1)
+        track[lo:hi] = np.maximum(track[lo:hi], rest + shape[lo - centre + half:hi - centre + half])
+        gap = rng.choice(intervals) if len(intervals) >= 2 else rng.uniform(*DEFAULT_BLINK_INTERVAL_S)
+        time += max(float(gap), 0.6)
+    return np.clip(track, 0.0, 1.0).astype(np.float32)
+
+
+def build_tracks(
+    mouth: dict[str, np.ndarray], n_frames: int, fps: float, *, expression_names: list[str], expression: np.ndarray,
+    blink: np.ndarray, R: np.ndarray, t: np.ndarray, train_ids: np.ndarray, config: DriveConfig = DriveConfig(),
+) -> DriveTracks:  # fmt: skip
+    """Combine predicted mouth curves ``{name: [n_frames]}`` with the subject's clip into per-frame tracks.
+
+    ``expression``/``blink``/``R``/``t`` are the subject's tracked per-frame values (the avatar
+    bundle's), ``train_ids`` the frames the avatar trained on -- the only ones drawn from.
+    """
+    train_ids = np.asarray(train_ids, dtype=np.int64)
+    if config.pose == "subject":
+        source = ping_pong(train_ids, n_frames)
+    else:
+        source = np.full(n_frames, most_average_frame(R, t, train_ids), dtype=np.int64)
+    names = list(expression_names)
+    median = np.median(expression[train_ids], axis=0)
+    expr = np.repeat(median[None], n_frames, axis=0).astype(np.float32)
+    upper = [j for j, name in enumerate(names) if name.startswith(UPPER_FACE_PREFIXES)]
+    if config.pose == "subject" and upper:
+        expr[:, upper] = expression[source][:, upper]
+    unknown = sorted(set(mouth) - set(names))
+    if unknown:
+        raise Avatar3DError(f"the motion model drives channels the avatar lacks: {', '.join(unknown)}; "
+                            "use a motion model made for this face model")  # fmt: skip
+    for name, curve in mouth.items():
+        j = names.index(name)
+        curve = np.asarray(curve, dtype=np.float32)[:n_frames]
+        rest = float(np.percentile(curve, 5)) if len(curve) else 0.0  # the closed, silent mouth
+        expr[:, j] = rest + config.mouth_scale * (curve - rest)
+    if config.blink == "auto":
+        blinks = sample_blinks(n_frames, fps, blink[train_ids], np.random.default_rng(config.seed))
+    elif config.blink == "off":
+        blinks = np.repeat(np.median(blink[train_ids], axis=0)[None], n_frames, axis=0).astype(np.float32)
+    else:
+        blinks = blink[source].astype(np.float32)
+    return DriveTracks(R=R[source], t=t[source], expression=expr, blink=blinks, source_frames=source,
+                       expression_names=names)  # fmt: skip

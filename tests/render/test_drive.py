@@ -1,0 +1,85 @@
+"""Driving tracks from new speech: poses only from training frames without jumps, blinks like the subject's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avatar3d.errors import Avatar3DError
+from avatar3d.render.drive import DriveConfig, blink_events, build_tracks, ping_pong, sample_blinks
+
+FPS = 25.0
+
+
+def _subject(n: int = 400, seed: int = 0):
+    """A clip-like subject: smooth yaw wander, blinks every ~3 s, 39 named channels."""
+    rng = np.random.default_rng(seed)
+    yaw = 0.2 * np.sin(np.arange(n) / 40.0)
+    R = np.stack([[[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]] for a in yaw])
+    t = np.stack([np.zeros(n), np.zeros(n), 0.5 + 0.01 * np.sin(np.arange(n) / 30.0)], axis=1)
+    blink = np.full((n, 2), 0.05, np.float32)
+    peaks = np.arange(30, n - 5, 75)
+    for p in peaks:
+        for k, v in zip(range(-2, 3), (0.3, 0.7, 0.95, 0.7, 0.3)):
+            blink[p + k] = v
+    names = ["jawOpen", "mouthClose", "browInnerUp", "eyeWideLeft", "cheekPuff", "mouthLeft"]
+    expression = rng.normal(0.3, 0.05, (n, len(names))).astype(np.float32)
+    return dict(R=R, t=t, blink=blink, expression=expression, expression_names=names), peaks
+
+
+def test_ping_pong_turns_without_jumps() -> None:
+    ids = np.array([3, 4, 5, 6])
+    seq = ping_pong(ids, 20)
+    assert list(seq[:8]) == [3, 4, 5, 6, 5, 4, 3, 4]
+    pos = np.searchsorted(ids, seq)
+    assert np.abs(np.diff(pos)).max() == 1
+
+
+def test_subject_pose_comes_from_training_frames_and_static_is_still() -> None:
+    subj, _ = _subject()
+    train_ids = np.arange(0, 360)
+    mouth = {"jawOpen": np.linspace(0, 1, 500).astype(np.float32)}
+    tracks = build_tracks(mouth, 500, FPS, train_ids=train_ids, **subj)
+    assert set(tracks.source_frames) <= set(train_ids)
+    assert np.allclose(tracks.R, subj["R"][tracks.source_frames]) and tracks.motion.shape == (500, 8)
+    step = np.degrees(np.arccos(np.clip((np.einsum("nij,nij->n", tracks.R[1:], tracks.R[:-1]) - 1) / 2, -1, 1)))
+    assert step.max() < 1.0, "the looped pose jumps"
+    static = build_tracks(mouth, 50, FPS, train_ids=train_ids, config=DriveConfig(pose="static"), **subj)
+    assert np.ptp(static.R, axis=0).max() == 0 and np.ptp(static.expression[:, 2]) == 0
+
+
+def test_mouth_channels_follow_the_model_scaled_around_rest() -> None:
+    subj, _ = _subject()
+    curve = np.concatenate([np.zeros(50), np.full(50, 0.6)]).astype(np.float32)
+    tracks = build_tracks({"jawOpen": curve}, 100, FPS, train_ids=np.arange(300), **subj)
+    half = build_tracks({"jawOpen": curve}, 100, FPS, train_ids=np.arange(300),
+                        config=DriveConfig(mouth_scale=0.5), **subj)  # fmt: skip
+    j = subj["expression_names"].index("jawOpen")
+    assert np.allclose(tracks.expression[:, j], curve)
+    assert np.allclose(half.expression[:, j], curve * 0.5)
+    other = subj["expression_names"].index("mouthLeft")  # not predicted: held at its median
+    assert np.ptp(tracks.expression[:, other]) == 0
+
+
+def test_auto_blinks_match_the_subjects_rate_and_off_never_blinks() -> None:
+    subj, peaks = _subject()
+    rate_subject = len(peaks) / (400 / FPS)
+    track = sample_blinks(3000, FPS, subj["blink"], np.random.default_rng(1))
+    rate = len(blink_events(track.mean(axis=1))) / (3000 / FPS)
+    assert 0.7 * rate_subject < rate < 1.3 * rate_subject, (rate, rate_subject)
+    assert track.max() > 0.8, "blinks must close the eyes as the subject's do"
+    off = build_tracks({}, 300, FPS, train_ids=np.arange(300), config=DriveConfig(blink="off"), **subj)
+    assert np.ptp(off.blink) == 0
+    src = build_tracks({}, 300, FPS, train_ids=np.arange(300), config=DriveConfig(blink="from-pose-source"), **subj)
+    assert np.allclose(src.blink, subj["blink"][src.source_frames])
+
+
+@pytest.mark.parametrize("change", [dict(pose="orbit"), dict(blink="sometimes"), dict(mouth_scale=-1.0)])
+def test_bad_drive_options_are_refused(change) -> None:
+    with pytest.raises(Avatar3DError):
+        DriveConfig(**change)
+
+
+def test_a_model_channel_the_avatar_lacks_is_refused() -> None:
+    subj, _ = _subject()
+    with pytest.raises(Avatar3DError, match="tongueOut"):
+        build_tracks({"tongueOut": np.zeros(10, np.float32)}, 10, FPS, train_ids=np.arange(100), **subj)
