@@ -26,6 +26,8 @@ setup(
         # Training logs; 2.21 needs protobuf >= 6.31, which mediapipe 0.10.21 cannot take.
         "tensorboard>=2.14,<2.21",
         "matplotlib>=3.7",
+        # Mesh export (`avatar3d export --mesh`): .glb/.ply/.obj writing, components, hole filling.
+        "trimesh>=4.0,<6",
     ],
     extras_require={"test": ["pytest>=8"]},
     entry_points={"console_scripts": ["avatar3d=avatar3d.cli:main"]},

@@ -154,21 +154,110 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_render(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("render", help="render a trained avatar to an mp4",
-                       description="Re-render a subject's frames with their tracked pose and motion and the "
+    p = sub.add_parser("render", help="render a trained avatar to an mp4: new speech, or a subject's own frames",
+                       description="With --audio or --text: the avatar says new speech (mouth from the audio-to-"
+                                   "motion model, head pose and blinks from its training clip). With --motion-from: "
+                                   "re-render a subject's frames with their tracked pose and motion and the "
                                    "original audio (held-out frames by default).")
     p.add_argument("avatar", type=Path, help="avatar folder written by `avatar3d train`")
-    p.add_argument("--motion-from", type=Path, required=True, help="subject folder whose tracked motion drives it")
-    p.add_argument("--split", choices=("val", "train", "all"), default="val", help="which frames (default val)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio", type=Path, help="speech to say: any audio or video file with a sound track")
+    source.add_argument("--text", help="text to say, spoken by espeak-ng (see --voice)")
+    source.add_argument("--motion-from", type=Path, help="subject folder whose tracked motion drives it (replay)")
+    p.add_argument("--voice", default="en-us", help="espeak-ng voice for --text, e.g. en-us, de, fr+f3 (default en-us)")
+    p.add_argument("--motion-model", type=Path,
+                   help="audio-to-motion model file (default: the avatar's personalised model, made on first use)")
+    p.add_argument("--pose", choices=("subject", "static"), default="subject",
+                   help="head pose: the training clip's poses looped back and forth (default) or one still pose")
+    p.add_argument("--blink", choices=("auto", "off", "from-pose-source"), default="auto",
+                   help="blinks: sampled from the subject's blink statistics (default), off, or the pose frames' own")
+    p.add_argument("--mouth-scale", type=float, default=1.0, help="scale of the mouth motion (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the blink sampler (default 0)")
+    p.add_argument("--blendshapes", type=Path, help="with --audio/--text: also write the motion as a Live Link Face "
+                   "CSV (ARKit blendshape weights + head rotation per frame)")
+    p.add_argument("--split", choices=("val", "train", "all"), default="val",
+                   help="with --motion-from: which frames (default val)")
     p.add_argument("--size", type=_positive_int, help="output size in pixels (default: the training resolution)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output .mp4")
     p.set_defaults(func=_cmd_render)
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from avatar3d.render.replay import render_from_subject
+    if args.motion_from is not None:
+        from avatar3d.render.replay import render_from_subject
 
-    render_from_subject(args.avatar, args.motion_from, args.out, split=args.split, size=args.size)
+        render_from_subject(args.avatar, args.motion_from, args.out, split=args.split, size=args.size)
+        return 0
+    from avatar3d.render.drive import DriveConfig
+    from avatar3d.render.speech import SpeechSource, render_from_speech
+
+    config = DriveConfig(pose=args.pose, blink=args.blink, mouth_scale=args.mouth_scale, seed=args.seed)
+    source = SpeechSource(audio_path=args.audio, text=args.text, voice=args.voice)
+    render_from_speech(args.avatar, source, args.out, motion_model_path=args.motion_model, config=config,
+                       size=args.size, blendshapes=args.blendshapes)
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a trained avatar: head mesh, Live Link Face blendshape CSV",
+                       description="Write the canonical head at a neutral expression as a coloured mesh (metres, "
+                                   "glTF axes: +Y up, face toward +Z) and/or the training clip's tracked "
+                                   "blendshape curves and head rotation in the Live Link Face CSV layout.")
+    p.add_argument("avatar", type=Path, help="avatar folder written by `avatar3d train`")
+    p.add_argument("--mesh", type=Path, help="output mesh: .glb, .ply or .obj (vertex colours)")
+    p.add_argument("--mesh-resolution", type=_positive_int, default=192,
+                   help="grid cells along the longest side of the head box (default 192, ~2 mm)")
+    p.add_argument("--threshold", type=_positive_float,
+                   help="density iso-level in 1/m (default ln2/dt_min: one finest marching step is 50%% opaque)")
+    p.add_argument("--blendshapes", type=Path, help="output .csv: per-frame ARKit weights + head rotation "
+                   "(Live Link Face layout) of the avatar's training clip")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    if args.mesh is None and args.blendshapes is None:
+        raise Avatar3DError("nothing to export: pass --mesh OUT.glb|ply|obj and/or --blendshapes OUT.csv")
+    if args.mesh is not None:
+        from avatar3d.export.mesh import MeshExportConfig, check_mesh_path, export_mesh
+
+        check_mesh_path(args.mesh)
+    if args.blendshapes is not None:
+        from avatar3d.export.livelink import export_blendshapes
+
+        info = export_blendshapes(args.avatar, args.blendshapes)
+        print(f"  blendshapes  {info['path']} ({info['frames']} frames at {info['fps']:g} fps)")
+    if args.mesh is not None:
+        report = export_mesh(args.avatar, args.mesh, MeshExportConfig(resolution=args.mesh_resolution,
+                                                                      threshold=args.threshold))  # fmt: skip
+        ex = report.extent_m
+        print(f"  mesh         {report.path}: {report.n_vertices} vertices, {report.n_faces} faces, "
+              f"{ex[0]:.3f} x {ex[1]:.3f} x {ex[2]:.3f} m, {'watertight' if report.watertight else 'NOT watertight'}, "
+              f"{report.seconds:.1f} s")  # fmt: skip
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score an avatar on the subject's held-out frames, with an HTML report",
+                       description="Render the held-out (val) frames with their tracked pose and motion and measure "
+                                   "PSNR/SSIM (full, head, mouth), LMD (mouth, face), audio-visual sync and blink "
+                                   "rate against the real frames. Writes metrics.json and a self-contained report.html.")
+    p.add_argument("avatar", type=Path, help="avatar folder written by `avatar3d train`")
+    p.add_argument("subject", type=Path, help="subject folder written by `avatar3d prep` (its val frames are used)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="report folder (metrics.json, report.html)")
+    p.add_argument("--frames", type=_positive_int, help="evaluate only the first N held-out frames (default: all)")
+    p.add_argument("--size", type=_positive_int, help="render and compare at this size (default: training resolution)")
+    p.add_argument("--lpips-weights", type=Path, help="local LPIPS weights (not supported yet: LPIPS is reported "
+                   "as unavailable)")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from avatar3d.eval.evaluate import EvalConfig, evaluate
+
+    evaluate(args.avatar, args.subject, args.out,
+             EvalConfig(frames=args.frames, size=args.size, lpips_weights=args.lpips_weights))
+    print(f"  metrics      {args.out / 'metrics.json'}")
+    print(f"  report       {args.out / 'report.html'}")
     return 0
 
 
@@ -190,6 +279,60 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_motion(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("motion", help="speech -> mouth motion model: pretrain (torchrun-ready), personalize",
+                       description="Train the audio-to-motion model. `pretrain` runs in one process, or on many "
+                                   "under `torchrun --nproc_per_node=N -m avatar3d.cli motion pretrain ...` (DDP).")
+    msub = p.add_subparsers(dest="motion_command", metavar="ACTION")
+    pre = msub.add_parser("pretrain", help="pretrain on a synthetic corpus or a folder of prepared subjects")
+    pre.add_argument("corpus", type=Path, help="synthetic corpus folder (index.json) or folder of `avatar3d prep` "
+                                               "subject folders")
+    pre.add_argument("-o", "--out", type=Path, required=True, help="model file to write (resumed if it is a "
+                                                                  "checkpoint of the same run)")
+    pre.add_argument("--steps", type=_positive_int, help="optimiser steps (default 3000)")
+    pre.add_argument("--seed", type=int, help="random seed (default 0)")
+    pre.add_argument("--config", type=Path, help="YAML of PretrainConfig values (model:, train:, steps:, seed:)")
+    pre.set_defaults(func=_cmd_motion_pretrain)
+    per = msub.add_parser("personalize", help="fine-tune on one prepared subject's speech and tracked mouth")
+    per.add_argument("subject", type=Path, help="subject folder written by `avatar3d prep`")
+    per.add_argument("-o", "--out", type=Path, required=True, help="personalised model file to write")
+    per.add_argument("--base", type=Path, help="model to start from (default: the shipped default model)")
+    per.add_argument("--steps", type=int, help="most fine-tuning steps (default 400; early stopping ends sooner)")
+    per.add_argument("--config", type=Path, help="YAML of PersonalizeConfig values")
+    per.set_defaults(func=_cmd_motion_personalize)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _cmd_motion_pretrain(args: argparse.Namespace) -> int:
+    from avatar3d.config import load_config
+    from avatar3d.motion import distributed as dd
+    from avatar3d.motion.train import PretrainConfig, pretrain
+
+    config = load_config(PretrainConfig, args.config, steps=args.steps, seed=args.seed)
+    ctx = dd.init_from_env()
+    try:
+        model = pretrain(args.corpus, args.out, config.model, steps=config.steps, seed=config.seed,
+                         train=config.train, dist=ctx)
+    finally:
+        dd.shutdown()
+    if ctx.is_main:
+        print(f"motion model in {args.out}: {model.n_parameters()} parameters, {config.steps} steps on "
+              f"{ctx.world_size} process(es), train L1 {model.info.get('train_l1', float('nan')):.4f}, "
+              f"look-ahead {model.lookahead_ms():.1f} ms")
+    return 0
+
+
+def _cmd_motion_personalize(args: argparse.Namespace) -> int:
+    from avatar3d.config import load_config
+    from avatar3d.motion.personalize import PersonalizeConfig, format_table, personalize
+
+    config = load_config(PersonalizeConfig, args.config, steps=args.steps)
+    report = personalize(args.subject, args.out, args.base, config)
+    print(format_table(report))
+    print(f"personalised motion model in {args.out} (curves in the subject's tracked coefficient scale)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatar3d", description="Audio-driven 3D talking-head avatars.")
     parser.add_argument("--version", action="version", version=f"avatar3d {__version__}")
@@ -198,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prep(sub)
     _add_train(sub)
     _add_render(sub)
+    _add_eval(sub)
+    _add_export(sub)
     _add_demo(sub)
+    _add_motion(sub)
     return parser
 
 

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+# real recorded speech for the lip-closure check (tests/motion/test_real_speech.py)
+[ -f /usr/share/pocketsphinx/test/data/librivox/transcription ] || missing+=(pocketsphinx-testdata)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # headless check of the eval report (tests)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo_cmd=(); elif command -v sudo >/dev/null 2>&1; then sudo_cmd=(sudo); else sudo_cmd=(none); fi
   if ! command -v apt-get >/dev/null 2>&1 || [ "${sudo_cmd[*]-}" = none ]; then

@@ -159,3 +159,18 @@ def save_npz_atomic(path: PathLike, *, compress: bool = False, **arrays: Any) ->
                 with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, arr, allow_pickle=False)
     return Path(path)
+
+
+def check_writable(path: Path) -> None:
+    """Fails early (before minutes of work) when the output cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise Avatar3DError(f"{path}: is a directory; give a file path for the output")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Avatar3DError(f"{path}: cannot create the folder {parent} ({exc.strerror or exc}); "
+                            "choose a writable location") from None  # fmt: skip
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise Avatar3DError(f"{path}: the folder {parent} is not writable; choose a writable location")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.io.atomic import check_writable
 from avatar3d.io.audio import read_wav
 from avatar3d.io.video import VideoWriter
 from avatar3d.train.data import load_subject
@@ -37,6 +38,7 @@ def render_from_subject(
     """Writes ``out`` (H.264 + AAC mp4) of the split's frames; returns frame count and render FPS."""
     import time
 
+    check_writable(Path(out))
     model, meta = load_avatar(avatar)
     data = load_subject(subject, int(meta["resolution"]), progress=progress)
     ids = split_ids(data, split)

@@ -58,6 +58,12 @@ class TrainConfig:
     torso_mask_weight: float = 0.02
     attention_weight: float = 1e-3
     offset_weight: float = 1e-2
+    motion_noise: float = 0.0
+    """Training only: Gaussian noise added to the motion vector, in units of each channel's spread over
+    the training frames -- a frame's exact (noisy) tracked code cannot then serve as its identity."""
+    neck_band_px: int = 0
+    """Neck/torso pixels within this many pixels (at training resolution) of the head label are not
+    forced to zero head opacity, so the head field may own the neck where it moves with the head."""
     grid_update_every: int = 16
     grid_warmup_steps: int = 64
     grid_threshold: float = 5.0  # occupancy: density (1/m) above min(mean, this); 5/m = 5% opacity per cm
@@ -101,6 +107,8 @@ class RaySampler:
         self.R = torch.from_numpy(data.R).float()
         self.t = torch.from_numpy(data.t).float()
         self.background = torch.from_numpy(data.background.reshape(-1, 3)).float()
+        spread = data.motion(data.train_ids).std(axis=0) if len(data.train_ids) > 1 else 0.0
+        self.motion_spread = np.asarray(spread, np.float32)
 
     def pixels(self, frame: int, lab: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         """n flat pixel indices of ``frame`` (label map ``lab`` [r*r]): mouth box, head, torso, then uniform."""
@@ -132,12 +140,16 @@ class RaySampler:
         rgb = np.stack([np.asarray(data.frames[int(f)]).reshape(-1, 3)[i] for f, i in zip(frames, idx)])
         lab = np.stack([m.reshape(-1)[i] for m, i in zip(maps, idx)])
         edge = np.stack([label_edges(m).reshape(-1)[i] for m, i in zip(maps, idx)])
+        band = np.stack([neck_band(m, cfg.neck_band_px).reshape(-1)[i] for m, i in zip(maps, idx)])
         idx_t = torch.from_numpy(idx.reshape(-1))
         local = torch.arange(len(frames)).repeat_interleave(per)
         fr = torch.from_numpy(frames.astype(np.int64))
         pix = torch.stack([idx_t % r, idx_t // r], -1).float() + 0.5
         origins, dirs = to_head_space(self.R[fr][local], self.t[fr][local], pixel_dirs(self.K, pix))
-        motion = torch.from_numpy(data.motion(frames)).float().to(dev)
+        motion_np = data.motion(frames)
+        if cfg.motion_noise > 0:
+            motion_np = motion_np + cfg.motion_noise * self.motion_spread * rng.standard_normal(motion_np.shape)
+        motion = torch.from_numpy(motion_np).float().to(dev)
         local_d = local.to(dev)
         head_code = model.head.motion_code(motion)[local_d]
         torso_code = model.torso.pose_code(self.R[fr].to(dev), self.t[fr].to(dev), self.K.to(dev), r)[local_d]
@@ -145,7 +157,8 @@ class RaySampler:
                          self.background[idx_t].to(dev), fr[local].to(dev))  # fmt: skip
         labels = torch.from_numpy(lab.reshape(-1).astype(np.int64)).to(dev)
         target = {"rgb": (torch.from_numpy(rgb.reshape(-1, 3)).float() / 255.0).to(dev), "labels": labels,
-                  "mask_ok": torch.from_numpy(~edge.reshape(-1)).to(dev)}  # fmt: skip
+                  "mask_ok": torch.from_numpy(~edge.reshape(-1)).to(dev),
+                  "head_free": torch.from_numpy(band.reshape(-1)).to(dev)}  # fmt: skip
         return batch, target
 
 
@@ -153,6 +166,15 @@ def label_edges(labels: np.ndarray, radius: int = 1) -> np.ndarray:
     """Bool [H, W]: pixels within ``radius`` of a change of parsing label."""
     kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
     return cv2.dilate(labels, kernel) != cv2.erode(labels, kernel)
+
+
+def neck_band(labels: np.ndarray, px: int) -> np.ndarray:
+    """Bool [H, W]: neck/torso pixels within ``px`` of the head (the head field may own them); none if px=0."""
+    if px <= 0:
+        return np.zeros(labels.shape, bool)
+    head = ((labels == 1) | (labels == 3)).astype(np.uint8)
+    near = cv2.dilate(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))) > 0
+    return near & (labels == 2)
 
 
 def _bce(alpha: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -168,7 +190,8 @@ def losses(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor], config
     ok = target["mask_ok"]  # masks are trusted away from label edges only (parsing is uncertain there)
     is_head = ((labels == 1) | (labels == 3)).float()
     photo = torch.mean((out["rgb"] - target["rgb"]) ** 2)
-    head_mask = _bce(out["head_alpha"][ok], is_head[ok])
+    head_ok = ok & ~target["head_free"] if "head_free" in target else ok
+    head_mask = _bce(out["head_alpha"][head_ok], is_head[head_ok])
     not_head = (is_head == 0) & ok
     torso_mask = _bce(out["torso_alpha"][not_head], (labels[not_head] == 2).float())
     offset = torch.mean(out["offset"] ** 2)
@@ -376,6 +399,13 @@ def load_avatar(path: str | Path) -> tuple[AvatarModel, dict[str, Any]]:
     model.load_state_dict(bundle.pop("model"))
     model.eval()
     return model, bundle
+
+
+def require_motion(bundle: dict[str, Any]) -> None:
+    """Avatars saved before the bundle carried the subject's tracked motion cannot be driven or exported."""
+    if "expression" not in bundle or "blink" not in bundle:
+        raise Avatar3DError(f"the avatar bundle of {bundle.get('subject', 'this avatar')} has no tracked expressions "
+                            "(saved by an older avatar3d): retrain it with `avatar3d train`")  # fmt: skip
 
 
 def _tensorboard(out: Path):  # type: ignore[no-untyped-def]

@@ -1,0 +1,251 @@
+"""`avatar3d eval AVATAR SUBJECT`: score an avatar on the subject's held-out frames.
+
+Why held-out and self-driven (METRICS.md): the avatar re-renders the frames it never trained
+on with their tracked pose and motion, so every difference from the real frame is the
+avatar's error. Image metrics (PSNR / SSIM on full frame, head, mouth) come from
+:mod:`avatar3d.eval.image_metrics`; landmark metrics (LMD, blinks) and the mouth-opening
+curve from MediaPipe run the same way on the rendered and the reference frames
+(:mod:`avatar3d.eval.landmark_metrics`), and audio-visual sync from
+:mod:`avatar3d.eval.sync`. A metric that cannot be measured (no face detected, too few
+frames, no LPIPS weights) is reported as unavailable with the reason -- never filled in.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from avatar3d.errors import Avatar3DError
+from avatar3d.eval.image_metrics import frame_metrics, mean_metrics
+from avatar3d.eval.landmark_metrics import blink_rate, detect_landmarks, eye_aspect_ratio, landmark_distance
+from avatar3d.eval.sync import MIN_PAIRS, audio_envelope, mouth_opening_from_landmarks, sync_offset
+from avatar3d.io.atomic import write_json_atomic, write_text_atomic
+
+__all__ = ["EvalConfig", "EvalRun", "evaluate", "LPIPS_UNAVAILABLE"]
+
+LPIPS_UNAVAILABLE = "unavailable (no local weights given)"
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how."""
+
+    frames: int | None = None  # evaluate the first N held-out frames (None: all of them)
+    size: int | None = None  # render and compare at this square size (None: the avatar's training resolution)
+    detect_min_size: int = 256  # frames smaller than this are upsampled before MediaPipe runs on them
+    max_lag_frames: int = 15  # sync search range, +- frames (also capped at a third of the evaluated span)
+    grid_frames: int = 6  # side-by-side examples in the report
+    lpips_weights: Path | None = None  # local LPIPS (AlexNet v0.1) weights; not supported yet
+
+
+@dataclass
+class EvalRun:
+    """Everything the report shows: the metrics dict (= metrics.json) plus the curves and images."""
+
+    metrics: dict[str, Any]
+    frame_ids: np.ndarray  # [n] evaluated subject frames
+    psnr_per_frame: np.ndarray  # [n] full-frame PSNR
+    span_start: int  # first subject frame of the curves below
+    mouth_rendered: np.ndarray  # [span] NaN where not evaluated / no face
+    mouth_reference: np.ndarray  # [span]
+    envelope: np.ndarray  # [span] dB
+    sync_lags: np.ndarray  # [L]
+    sync_corr_rendered: np.ndarray  # [L]
+    sync_corr_reference: np.ndarray  # [L]
+    samples: list[tuple[int, np.ndarray, np.ndarray]]  # (frame id, reference uint8, rendered uint8)
+
+
+def _num(x: float) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _reference_frames(data: Any, ids: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [n, size, size, 3] reference frames: the training cache at its resolution, else decoded and resized."""
+    import cv2
+
+    if size == data.resolution:
+        return np.stack([np.asarray(data.frames[int(i)]) for i in ids])
+    from avatar3d.io.video import read_video
+
+    wanted = {int(i): k for k, i in enumerate(ids)}
+    out = np.zeros((len(ids), size, size, 3), np.uint8)
+    last = int(ids[-1])
+    for j, frame in enumerate(read_video(data.root / "frames.mp4")):
+        if j in wanted:
+            interp = cv2.INTER_AREA if size < frame.shape[0] else cv2.INTER_CUBIC
+            out[wanted[j]] = cv2.resize(frame, (size, size), interpolation=interp)
+        if j >= last:
+            break
+    return out
+
+
+def _span_curve(values: np.ndarray, ids: np.ndarray, start: int, length: int) -> np.ndarray:
+    curve = np.full(length, np.nan)
+    curve[ids - start] = values
+    return curve
+
+
+SPEECH_RANGE_DB = 6.0  # an envelope varying less than this over the span has no speech to sync to
+
+
+def _sync_entry(result: Any, envelope: np.ndarray) -> dict[str, Any]:
+    """The JSON entry of one sync measurement; when there is no lag, the reason why."""
+    entry = result.to_dict()
+    if not result.valid:
+        if float(np.ptp(envelope)) < SPEECH_RANGE_DB:
+            entry["unavailable"] = "no speech in the evaluated frames (the audio envelope is flat)"
+        elif result.n_pairs < MIN_PAIRS:
+            entry["unavailable"] = f"fewer than {MIN_PAIRS} frames with a detected face in the evaluated span"
+        else:
+            entry["unavailable"] = "the mouth-opening curve is flat"
+    return entry
+
+
+def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, config: EvalConfig | None = None, *,
+             progress: bool = True, log: Callable[[str], None] = print) -> EvalRun:
+    """Render the held-out frames, measure them, write ``metrics.json`` and ``report.html`` into ``out_dir``."""
+    from avatar3d import __version__
+    from avatar3d.eval.report import render_html
+    from avatar3d.io.audio import read_wav
+    from avatar3d.train.data import LIP_IDS, load_subject
+    from avatar3d.train.trainer import load_avatar, render_subject_frame
+
+    config = config or EvalConfig()
+    if config.lpips_weights is not None:
+        raise Avatar3DError(f"--lpips-weights {config.lpips_weights}: LPIPS is not supported yet (an AlexNet "
+                            f"backbone validated against the reference implementation is still to be written); "
+                            f"run without --lpips-weights -- the report lists LPIPS as unavailable")
+    avatar, subject, out_dir = Path(avatar), Path(subject), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise Avatar3DError(f"{out_dir} is a file: give a folder for the report (-o REPORT_DIR)")
+    model, meta = load_avatar(avatar)
+    r = int(meta["resolution"])
+    data = load_subject(subject, r, progress=progress)
+    ids = np.asarray(data.val_ids, dtype=np.int64)
+    if len(ids) == 0:
+        raise Avatar3DError(f"{subject}: the held-out (val) split is empty; re-run `avatar3d prep` with a val split")
+    if config.frames is not None:
+        if config.frames <= 0:
+            raise Avatar3DError(f"--frames {config.frames}: give a positive number of frames")
+        ids = ids[: config.frames]
+    size = int(config.size or r)
+    if not 16 <= size <= data.size:
+        raise Avatar3DError(f"--size {size}: pick a size in 16..{data.size} (the prepared frames of {subject})")
+
+    # --- render ---------------------------------------------------------------------------
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(ids), desc="eval render", unit="frame", dynamic_ncols=True)
+    rendered = np.zeros((len(ids), size, size, 3), np.uint8)
+    seconds = 0.0
+    for k, i in enumerate(ids):
+        t0 = time.perf_counter()
+        rgb = render_subject_frame(model, data, int(i), size)["rgb"].numpy()
+        seconds += time.perf_counter() - t0
+        rendered[k] = (np.clip(rgb, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    reference = _reference_frames(data, ids, size)
+
+    # --- image metrics ----------------------------------------------------------------------
+    import cv2
+
+    rows = []
+    for k, i in enumerate(ids):
+        labels = np.asarray(data.labels[int(i)])
+        if size != r:
+            labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
+        lips = data.landmarks[int(i)][LIP_IDS] * (size / r)
+        rows.append(frame_metrics(rendered[k], reference[k], labels, lips))
+    image = mean_metrics(rows)
+
+    # --- landmarks: LMD, blinks, mouth opening ---------------------------------------------
+    lm_pred = detect_landmarks(rendered, min_size=config.detect_min_size, video=False)
+    lm_ref = detect_landmarks(reference, min_size=config.detect_min_size, video=False)
+    lmd = landmark_distance(lm_pred, lm_ref, size)
+    fps = float(data.fps)
+    blinks_pred = blink_rate(eye_aspect_ratio(lm_pred), fps)
+    blinks_ref = blink_rate(eye_aspect_ratio(lm_ref), fps)
+
+    # --- sync over the span of evaluated frames (gaps = excluded frames stay NaN) ----------
+    start, span = int(ids[0]), int(ids[-1] - ids[0] + 1)
+    mouth_pred = _span_curve(mouth_opening_from_landmarks(lm_pred), ids, start, span)
+    mouth_ref = _span_curve(mouth_opening_from_landmarks(lm_ref), ids, start, span)
+    audio, rate = read_wav(data.audio_path)
+    envelope = audio_envelope(audio, rate, fps, data.n_frames)[start:start + span]
+    max_lag = int(max(0, min(config.max_lag_frames, span // 3)))
+    sync_pred = sync_offset(mouth_pred, envelope, max_lag)
+    sync_ref = sync_offset(mouth_ref, envelope, max_lag)
+    relative = (sync_pred.lag_frames - sync_ref.lag_frames) if sync_pred.valid and sync_ref.valid else None
+
+    train_cfg = avatar / "config.yaml" if avatar.is_dir() else avatar.parent / "config.yaml"
+    metrics: dict[str, Any] = {
+        "avatar3d_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "avatar": str(avatar.resolve()),
+        "subject": str(subject.resolve()),
+        "avatar_trained_on": str(meta.get("subject", "")),
+        "eval_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "train_config_yaml": train_cfg.read_text(encoding="utf-8") if train_cfg.is_file() else None,
+        "avatar_config": meta.get("avatar_config"),
+        "training_resolution": r,
+        "size": size,
+        "fps": fps,
+        "frames": {"split": "val", "n": int(len(ids)), "first": int(ids[0]), "last": int(ids[-1]),
+                   "val_total": int(len(data.val_ids))},
+        "render_fps": len(ids) / max(seconds, 1e-9),
+        "image": {k: _num(v) for k, v in image.items()},
+        "lpips": LPIPS_UNAVAILABLE,
+        "lmd": {**lmd.to_dict(), "unit": "px at 512x512",
+                **({"unavailable": "no frame with a face detected in both rendered and reference"}
+                   if lmd.n_both == 0 else {})},
+        "blink": {"rendered": blinks_pred.to_dict(), "reference": blinks_ref.to_dict()},
+        "sync": {"rendered": _sync_entry(sync_pred, envelope), "reference": _sync_entry(sync_ref, envelope),
+                 "lag_rendered_minus_reference": relative, "max_lag_frames": max_lag,
+                 "convention": "positive lag = video late (mouth opens after the sound)"},
+        "detection_rate": {"rendered": _num(lmd.detection_rate_pred), "reference": _num(lmd.detection_rate_ref)},
+    }
+    pick = np.unique(np.linspace(0, len(ids) - 1, min(config.grid_frames, len(ids))).round().astype(int))
+    run = EvalRun(
+        metrics=metrics, frame_ids=ids, psnr_per_frame=np.array([row.psnr_full for row in rows]),
+        span_start=start, mouth_rendered=mouth_pred, mouth_reference=mouth_ref, envelope=envelope,
+        sync_lags=sync_pred.lags, sync_corr_rendered=sync_pred.correlation, sync_corr_reference=sync_ref.correlation,
+        samples=[(int(ids[k]), reference[k], rendered[k]) for k in pick],
+    )
+    page = render_html(run)  # built before anything is written: a plotting failure leaves no partial report
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "metrics.json", _json_safe(metrics))
+    write_text_atomic(out_dir / "report.html", page)
+    log(f"[eval] {len(ids)} held-out frames at {size}²: PSNR {_fmt(image['psnr_full'])} dB "
+        f"(head {_fmt(image['psnr_head'])}, mouth {_fmt(image['psnr_mouth'])}), mouth LMD {_fmt(lmd.mouth)} px, "
+        f"face detected in {lmd.detection_rate_pred:.0%} rendered / {lmd.detection_rate_ref:.0%} reference frames, "
+        f"sync lag {sync_pred.lag_frames if sync_pred.valid else 'n/a'} -> {out_dir / 'report.html'}")
+    return run
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}" if x is not None and np.isfinite(x) else "n/a"
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> None (JSON has no NaN); numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    return obj

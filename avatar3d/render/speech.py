@@ -1,0 +1,164 @@
+"""`avatar3d render AVATAR --audio FILE | --text "..."`: the avatar speaking new speech.
+
+Why: this is the product -- any speech in, a talking-head video out, with audio and video
+in sync.  The mouth comes from the audio-to-motion model (personalised to the subject when
+a personalised model is at hand), the rest of the face and the head pose from the
+subject's own clip (:mod:`avatar3d.render.drive`), and frames are rendered one by one
+and streamed into the mp4, so memory does not grow with the length of the speech.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from avatar3d.errors import Avatar3DError
+from avatar3d.io.atomic import check_writable
+from avatar3d.io.video import VideoWriter, read_audio
+from avatar3d.render.drive import DriveConfig, DriveTracks, build_tracks
+from avatar3d.train.trainer import load_avatar, require_motion
+
+SAMPLE_RATE = 16000
+PERSONAL_MODEL_NAME = "motion.pt"
+MIN_SPEECH_S = 0.2
+
+
+@dataclass(frozen=True)
+class SpeechSource:
+    """Where the speech comes from: an audio/video file, or text spoken by espeak-ng."""
+
+    audio_path: Path | None = None
+    text: str | None = None
+    voice: str = "en-us"
+
+    def load(self) -> np.ndarray:
+        """float32 mono audio at 16 kHz; one-line errors for missing, silent-length or unreadable input."""
+        if (self.audio_path is None) == (self.text is None):
+            raise Avatar3DError("give exactly one speech source: --audio FILE or --text \"...\"")
+        if self.text is not None:
+            from avatar3d.synth.speech import synthesize
+
+            return synthesize(self.text, voice=self.voice, sample_rate=SAMPLE_RATE)
+        path = Path(self.audio_path)
+        if not path.is_file():
+            raise Avatar3DError(f"{path}: audio file not found; check the path")
+        audio = read_audio(path, SAMPLE_RATE)
+        if len(audio) < MIN_SPEECH_S * SAMPLE_RATE:
+            raise Avatar3DError(f"{path}: only {len(audio) / SAMPLE_RATE:.2f} s of audio; give at least "
+                                f"{MIN_SPEECH_S} s of speech")  # fmt: skip
+        return audio
+
+
+def drive_from_speech(bundle: dict, audio: np.ndarray, mouth_model, config: DriveConfig) -> DriveTracks:  # type: ignore[no-untyped-def]
+    """Per-frame tracks for ``audio`` (16 kHz) at the avatar's frame rate."""
+    fps = float(bundle["fps"])
+    n = max(1, int(round(len(audio) / SAMPLE_RATE * fps)))
+    mouth = mouth_model.predict(audio, fps, n, SAMPLE_RATE)
+    return build_tracks(mouth, n, fps, expression_names=list(bundle["expression_names"]),
+                        expression=np.asarray(bundle["expression"], np.float32),
+                        blink=np.asarray(bundle["blink"], np.float32), R=np.asarray(bundle["R"]),
+                        t=np.asarray(bundle["t"]), train_ids=np.asarray(bundle["train_ids"]), config=config)  # fmt: skip
+
+
+def render_tracks(model, bundle: dict, tracks: DriveTracks, out: Path, audio: np.ndarray, size: int,  # type: ignore[no-untyped-def]
+                  progress: bool = True) -> float:
+    """Render every frame of ``tracks`` into ``out`` (mp4 with ``audio``); returns render FPS."""
+    r = int(bundle["resolution"])
+    dev = model.hull.device
+    K = torch.as_tensor(np.asarray(bundle["K"]), dtype=torch.float32) * torch.tensor([[size / r], [size / r], [1.0]])
+    bg = torch.from_numpy(np.asarray(bundle["background"], np.float32) / 255.0)
+    if size != r:
+        bg = torch.nn.functional.interpolate(bg.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
+                                             align_corners=False)[0].permute(1, 2, 0)  # fmt: skip
+    K, bg = K.to(dev), bg.to(dev)
+    motion = torch.from_numpy(tracks.motion).to(dev)
+    R = torch.from_numpy(tracks.R).float().to(dev)
+    t = torch.from_numpy(tracks.t).float().to(dev)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(motion), desc="render", unit="frame", dynamic_ncols=True)
+    seconds = 0.0
+    with VideoWriter(out, float(bundle["fps"]), audio=audio, sample_rate=SAMPLE_RATE) as writer:
+        for i in range(len(motion)):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                rgb = model.render_image(K, R[i], t[i], motion[i], bg, size)["rgb"]
+            seconds += time.perf_counter() - t0
+            writer.write((rgb.cpu().numpy() * 255).round().astype(np.uint8))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return len(motion) / max(seconds, 1e-9)
+
+
+def mouth_model_for(avatar: Path, bundle: dict, path: Path | None = None, *, progress: bool = True,  # type: ignore[no-untyped-def]
+                    log: Callable[[str], None] = print):
+    """The motion model that drives ``avatar``: ``path`` if given, else the avatar's personalised one.
+
+    The shipped model speaks in the synthetic rig's blendshape scale, not in the scale the
+    subject was tracked in (e.g. a resting jawOpen of 0.46 vs 0.05), so the avatar needs a model
+    personalised to its subject: made on first use from the subject folder recorded at training
+    time and kept as ``AVATAR/motion.pt``.
+    """
+    from avatar3d.motion.model import load
+
+    if path is not None:
+        return load(path)
+    own = avatar / PERSONAL_MODEL_NAME
+    if own.is_file():
+        return load(own)
+    subject = Path(str(bundle.get("subject", "")))
+    if not (subject / "manifest.json").is_file():
+        raise Avatar3DError(f"{avatar}: no personalised motion model ({PERSONAL_MODEL_NAME}) and its subject folder "
+                            f"{subject} is gone; run `avatar3d motion personalize SUBJECT -o {own}` or pass "
+                            "--motion-model FILE")  # fmt: skip
+    from avatar3d.motion.personalize import personalize
+
+    log(f"[render] personalising the motion model to {subject} (first use; kept as {own})")
+    personalize(subject, own, progress=progress)
+    return load(own)
+
+
+def render_from_speech(
+    avatar: str | Path, source: SpeechSource, out: str | Path, *, mouth_model=None,  # type: ignore[no-untyped-def]
+    motion_model_path: Path | None = None, config: DriveConfig = DriveConfig(), size: int | None = None,
+    blendshapes: Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
+) -> dict[str, float]:  # fmt: skip
+    """Writes ``out`` (H.264 + AAC) of the avatar saying ``source``; returns frames, seconds and render FPS.
+
+    ``blendshapes``: also write the same motion as a Live Link Face CSV (ARKit weights + head
+    rotation per frame), so a game-engine rig can say the same speech in step with the video.
+
+    ``mouth_model`` (default: :func:`mouth_model_for`) has ``predict(audio, fps, n_frames,
+    sample_rate) -> {name: curve}`` giving curves in the avatar's tracked coefficient scale.
+    """
+    avatar, out = Path(avatar), Path(out)
+    model, bundle = load_avatar(avatar)
+    require_motion(bundle)
+    if mouth_model is None:
+        mouth_model = mouth_model_for(avatar if avatar.is_dir() else avatar.parent, bundle, motion_model_path,
+                                      progress=progress, log=log)  # fmt: skip
+    size = int(size or bundle["resolution"])
+    if size % 2:
+        raise Avatar3DError(f"--size {size}: H.264 needs an even frame size")
+    audio = source.load()
+    check_writable(out)  # before minutes of rendering, not after
+    if blendshapes is not None:
+        check_writable(Path(blendshapes))
+    tracks = drive_from_speech(bundle, audio, mouth_model, config)
+    fps = render_tracks(model, bundle, tracks, out, audio, size, progress)
+    if blendshapes is not None:
+        from avatar3d.export.livelink import arkit_weights, write_livelink_csv
+
+        weights = arkit_weights(tracks.expression_names, tracks.expression, tracks.blink)
+        write_livelink_csv(blendshapes, weights, tracks.R, float(bundle["fps"]))
+    log(f"[render] {len(tracks.motion)} frames ({len(audio) / SAMPLE_RATE:.1f} s of speech) at {size}² -> {out} "
+        f"({fps:.1f} FPS rendering)")  # fmt: skip
+    return {"frames": float(len(tracks.motion)), "seconds": len(audio) / SAMPLE_RATE, "render_fps": fps}
