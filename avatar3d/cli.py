@@ -175,6 +175,18 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the blink sampler (default 0)")
     p.add_argument("--blendshapes", type=Path, help="with --audio/--text: also write the motion as a Live Link Face "
                    "CSV (ARKit blendshape weights + head rotation per frame)")
+    p.add_argument("--camera", default="training", metavar="training|orbit|PATH.json",
+                   help="with --audio/--text: the training camera (default), a smooth orbit within the views the "
+                        "training clip covers, or a nerfstudio camera-path JSON relative to the training camera "
+                        "(views outside the trained range are clamped, with a warning)")
+    p.add_argument("--stereo", type=float, metavar="IPD_MM",
+                   help="with --audio/--text: side-by-side left|right stereo, eyes IPD_MM millimetres apart (e.g. 63)")
+    p.add_argument("--rgba", type=Path, metavar="DIR",
+                   help="with --audio/--text: also write RGBA PNGs (head + torso, no background) and an alpha "
+                        "movie (VP9 .webm, or ProRes 4444 .mov) into DIR")
+    p.add_argument("--depth", type=Path, metavar="DIR",
+                   help="with --audio/--text: also write 16-bit depth PNGs into DIR (millimetres along the "
+                        "optical axis, 0 = no head)")
     p.add_argument("--split", choices=("val", "train", "all"), default="val",
                    help="with --motion-from: which frames (default val)")
     p.add_argument("--size", type=_positive_int, help="output size in pixels (default: the training resolution)")
@@ -186,6 +198,11 @@ def _cmd_render(args: argparse.Namespace) -> int:
     if args.motion_from is not None:
         from avatar3d.render.replay import render_from_subject
 
+        extra = [flag for flag, value in (("--camera", args.camera != "training"), ("--stereo", args.stereo),
+                                          ("--rgba", args.rgba), ("--depth", args.depth)) if value]  # fmt: skip
+        if extra:
+            raise Avatar3DError(f"{', '.join(extra)}: only with --audio/--text, not with --motion-from")
+
         render_from_subject(args.avatar, args.motion_from, args.out, split=args.split, size=args.size)
         return 0
     from avatar3d.render.drive import DriveConfig
@@ -194,7 +211,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
     config = DriveConfig(pose=args.pose, blink=args.blink, mouth_scale=args.mouth_scale, seed=args.seed)
     source = SpeechSource(audio_path=args.audio, text=args.text, voice=args.voice)
     render_from_speech(args.avatar, source, args.out, motion_model_path=args.motion_model, config=config,
-                       size=args.size, blendshapes=args.blendshapes)
+                       size=args.size, blendshapes=args.blendshapes, camera=args.camera,
+                       stereo_ipd_mm=args.stereo, rgba=args.rgba, depth=args.depth)
     return 0
 
 
@@ -264,11 +282,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run every stage that exists end to end on the built-in subject",
                        description="Synthesise a talking subject from the built-in photo, check it with MediaPipe, "
-                                   "prepare it, train the avatar, re-render its held-out frames and print where "
-                                   "every output is. Grows as stages land.")
+                                   "prepare it, train the avatar, re-render its held-out frames, make it say a new "
+                                   "sentence, evaluate it, and print where every output is.")
     p.add_argument("-o", "--out", type=Path, default=Path("avatar3d_demo"), help="output folder (default ./avatar3d_demo)")
-    p.add_argument("--fast", action="store_true", help="an 8 s clip and 2 minutes of training at 64² (~3 min in all) "
-                   "instead of 30 s and 20 minutes at 128²")
+    p.add_argument("--fast", action="store_true", help="an 8 s clip and 2 minutes of training at 64² (~5 min in all) "
+                   "instead of 60 s and 16 minutes at 128² (~30 min)")
     p.set_defaults(func=_cmd_demo)
 
 

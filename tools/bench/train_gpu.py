@@ -26,6 +26,18 @@ from avatar3d.train.trainer import TrainConfig, load_avatar, render_subject_fram
 REPO = Path(__file__).resolve().parents[2]
 
 
+def render_fps(model, data, ids, budget: int) -> float:  # type: ignore[no-untyped-def]
+    """Frames per second rendering ``ids`` at training resolution with adaptive rounds of ``budget`` samples."""
+    model.config = dataclasses.replace(model.config, render_sample_budget=int(budget))
+    render_subject_frame(model, data, int(ids[0]))  # warm-up
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in ids:
+        render_subject_frame(model, data, int(i))
+    torch.cuda.synchronize()
+    return len(ids) / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("subject", type=Path)
@@ -33,6 +45,8 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "gpu_512.yaml")
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--budgets", type=int, nargs="*", default=[0, 65536, 262144, 1048576],
+                    help="also time rendering with these render_sample_budget values (0: fixed steps per round)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("tools/bench/train_gpu.py: torch sees no GPU")
@@ -49,13 +63,8 @@ def main() -> None:
     model, _ = load_avatar(args.out)
     model.cuda()
     ids = data.val_ids[:30]
-    render_subject_frame(model, data, int(ids[0]))
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in ids:
-        render_subject_frame(model, data, int(i))
-    torch.cuda.synchronize()
-    fps = len(ids) / (time.perf_counter() - t0)
+    fps_by_budget = {b: render_fps(model, data, ids, b) for b in args.budgets}  # the same warm GPU, one after another
+    fps = render_fps(model, data, ids, config.avatar.render_sample_budget)
 
     print(f"device {torch.cuda.get_device_name(0)}; subject {data.n_frames} frames at {config.resolution}² "
           f"(cache {load_s:.0f} s)")
@@ -63,9 +72,12 @@ def main() -> None:
     for h in history:
         print(f"{h['step']:>7}{h['elapsed_s']:>9.1f}{h['psnr_full']:>11.2f}{h['psnr_head']:>8.2f}{h['psnr_mouth']:>8.2f}")
     print(f"time to 30 dB full-frame: {to_30} s; render {config.resolution}²: {fps:.1f} FPS (incl. host copies)")
+    for budget, value in fps_by_budget.items():
+        print(f"  render_sample_budget {budget:>9}: {value:.1f} FPS")
     print(json.dumps({"device": torch.cuda.get_device_name(0), "resolution": config.resolution,
                       "steps": result["step"], "train_s": result["elapsed_s"], "val": result.get("val"),
-                      "seconds_to_30db": to_30, "render_fps": round(fps, 1), "history": history}))
+                      "seconds_to_30db": to_30, "render_fps": round(fps, 1),
+                      "render_fps_by_budget": {str(b): round(v, 1) for b, v in fps_by_budget.items()}, "history": history}))
 
 
 if __name__ == "__main__":
