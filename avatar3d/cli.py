@@ -221,7 +221,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                        description="Write the canonical head at a neutral expression as a coloured mesh (metres, "
                                    "glTF axes: +Y up, face toward +Z) and/or the training clip's tracked "
                                    "blendshape curves and head rotation in the Live Link Face CSV layout.")
-    p.add_argument("avatar", type=Path, help="avatar folder written by `avatar3d train`")
+    p.add_argument("avatar", type=Path, help="avatar folder written by `avatar3d train` (--mesh, --blendshapes), "
+                   "or a prepared subject folder (--to-ernerf)")
     p.add_argument("--mesh", type=Path, help="output mesh: .glb, .ply or .obj (vertex colours)")
     p.add_argument("--mesh-resolution", type=_positive_int, default=192,
                    help="grid cells along the longest side of the head box (default 192, ~2 mm)")
@@ -229,12 +230,23 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="density iso-level in 1/m (default ln2/dt_min: one finest marching step is 50%% opaque)")
     p.add_argument("--blendshapes", type=Path, help="output .csv: per-frame ARKit weights + head rotation "
                    "(Live Link Face layout) of the avatar's training clip")
+    p.add_argument("--to-ernerf", type=Path, metavar="DIR",
+                   help="write the prepared SUBJECT as a RAD-NeRF / ER-NeRF data folder (new or empty DIR)")
+    p.add_argument("--frames", type=_positive_int, help="with --to-ernerf: convert only the first N frames")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.to_ernerf is not None:
+        return _cmd_export_ernerf(args)
     if args.mesh is None and args.blendshapes is None:
-        raise Avatar3DError("nothing to export: pass --mesh OUT.glb|ply|obj and/or --blendshapes OUT.csv")
+        raise Avatar3DError("nothing to export: pass --mesh OUT.glb|ply|obj and/or --blendshapes OUT.csv "
+                            "(avatar folder), or --to-ernerf DIR (subject folder)")
+    from avatar3d.export.ernerf import folder_kind
+
+    if folder_kind(args.avatar) == "subject":
+        raise Avatar3DError(f"{args.avatar} is a prepared subject folder; --mesh / --blendshapes need an avatar "
+                            "folder written by `avatar3d train` (a subject converts with --to-ernerf DIR)")
     if args.mesh is not None:
         from avatar3d.export.mesh import MeshExportConfig, check_mesh_path, export_mesh
 
@@ -251,6 +263,46 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"  mesh         {report.path}: {report.n_vertices} vertices, {report.n_faces} faces, "
               f"{ex[0]:.3f} x {ex[1]:.3f} x {ex[2]:.3f} m, {'watertight' if report.watertight else 'NOT watertight'}, "
               f"{report.seconds:.1f} s")  # fmt: skip
+    return 0
+
+
+def _cmd_export_ernerf(args: argparse.Namespace) -> int:
+    from avatar3d.export.ernerf import ErnerfExportConfig, export_ernerf
+
+    if args.mesh is not None or args.blendshapes is not None:
+        raise Avatar3DError("--to-ernerf takes a subject folder and --mesh / --blendshapes an avatar folder: "
+                            "run them as two commands")
+    report = export_ernerf(args.avatar, args.to_ernerf, ErnerfExportConfig(max_frames=args.frames))
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"ER-NeRF data folder {report.path}: {report.n_frames} frames ({report.n_train} train, {report.n_val} "
+          f"val), {report.n_landmark_files} .lms files, {report.seconds:.1f} s; audio features (aud_*.npy) are not "
+          "included: run their extractor on aud.wav")
+    return 0
+
+
+def _add_import_ernerf(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-ernerf", help="turn a RAD-NeRF / ER-NeRF data folder into a subject folder",
+                       description="Read ori_imgs, parsing, bc.jpg, aud.wav, transforms_*.json (and au.csv) and write "
+                                   "the dataset contract; landmarks, expressions and blink come from our own "
+                                   "stages run on the frames, so `avatar3d train` can use the result.")
+    p.add_argument("folder", type=Path, help="ER-NeRF / RAD-NeRF data folder (data/<ID>)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="subject folder to write (new or empty)")
+    p.add_argument("--poses", choices=("auto", "transforms", "track"), default="auto",
+                   help="head poses from the folder's transform matrices or from our tracker; auto: the matrices "
+                        "only when avatar3d wrote them (their tracker's head origin differs from ours)")
+    p.add_argument("--fps", type=_positive_float, default=25.0, help="frame rate of ori_imgs (default 25)")
+    p.set_defaults(func=_cmd_import_ernerf)
+
+
+def _cmd_import_ernerf(args: argparse.Namespace) -> int:
+    from avatar3d.export.ernerf import ErnerfImportConfig, import_ernerf
+
+    report = import_ernerf(args.folder, args.out, ErnerfImportConfig(fps=args.fps, poses=args.poses))
+    agree = report.rotation_disagreement_deg
+    print(f"subject dataset in {report.path}: {report.n_frames} frames, poses from {report.pose_source}, "
+          f"{report.n_excluded} frames excluded, {report.seconds:.1f} s"
+          + ("" if agree is None else f"; head rotation vs our tracker: median {agree:.2f} deg apart"))
     return 0
 
 
@@ -361,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render(sub)
     _add_eval(sub)
     _add_export(sub)
+    _add_import_ernerf(sub)
     _add_demo(sub)
     _add_motion(sub)
     return parser

@@ -11,9 +11,9 @@ features).  ``transform_matrix`` is camera-to-head: the inverse of the tracked h
 camera (x right, y up, z backward) as those tools expect:
 ``c2w_gl = c2w_cv @ diag(1, -1, -1, 1)``.
 
-Units are ours (metres); RAD-NeRF's own tracker works in decimetres, so a top-level
-``"avatar3d"`` block states units, camera convention and how the matrix was made (their
-loaders ignore unknown keys).  Frames the landmark stage excluded (flag 0) are left out.
+Units are metres, as in RAD-NeRF's / ER-NeRF's own files (their tracker fits in decimetres and
+divides translations by 10 when it writes them); a top-level ``"avatar3d"`` block states units,
+camera convention and how the matrix was made (their loaders ignore unknown keys).  Frames the landmark stage excluded (flag 0) are left out.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def write_transforms(subject_dir: PathLike, summary: Optional[dict] = None) -> t
                                     "then right-multiplied by diag(1,-1,-1,1) (OpenCV -> OpenGL camera axes)",
                 "head_space": "canonical head, metres, +y up, +z out of the face; the model's z is scaled "
                               "by tracking.npz depth_scale before the pose",
-                "to_decimetres": 10.0, "split": name, "frame_range": [start, end],
+                "split": name, "frame_range": [start, end],
                 "excluded_frames": [i for i in range(start, end) if flags[i] == 0],
                 "images": "frames.mp4 (frame img_id)", "audio": "audio_features.npz (row aud_id)", **extra,
             },
@@ -115,7 +115,7 @@ def write_transforms(subject_dir: PathLike, summary: Optional[dict] = None) -> t
 
 def read_transforms(path: PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(frame ids [M], R [M,3,3], t [M,3]) back from a transforms json: the OpenCV head pose, in the
-    file's units (metres for files written here; RAD-NeRF's own files are in decimetres)."""
+    file's units (metres, here and in RAD-NeRF's / ER-NeRF's own files)."""
     path = Path(path)
     if not path.is_file():
         raise Avatar3DError(f"{path}: not found; run `avatar3d prep` (transforms stage) on the clip")
