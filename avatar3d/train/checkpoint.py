@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from avatar3d import __version__
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path
 
@@ -27,7 +28,7 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
                     torch_gen: torch.Generator, np_gen: np.random.Generator, extra: dict[str, Any]) -> None:  # fmt: skip
     """Atomically writes the full training state to ``path``."""
     state = {
-        "format_version": FORMAT_VERSION, "step": step, "model": model.state_dict(),
+        "format_version": FORMAT_VERSION, "avatar3d_version": __version__, "step": step, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "torch_gen": torch_gen.get_state(),
         "np_gen": np_gen.bit_generator.state, "grid_threshold": getattr(model, "grid").threshold, **extra,
     }  # fmt: skip
@@ -44,7 +45,10 @@ def load_state(path: Path) -> dict[str, Any]:
     except Exception as exc:  # truncated / not a torch file
         raise Avatar3DError(f"{path} is not a readable checkpoint ({type(exc).__name__}): retrain or restore it") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise Avatar3DError(f"{path}: unknown checkpoint format; it was written by another avatar3d version")
+        found = state.get("format_version", "none") if isinstance(state, dict) else "none"
+        by = state.get("avatar3d_version", "an unknown version") if isinstance(state, dict) else "an unknown version"
+        raise Avatar3DError(f"{path}: written by avatar3d {by} in file format {found}; this is avatar3d {__version__}, "
+                            f"which reads format {FORMAT_VERSION}: retrain it with `avatar3d train` or use that version")
     return state
 
 

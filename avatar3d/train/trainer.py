@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import yaml
 
+from avatar3d import __version__
 from avatar3d.config import from_dict, to_dict
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.image_metrics import frame_metrics, mean_metrics
@@ -377,7 +378,7 @@ def train(
 def save_avatar(path: Path, model: AvatarModel, data: SubjectData, config: TrainConfig) -> None:
     """The inference bundle: weights, model config, camera, plate, the subject's poses and motion (for `render`)."""
     bundle = {
-        "format_version": FORMAT_VERSION, "avatar_config": _plain(to_dict(config.avatar)),
+        "format_version": FORMAT_VERSION, "avatar3d_version": __version__, "avatar_config": _plain(to_dict(config.avatar)),
         "motion_dim": model.motion_dim, "n_frames": data.n_frames, "model": model.state_dict(),
         "resolution": data.resolution, "K": data.K, "background": (data.background * 255).round().astype(np.uint8),
         "expression_names": list(data.expression_names), "R": data.R, "t": data.t, "fps": data.fps,

@@ -116,3 +116,15 @@ def test_an_avatar_whose_subject_is_gone_says_how_to_personalise(tiny_avatar_run
     torch.save(bundle, avatar / "avatar.pt")
     assert main(["render", str(avatar), "--text", "hi", "-o", str(tmp_path / "y.mp4")]) == 2
     assert "avatar3d motion personalize" in capsys.readouterr().err
+
+
+def test_an_avatar_from_an_incompatible_version_names_both_versions(tiny_avatar_run, tmp_path, capsys) -> None:
+    avatar = tmp_path / "future"
+    shutil.copytree(tiny_avatar_run[0], avatar, ignore=shutil.ignore_patterns("tensorboard", "checkpoint.pt"))
+    bundle = torch.load(avatar / "avatar.pt", weights_only=False)
+    bundle["format_version"], bundle["avatar3d_version"] = 99, "9.9.9"
+    torch.save(bundle, avatar / "avatar.pt")
+    assert main(["render", str(avatar), "--text", "hi", "-o", str(tmp_path / "z.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "9.9.9" in err and "format 99" in err and "avatar3d 0." in err and "\n" == err[-1] and err.count("\n") == 1
+    assert not (tmp_path / "z.mp4").exists()
