@@ -185,13 +185,13 @@ def render_from_speech(
     if depth is not None:
         check_output_dir(Path(depth), DEPTH_PATTERN, "--depth")
     check_writable(out)
-    if mouth_model is None:
-        mouth_model = mouth_model_for(avatar if avatar.is_dir() else avatar.parent, bundle, motion_model_path,
-                                      progress=progress, log=log)  # fmt: skip
     size = int(size or bundle["resolution"])
     if size % 2:
         raise Avatar3DError(f"--size {size}: H.264 needs an even frame size")
-    audio = source.load()
+    audio = source.load()  # a bad file, voice or text fails before minutes of personalising
+    if mouth_model is None:
+        mouth_model = mouth_model_for(avatar if avatar.is_dir() else avatar.parent, bundle, motion_model_path,
+                                      progress=progress, log=log)  # fmt: skip
     check_writable(out)  # before minutes of rendering, not after (again: personalising may have taken minutes)
     if blendshapes is not None:
         check_writable(Path(blendshapes))
