@@ -111,7 +111,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("decode", 1, ("@source",), ("frames.mp4", "audio.wav", "decode.json"), _run_decode, lambda c: c.decode),
     Stage("landmarks", 1, ("frames.mp4",), ("landmarks.npy", "landmark_flags.npy", "landmarks.json"),
           _run_landmarks, lambda c: c.landmarks),
-    Stage("track", 1, ("landmarks.npy",), ("tracking.npz",), _run_track,
+    Stage("track", 2, ("landmarks.npy",), ("tracking.npz",), _run_track,
           lambda c: (c.track, c.face_model, c.decode.size)),
     Stage("transforms", 1, ("tracking.npz", "landmark_flags.npy"), ("transforms_train.json", "transforms_val.json"),
           _run_transforms, lambda c: (c.val_fraction, c.decode.size, c.decode.fps)),

@@ -2,14 +2,21 @@
 
 One identity, one depth scale and one focal length for the clip; per frame an
 expression (ARKit weights in [0, 1]) and a head pose (R, t: canonical head -> OpenCV
-camera).  All frames are fitted together in PyTorch (full batch: Adam, then L-BFGS,
-because from 2D landmarks a face's depth and its rotation amplitude trade off
-almost exactly and first-order steps crawl along that valley): a robust (Cauchy) pixel
-loss, a unit-variance prior on identity, a small sparsity prior on expressions, and
-temporal smoothness that is strong on the pose (removes jitter) and weak on the
-expression (fast mouth motion is not lagged).  Contour landmarks slide along the
-silhouette, so they get a low weight.  Blink per eye is read from the eyelid
+camera).  The objective: a robust (Cauchy) pixel loss with the contour landmarks
+(which slide along the silhouette) down-weighted, a unit-variance prior on identity,
+weak priors on the focal and the depth scale, a small sparsity prior on expressions,
+and temporal smoothness that is strong on the pose (removes jitter) and weak on the
+expression (fast mouth motion is not lagged).  Solved in two Gauss-Newton stages
+(:mod:`data_prep.track_solver`): the clip-wide unknowns on keyframes that span the head
+poses, then every frame with those fixed.  Blink per eye is read from the eyelid
 landmarks directly.
+
+Why the depth prior: from 2D landmarks a face's depth and its rotation amplitude trade
+off almost exactly, and MediaPipe reads faces flatter than they are, so the unregularised
+optimum is too flat (depth scale ~0.6 on the synthetic subjects whose effective value is
+~0.7) and rotations too large; a weak pull towards the face model's own depth fixes most
+of it.  The focal length is nearly unobservable (a far narrow camera and a near wide one
+differ by a little perspective), hence its prior towards ``focal_init``.
 """
 from __future__ import annotations
 
@@ -23,20 +30,20 @@ from tqdm import tqdm
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.model import MorphableModel
 from avatar3d.synth import regions as rg
+from data_prep.track_solver import (Problem, State, project, rodrigues, rotations, solve_keyframes, solve_sequence,
+                                   translations)
 
 
 @dataclass(frozen=True)
 class TrackConfig:
     """Weights and schedule of the clip-wide fit."""
 
-    iterations: int = 200
-    """Adam steps over all frames at once (first descent)."""
-    lbfgs_iterations: int = 600
-    """L-BFGS iterations after Adam (resolves the slow depth / rotation trade-off)."""
-    lbfgs_history: int = 60
-    """L-BFGS memory (curvature pairs kept)."""
-    learning_rate: float = 0.02
-    """Adam step size (parameters are scaled to be O(1))."""
+    iterations: int = 6
+    """Most Levenberg-Marquardt steps of the all-frames solve (identity, focal, depth fixed); stops earlier once converged."""
+    keyframes: int = 64
+    """Frames (spanning the head poses) on which identity, focal and depth scale are fitted."""
+    keyframe_iterations: int = 30
+    """Most Levenberg-Marquardt steps of the keyframe solve."""
     focal_init: float = 1.0
     """Initial focal length in units of the image width (refined by the fit)."""
     cauchy_scale_px: float = 2.0
@@ -45,12 +52,17 @@ class TrackConfig:
     """Weight of the 36 face-oval landmarks, which slide with the silhouette."""
     identity_prior: float = 1e-3
     """Weight of the unit-variance prior on identity coefficients."""
-    identity_step: float = 10.0
-    """Identity coefficients are optimised in units of this many standard deviations (faster to move)."""
+    depth_prior: float = 0.015
+    """Weight (per frame) pulling log(depth scale) to 0, i.e. towards the face model's own depth: MediaPipe
+    reads faces flatter than they are, and a landmark-only fit trades that depth for rotation amplitude."""
+    focal_prior: float = 0.1
+    """Weight (per frame) pulling log(focal / focal_init) to 0: landmarks barely constrain the focal
+    length (a far, narrow camera and a near, wide one differ by a little perspective)."""
     expression_prior: float = 1e-3
     """L1 weight pulling unused expressions to zero."""
     pose_smoothness: float = 20.0
-    """Weight on the second difference of rotation (rad) and translation (cm) over frames."""
+    """Weight on the second difference of rotation (rad) and translation over frames (translation as
+    (x/z, y/z, log z) times the clip's median distance: ~cm near the median, and straight along the focal valley)."""
     expression_smoothness: float = 0.5
     """Weight on the first difference of expression weights over frames."""
 
@@ -69,23 +81,10 @@ class TrackResult:
     projected: np.ndarray  # [N,468,2] fitted model landmarks in pixels
 
 
-def rodrigues(omega: torch.Tensor) -> torch.Tensor:
-    """Axis-angle [...,3] -> rotation matrices [...,3,3] (safe near zero)."""
-    theta2 = (omega * omega).sum(-1, keepdim=True)
-    theta = torch.sqrt(theta2 + 1e-12)
-    k = omega / theta
-    kx, ky, kz = k.unbind(-1)
-    zero = torch.zeros_like(kx)
-    skew = torch.stack([zero, -kz, ky, kz, zero, -kx, -ky, kx, zero], -1).reshape(*omega.shape[:-1], 3, 3)
-    eye = torch.eye(3, dtype=omega.dtype).expand_as(skew)
-    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
-    return eye + s * skew + (1.0 - c) * (skew @ skew)
-
-
-def _initial_poses(model: MorphableModel, points: np.ndarray, valid: np.ndarray, focal: float,
+def _initial_poses(shape: np.ndarray, points: np.ndarray, valid: np.ndarray, focal: float,
                    centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame PnP of the mean shape: [N,3] axis-angle and [N,3] translation."""
-    mean_lm = model.landmarks().astype(np.float64)[:468]
+    """Per-frame PnP of a rigid ``shape`` [468,3]: [N,3] axis-angle and [N,3] translation (metres)."""
+    mean_lm = np.asarray(shape, np.float64)
     k = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]], np.float64)
     n = len(points)
     rvecs, tvecs = np.zeros((n, 3)), np.zeros((n, 3))
@@ -144,6 +143,41 @@ def track(landmarks: np.ndarray, width: int, height: int, model: MorphableModel,
         torch.set_num_threads(threads)
 
 
+def _mean_rotation(rvecs: np.ndarray) -> np.ndarray:
+    """Chordal mean of axis-angle rotations [n,3] -> [3,3] (the chart's centre: keeps every frame far from pi)."""
+    mats = np.stack([cv2.Rodrigues(r)[0] for r in rvecs])
+    u, _, vt = np.linalg.svd(mats.mean(0))
+    return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+
+
+def _pose_unknowns(rvecs: np.ndarray, tvecs: np.ndarray, base: np.ndarray, depth_ref: float) -> tuple[np.ndarray, np.ndarray]:
+    """PnP poses -> the solver's unknowns: rotation relative to ``base``, scaled (x/z, y/z, log z)."""
+    omega = np.stack([cv2.Rodrigues(cv2.Rodrigues(r)[0] @ base.T)[0][:, 0] for r in rvecs])
+    z = np.maximum(tvecs[:, 2], 1e-3)
+    trans = np.stack([tvecs[:, 0] / z, tvecs[:, 1] / z, np.log(z)], 1) * 100.0 * depth_ref
+    return omega, trans
+
+
+def select_keyframes(rvecs: np.ndarray, valid: np.ndarray, count: int) -> np.ndarray:
+    """Frames that span the clip's head poses (farthest-point in rotation) and its time (evenly spaced).
+
+    The clip-wide unknowns (identity, depth scale, focal) are only observable through how
+    the face changes with the pose, so the frames that fix them must cover the pose range;
+    the evenly spaced half keeps expressions varied so identity does not absorb one of them.
+    """
+    idx = np.flatnonzero(valid)
+    if len(idx) <= count:
+        return idx
+    chosen = list(idx[np.linspace(0, len(idx) - 1, count - count // 2).round().astype(int)])
+    rot = rvecs[idx]
+    dist = np.min(np.linalg.norm(rot[:, None] - rvecs[np.array(chosen)][None], axis=-1), axis=1)
+    while len(chosen) < count:
+        pick = int(np.argmax(dist))
+        chosen.append(idx[pick])
+        dist = np.minimum(dist, np.linalg.norm(rot - rot[pick], axis=-1))
+    return np.unique(np.array(chosen))
+
+
 def _track(landmarks: np.ndarray, width: int, height: int, model: MorphableModel,
            config: TrackConfig, progress: bool) -> TrackResult:
     if landmarks.ndim != 3 or landmarks.shape[1] < 468:
@@ -155,94 +189,56 @@ def _track(landmarks: np.ndarray, width: int, height: int, model: MorphableModel
     n = len(points)
     centre = (width / 2.0, height / 2.0)
     focal0 = config.focal_init * width
-    rvec0, tvec0 = _initial_poses(model, points, valid, focal0, centre)
+    bar = tqdm(total=3, disable=not progress, desc="tracking", unit="stage")
+    rvec0, tvec0 = _initial_poses(model.landmarks()[:468], points, valid, focal0, centre)
+    bar.update(1)
 
-    dtype = torch.float32
+    base = _mean_rotation(rvec0[valid])
+    depth_ref = float(np.median(tvec0[valid, 2]))
+    dtype = torch.float64
     basis = _landmark_bases(model)
-    lm_mean = torch.tensor(basis["mean"], dtype=dtype)  # [468*3]
-    lm_id = torch.tensor(basis["identity"], dtype=dtype)  # [Ki, 468*3]
-    lm_exp = torch.tensor(basis["expression"], dtype=dtype)  # [Ke, 468*3]
-    target = torch.tensor(np.nan_to_num(points), dtype=dtype)
-    frame_w = torch.tensor(valid, dtype=dtype)
     point_w = torch.ones(468, dtype=dtype)
     point_w[rg.FACE_OVAL] = config.contour_weight
-    r0 = torch.tensor(rvec0, dtype=dtype)
-    t0 = torch.tensor(tvec0, dtype=dtype)
-    d_rot = torch.zeros(n, 3, dtype=dtype, requires_grad=True)
-    d_trans = torch.zeros(n, 3, dtype=dtype, requires_grad=True)  # centimetres
-    identity = torch.zeros(1, model.n_identity, dtype=dtype, requires_grad=True)
-    expression = torch.full((n, model.n_expression), 0.01, dtype=dtype, requires_grad=True)
-    log_focal = torch.zeros(1, dtype=dtype, requires_grad=True)
-    log_depth = torch.zeros(1, dtype=dtype, requires_grad=True)
-    optim = torch.optim.Adam([d_rot, d_trans, identity, expression, log_focal, log_depth], lr=config.learning_rate)
-    cx, cy = centre
-    scale2 = config.cauchy_scale_px**2
-
-    def project(expr: torch.Tensor) -> torch.Tensor:
-        shape = lm_mean + (config.identity_step * identity) @ lm_id  # [1, 468*3]: one identity for the clip
-        lm = (shape + expr @ lm_exp).reshape(n, 468, 3)
-        lm = lm * torch.cat([torch.ones(2, dtype=dtype), torch.exp(log_depth)])  # the clip's depth scale
-        rot = rodrigues(r0 + d_rot)
-        cam = lm @ rot.transpose(1, 2) + (t0 + 0.01 * d_trans)[:, None, :]
-        f = focal0 * torch.exp(log_focal)
-        z = cam[..., 2].clamp_min(1e-3)
-        return torch.stack([f * cam[..., 0] / z + cx, f * cam[..., 1] / z + cy], -1)
-
-    params = [d_rot, d_trans, identity, expression, log_focal, log_depth]
-
-    def objective() -> torch.Tensor:
-        proj = project(expression)
-        r2 = ((proj - target) ** 2).sum(-1)  # [N,468]
-        data = (torch.log1p(r2 / scale2) * point_w).sum(-1) * frame_w
-        loss = data.sum() / (frame_w.sum() * point_w.sum())
-        loss = loss + config.identity_prior * ((config.identity_step * identity) ** 2).sum()
-        loss = loss + config.expression_prior * expression.abs().mean()
-        loss = loss + 100.0 * (torch.relu(-expression) ** 2 + torch.relu(expression - 1.0) ** 2).mean()
-        rot_all, trans_all = r0 + d_rot, t0 / 0.01 + d_trans
-        if n >= 3:
-            acc = (rot_all[2:] - 2 * rot_all[1:-1] + rot_all[:-2]).pow(2).sum() \
-                + (trans_all[2:] - 2 * trans_all[1:-1] + trans_all[:-2]).pow(2).sum()
-            loss = loss + config.pose_smoothness * acc / n
-            loss = loss + config.expression_smoothness * (expression[1:] - expression[:-1]).pow(2).sum() / n
-        return loss
-
-    bar = tqdm(total=config.iterations + config.lbfgs_iterations, disable=not progress, desc="tracking", unit="step")
-    for _ in range(config.iterations):  # Adam: robust first descent from the PnP start
-        optim.zero_grad()
-        objective().backward()
-        optim.step()
-        with torch.no_grad():
-            expression.clamp_(0.0, 1.0)
-        bar.update(1)
-    # L-BFGS: the depth/rotation trade-off is ill-conditioned; quasi-Newton steps resolve it.
-    lbfgs = torch.optim.LBFGS(params, lr=1.0, max_iter=config.lbfgs_iterations, history_size=config.lbfgs_history,
-                              line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
-
-    def closure() -> torch.Tensor:
-        lbfgs.zero_grad()
-        loss = objective()
-        loss.backward()
-        bar.update(1)
-        return loss
-
-    if config.lbfgs_iterations:
-        lbfgs.step(closure)
+    problem = Problem(
+        target=torch.tensor(np.nan_to_num(points), dtype=dtype), frame_w=torch.tensor(valid, dtype=dtype),
+        point_w=point_w / point_w.sum(), mean=torch.tensor(basis["mean"], dtype=dtype).reshape(468, 3),
+        id_basis=torch.tensor(basis["identity"], dtype=dtype).reshape(-1, 468, 3),
+        exp_basis=torch.tensor(basis["expression"], dtype=dtype).reshape(-1, 468, 3),
+        centre=centre, focal0=focal0, cauchy2=config.cauchy_scale_px ** 2, identity_prior=config.identity_prior,
+        focal_prior=config.focal_prior, depth_prior=config.depth_prior,
+        expression_l1=config.expression_prior / model.n_expression, pose_smoothness=config.pose_smoothness,
+        expression_smoothness=config.expression_smoothness, base_rotation=torch.tensor(base, dtype=dtype),
+        depth_ref=depth_ref)
+    omega0, trans0 = _pose_unknowns(rvec0, tvec0, base, depth_ref)
+    state = State(omega=torch.tensor(omega0, dtype=dtype), trans=torch.tensor(trans0, dtype=dtype),
+                  expression=torch.zeros(n, model.n_expression, dtype=dtype),
+                  identity=torch.zeros(model.n_identity, dtype=dtype), log_focal=0.0, log_depth=0.0)
+    keys = torch.from_numpy(select_keyframes(rvec0, valid, config.keyframes))
+    fitted = solve_keyframes(problem, state.take(keys), keys, config.keyframe_iterations)
+    bar.update(1)
+    state.identity, state.log_focal, state.log_depth = fitted.identity, fitted.log_focal, fitted.log_depth
+    # the other frames start from a PnP of the fitted neutral face with the fitted focal
+    focal = focal0 * float(np.exp(fitted.log_focal))
+    shape = (problem.mean + torch.einsum("k,klc->lc", fitted.identity, problem.id_basis)).numpy().copy()
+    shape[:, 2] *= float(np.exp(fitted.log_depth))
+    rvec1, tvec1 = _initial_poses(shape, points, valid, focal, centre)
+    omega1, trans1 = _pose_unknowns(rvec1, tvec1, base, depth_ref)
+    state.omega, state.trans = torch.tensor(omega1, dtype=dtype), torch.tensor(trans1, dtype=dtype)
+    state.omega[keys], state.trans[keys], state.expression[keys] = fitted.omega, fitted.trans, fitted.expression
+    state = solve_sequence(problem, state, config.iterations)
+    bar.update(1)
     bar.close()
-    with torch.no_grad():
-        expression.clamp_(0.0, 1.0)
 
     with torch.no_grad():
-        proj = project(expression)
-        err = torch.linalg.norm(proj - target, dim=-1)  # [N,468]
+        proj = project(problem, state)
+        err = torch.linalg.norm(proj - problem.target, dim=-1)  # [N,468]
         inner = torch.ones(468, dtype=torch.bool)
         inner[rg.FACE_OVAL] = False
         residual = err[:, inner].mean(-1).numpy()
         residual[~valid] = np.nan
-        rot = rodrigues(r0 + d_rot).numpy().astype(np.float64)
-        trans = (t0 + 0.01 * d_trans).numpy().astype(np.float64)
-        focal = float(focal0 * torch.exp(log_focal))
-        depth_scale = float(torch.exp(log_depth))
-    return TrackResult(rotation=rot, translation=trans, identity=config.identity_step * identity.detach().numpy()[0],
-                       expression=expression.detach().numpy(), expression_names=tuple(model.expression_names),
-                       focal=focal, depth_scale=depth_scale, blink=eyelid_blink(landmarks[:, :468]), residual_px=residual,
-                       projected=proj.numpy())
+    return TrackResult(rotation=rotations(problem, state.omega).numpy(),
+                       translation=translations(problem, state.trans).numpy(),
+                       identity=state.identity.numpy().copy(), expression=state.expression.numpy().astype(np.float32),
+                       expression_names=tuple(model.expression_names), focal=focal0 * float(np.exp(state.log_focal)),
+                       depth_scale=float(np.exp(state.log_depth)), blink=eyelid_blink(landmarks[:, :468]),
+                       residual_px=residual, projected=proj.numpy().astype(np.float32))

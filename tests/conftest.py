@@ -50,7 +50,7 @@ def synth_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared_subject(synth_clip: Path, tmp_path_factory: pytest.TempPathFactory):
-    """``synth_clip`` through `avatar3d prep` once (a fast tracking schedule): (folder, config, manifest, log).
+    """``synth_clip`` through `avatar3d prep` once (solver steps until converged, at most 100): (folder, config, manifest, log).
 
     Shared read-only by the data-prep tests; a test that changes the folder must leave it complete.
     """
@@ -58,7 +58,7 @@ def prepared_subject(synth_clip: Path, tmp_path_factory: pytest.TempPathFactory)
     from data_prep.track import TrackConfig
 
     out, _ = _fixture_dir(tmp_path_factory, "subject")
-    config = PrepConfig(track=TrackConfig(iterations=100, lbfgs_iterations=60))
+    config = PrepConfig(track=TrackConfig(iterations=100))
     log: list[str] = []
     manifest = prepare(synth_clip / "video.mp4", out, config, progress=False, log=log.append)  # re-runs skip stages
     return out, config, manifest, log

@@ -33,7 +33,7 @@ def rolled_photo(tmp_path_factory):
         for angle in roll:
             warp = cv2.getRotationMatrix2D(centre, float(angle), 1.0)
             writer.write(cv2.warpAffine(photo, warp, (512, 512), borderMode=cv2.BORDER_REFLECT101))
-    config = PrepConfig(decode=DecodeConfig(size=256), track=TrackConfig(iterations=150, lbfgs_iterations=150))
+    config = PrepConfig(decode=DecodeConfig(size=256), track=TrackConfig(iterations=150))
     prepare(clip, out / "subject", config, progress=False, log=lambda _: None)
     return out / "subject", roll
 

@@ -29,7 +29,7 @@ from data_prep.track import TrackConfig
 from data_prep.transforms import c2w_to_head_pose
 
 N = 40  # frames converted: the first 1.6 s of the 16 s fixture
-FAST_TRACK = TrackConfig(iterations=100, lbfgs_iterations=60)  # the prepared_subject fixture's schedule
+FAST_TRACK = TrackConfig(iterations=100)  # the prepared_subject fixture's schedule
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from scipy.signal import resample_poly
 
 from avatar3d.errors import Avatar3DError
@@ -23,16 +22,9 @@ from avatar3d.motion.model import load_default
 from avatar3d.motion.streaming import GateConfig, predict_stream, stream_file
 from avatar3d.synth.speech import synthesize
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"), pytest.mark.usefixtures("one_torch_thread")]
 SR, FPS = 16000, 25
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

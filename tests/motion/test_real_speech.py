@@ -13,7 +13,6 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from avatar3d.audio.phonetic import phone_frames
 from avatar3d.errors import Avatar3DError
@@ -24,19 +23,13 @@ from avatar3d.synth.phonemes import Phone
 
 FPS = 25
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def geometry():
     return LipGeometry()
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Short clips: one torch thread is ~20x cheaper than two fighting a loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(not TESTDATA_DIR.is_dir(), reason="pocketsphinx-testdata is not installed "

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.video import read_audio
@@ -19,18 +18,10 @@ from avatar3d.motion.streaming import (GateConfig, MotionStream, iter_audio_chun
                                        stream_file)
 from avatar3d.synth.speech import synthesize
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"), pytest.mark.usefixtures("one_torch_thread")]
 SR, FPS, FRAME = 16000, 25, 640
 TOL = 1e-4  # float rounding only: measured <= 2.1e-6 on 2 min of speech with 20 ms chunks
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Short inputs: one torch thread is far cheaper than two fighting a loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
