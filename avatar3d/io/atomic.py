@@ -166,11 +166,18 @@ def check_writable(path: Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise Avatar3DError(f"{path}: is a directory; give a file path for the output")
+    check_parent_writable(path)
+
+
+def check_parent_writable(path: Path, label: str = "") -> None:
+    """Creates ``path``'s folder if needed; one-line error (prefixed by ``label``, e.g. a flag) if it cannot be written."""
+    path = Path(path)
+    what = f"{label} {path}" if label else str(path)
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise Avatar3DError(f"{path}: cannot create the folder {parent} ({exc.strerror or exc}); "
+        raise Avatar3DError(f"{what}: cannot create the folder {parent} ({exc.strerror or exc}); "
                             "choose a writable location") from None  # fmt: skip
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise Avatar3DError(f"{path}: the folder {parent} is not writable; choose a writable location")
+        raise Avatar3DError(f"{what}: the folder {parent} is not writable; choose a writable location")

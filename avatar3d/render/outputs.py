@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.io.atomic import check_parent_writable
 
 RGBA_PATTERN = re.compile(r"^(frame_\d{5,}\.png|rgba\.webm|rgba\.mov)$")
 DEPTH_PATTERN = re.compile(r"^depth_\d{5,}\.png$")
@@ -115,14 +116,7 @@ def check_output_dir(path: Path, pattern: re.Pattern[str], flag: str) -> None:
         if foreign:
             raise Avatar3DError(f"{flag} {path}: the folder holds other files ({', '.join(foreign[:3])}"
                                 f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")  # fmt: skip
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise Avatar3DError(f"{flag} {path}: cannot create the folder {parent} ({exc.strerror or exc}); "
-                            "choose a writable location") from None  # fmt: skip
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise Avatar3DError(f"{flag} {path}: the folder {parent} is not writable; choose a writable location")
+    check_parent_writable(path, flag)
 
 
 class StagedDir:
