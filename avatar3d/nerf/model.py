@@ -73,6 +73,13 @@ def to_head_space(R: torch.Tensor, t: torch.Tensor, dirs_cam: torch.Tensor) -> t
     return origins.contiguous(), dirs.contiguous()
 
 
+def image_pixels(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[size*size, 2] pixel centres (x, y), row-major: the rays of one square image."""
+    ij = torch.stack(torch.meshgrid(torch.arange(size, device=device), torch.arange(size, device=device),
+                                    indexing="ij"), -1).reshape(-1, 2).float()  # fmt: skip
+    return ij.flip(-1) + 0.5
+
+
 class AvatarModel(nn.Module):
     """Everything that is learned for one person, plus the occupancy grid of the head box."""
 
@@ -142,18 +149,9 @@ class AvatarModel(nn.Module):
     # ------------------------------------------------------------ inference
 
     @torch.no_grad()
-    def render_image(
-        self, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, motion: torch.Tensor, background: torch.Tensor,
-        size: int,
-    ) -> dict[str, torch.Tensor]:  # fmt: skip
-        """One frame [size, size]: rgb [H, W, 3], head opacity, torso alpha, head depth (metres along the ray).
-
-        K is for this image size; R [3, 3], t [3] the head pose; motion [motion_dim]; background [H, W, 3].
-        """
-        dev = K.device
-        ij = torch.stack(torch.meshgrid(torch.arange(size, device=dev), torch.arange(size, device=dev),
-                                        indexing="ij"), -1).reshape(-1, 2).float()  # fmt: skip
-        pix = ij.flip(-1) + 0.5  # (x, y)
+    def render_head(self, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, motion: torch.Tensor,
+                    pix: torch.Tensor):  # type: ignore[no-untyped-def]
+        """Early-terminated head render of pixel centres ``pix`` [P, 2] (x, y) seen through K with head pose R, t."""
         origins, dirs = to_head_space(R[None].float(), t[None].float(), pixel_dirs(K.float(), pix))
         code = self.head.motion_code(motion.view(1, -1).float())
 
@@ -162,8 +160,20 @@ class AvatarModel(nn.Module):
             return sigma, rgb
 
         cfg = self.config
-        state = render_inference(origins, dirs, self.grid, field_fn, cfg.march_params(), n_steps=cfg.render_steps,
-                                 threshold=cfg.render_threshold, sample_budget=cfg.render_sample_budget)  # fmt: skip
+        return render_inference(origins, dirs, self.grid, field_fn, cfg.march_params(), n_steps=cfg.render_steps,
+                                threshold=cfg.render_threshold, sample_budget=cfg.render_sample_budget)  # fmt: skip
+
+    @torch.no_grad()
+    def render_image(
+        self, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, motion: torch.Tensor, background: torch.Tensor,
+        size: int,
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """One frame [size, size]: rgb [H, W, 3], head opacity, torso alpha, head depth (metres along the ray).
+
+        K is for this image size; R [3, 3], t [3] the head pose; motion [motion_dim]; background [H, W, 3].
+        """
+        pix = image_pixels(size, K.device)
+        state = self.render_head(K, R, t, motion, pix)
         torso_code = self.torso.pose_code(R[None].float(), t[None].float(), K.float(), size)
         torso_rgb, torso_alpha, _ = self.torso(pix / size, torso_code.expand(pix.shape[0], -1))
         bg = background.reshape(-1, 3).float()

@@ -303,28 +303,15 @@ def render_view(
     coverage, no plate), alpha [H, W] (that coverage), head_alpha [H, W] and depth_z [H, W]
     (metres along the optical axis to the head surface, 0 where the head is transparent).
     """
-    from avatar3d.nerf.composite import render_inference
-    from avatar3d.nerf.model import pixel_dirs, to_head_space
+    from avatar3d.nerf.model import image_pixels, pixel_dirs
 
     dev = K.device
     K = K.float()
-    ij = torch.stack(torch.meshgrid(torch.arange(size, device=dev), torch.arange(size, device=dev),
-                                    indexing="ij"), -1).reshape(-1, 2).float()  # fmt: skip
-    pix = ij.flip(-1) + 0.5  # (x, y)
+    pix = image_pixels(size, dev)
     K_head = K.clone()
     K_head[0, 0] *= focal_scale
     K_head[1, 1] *= focal_scale
-    dirs_cam = pixel_dirs(K_head, pix)
-    origins, dirs = to_head_space(head_R[None].float(), head_t[None].float(), dirs_cam)
-    code = model.head.motion_code(motion.view(1, -1).float())
-
-    def field_fn(x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma, rgb, _ = model.head(x, d, code.expand(x.shape[0], -1))
-        return sigma, rgb
-
-    cfg = model.config
-    state = render_inference(origins, dirs, model.grid, field_fn, cfg.march_params(), n_steps=cfg.render_steps,
-                             threshold=cfg.render_threshold, sample_budget=cfg.render_sample_budget)  # fmt: skip
+    state = model.render_head(K_head, head_R, head_t, motion, pix)
     centre = K[[0, 1], [2, 2]]
     layer_pix = (pix - torch.tensor([layer_shift_px, 0.0], device=dev) - centre) / focal_scale + centre
     torso_code = model.torso.pose_code(torso_R[None].float(), torso_t[None].float(), K, size)
@@ -341,7 +328,7 @@ def render_view(
     premult = state.color + (1 - state.opacity[:, None]) * under
     alpha = state.opacity + (1 - state.opacity) * torso_alpha
     dist = state.depth / state.opacity.clamp_min(1e-6)
-    depth_z = torch.where(state.opacity > 1e-4, dist * dirs_cam[:, 2], torch.zeros_like(dist))
+    depth_z = torch.where(state.opacity > 1e-4, dist * pixel_dirs(K_head, pix)[:, 2], torch.zeros_like(dist))
     shape = (size, size)
     return {"rgb": rgb.clamp(0, 1).view(*shape, 3), "premult": premult.clamp(0, 1).view(*shape, 3),
             "alpha": alpha.clamp(0, 1).view(shape), "head_alpha": state.opacity.view(shape),
