@@ -155,6 +155,9 @@ class TorsoFieldConfig:
         finest_resolution=512))  # fmt: skip
     hidden: int = 64
     max_offset: float = 0.1  # largest deformation, in units of the image side
+    color_from_pose: bool = True
+    """The colour/alpha net also sees the pose code.  False: the pose acts through the deformation only,
+    so the torso cannot become a per-training-pose appearance code."""
     anchors: tuple[tuple[float, float, float], ...] = (
         (0.0, -0.09, 0.04), (-0.06, -0.06, 0.03), (0.06, -0.06, 0.03), (0.0, 0.02, 0.10))
     """Canonical head points (metres) whose projections form the pose code: chin, jaw sides, nose."""
@@ -172,7 +175,7 @@ class TorsoField(nn.Module):
         self.deform_net = mlp(2 + code, config.hidden, 2)
         nn.init.zeros_(self.deform_net[-1].weight)
         nn.init.zeros_(self.deform_net[-1].bias)
-        self.color_net = mlp(self.encoding.out_dim + code, config.hidden, 4)
+        self.color_net = mlp(self.encoding.out_dim + (code if config.color_from_pose else 0), config.hidden, 4)
 
     def pose_code(self, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, size: int) -> torch.Tensor:
         """Anchor projections for poses R [F, 3, 3], t [F, 3] -> [F, 2 * n_anchors] in [-1, 1] image units."""
@@ -184,5 +187,5 @@ class TorsoField(nn.Module):
         """uv [P, 2] in [0, 1], code [P, C] -> rgb [P, 3], alpha [P], offset [P, 2]."""
         offset = torch.tanh(self.deform_net(torch.cat([uv * 2 - 1, code], -1))) * self.config.max_offset
         feat = self.encoding((uv + offset).clamp(0.0, 1.0))
-        out = self.color_net(torch.cat([feat, code], -1))
+        out = self.color_net(torch.cat([feat, code], -1) if self.config.color_from_pose else feat)
         return torch.sigmoid(out[:, :3]), torch.sigmoid(out[:, 3]), offset

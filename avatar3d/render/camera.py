@@ -5,17 +5,15 @@ head -> camera pose, so a camera moved around the head is the same as the head p
 differently in front of the training camera: head -> new camera = (training -> new camera)
 after (head -> training camera).  Every camera mode therefore becomes a per-frame head pose.
 
-What does *not* move with the camera (an honest limit of the model, not a choice):
-
-* the torso is a 2D field on the training image plane (a hash grid deformed by where four
-  head anchor points project); it has no depth, so it cannot be seen from another angle.  It
-  stays in the training view, driven by the head pose *as the training camera saw it*, and
-  follows only the camera changes that are exact for an image-plane layer: a focal change
-  (a zoom about the principal point) and, for stereo, the shift of a plane at the head's depth;
-* the background plate is the training view too (zoomed with the focal, at infinity for stereo).
-
-So an orbit turns the head against a still torso: keep it small (the supported range below
-keeps it small anyway) or composite the RGBA output over a plate of your own.
+What the flat layers do: the torso is a 2D field on the training image plane (a hash grid
+deformed by where four head anchor points project) and the background is a plate of the
+training view; neither has depth.  A moved camera sees each as a fronto-parallel plane --
+the torso 3 cm behind the head origin, the plate 1 m behind it (:class:`LayerPlanes`; both
+choices, the clip has no depth for them) -- so they shift and turn with parallax against the
+head (a plane homography).  That is exact for a zoom and right to first order for the small
+moves the supported range allows; a real torso is not flat, so a large orbit would show it
+as a card.  The torso's *pose code* stays the training view's (how the neck bends is a
+property of the head pose, not of the camera).
 
 Supported range: a NeRF only knows the views it was trained on.  The range is the spread of
 directions from which the training camera saw the head, in head space -- yaw (azimuth about
@@ -284,20 +282,63 @@ def camera_track(spec: str | CameraPath, R: np.ndarray, t: np.ndarray, bundle: d
 # ------------------------------------------------------------------ rendering a moved camera
 
 
+def plane_homography(K_view: np.ndarray, K_train: np.ndarray, Rc: np.ndarray, tc: np.ndarray,
+                     depth: float) -> np.ndarray | None:  # fmt: skip
+    """3x3 map from a view's pixels to the training image's pixels for a fronto-parallel plane at ``depth``
+    metres in front of the training camera, with the view camera X_view = Rc X_train + tc; None when it is
+    the identity (so the training camera renders exactly what the avatar renders).
+
+    A plane n.X = d maps by X_view = (Rc + tc n^T / d) X_train, so pixels map by
+    K_view (Rc + tc n^T / d) K_train^-1; this is its inverse.
+    """
+    n = np.array([0.0, 0.0, 1.0])
+    A = K_view @ (Rc + np.outer(tc, n) / max(depth, 1e-3)) @ np.linalg.inv(K_train)
+    H = np.linalg.inv(A)
+    H = H / H[2, 2]
+    if np.abs(H - np.eye(3)).max() < 1e-12:
+        return None
+    return H
+
+
+def _apply_homography(H: np.ndarray | None, pix: torch.Tensor) -> torch.Tensor:
+    """Pixel positions [P, 2] mapped by H (None: unchanged)."""
+    if H is None:
+        return pix
+    Ht = torch.as_tensor(H, dtype=torch.float32, device=pix.device)
+    q = pix @ Ht[:2, :2].T + Ht[:2, 2]
+    w = pix @ Ht[2, :2] + Ht[2, 2]
+    return q / w[:, None]
+
+
+@dataclass(frozen=True)
+class LayerPlanes:
+    """Where the two flat layers sit, for views away from the training camera.
+
+    The torso field and the background plate are images of the training view with no depth, so
+    a moved camera sees each as a plane: the torso just behind the head origin (shoulders sit
+    about that deep), the plate a fixed distance behind it.  Both depths are choices, not
+    measurements: the clip carries no depth for them.
+    """
+
+    torso_behind_head_m: float = 0.03
+    background_behind_head_m: float = 1.0
+
+
 @torch.no_grad()
 def render_view(
     model, K: torch.Tensor, head_R: torch.Tensor, head_t: torch.Tensor, motion: torch.Tensor,  # type: ignore[no-untyped-def]
     background: torch.Tensor, size: int, *, torso_R: torch.Tensor, torso_t: torch.Tensor, focal_scale: float = 1.0,
-    layer_shift_px: float = 0.0,
+    eye_offset_m: float = 0.0, planes: LayerPlanes = LayerPlanes(),
 ) -> dict[str, torch.Tensor]:  # fmt: skip
-    """One view [size, size]: the head from the moved camera over the training-view torso and plate.
+    """One view [size, size]: the head from the moved camera over the torso and plate seen as planes.
 
     ``K`` is the training intrinsics at ``size``; the head is rendered with its focal times
-    ``focal_scale`` from pose ``head_R``/``head_t``; the torso's pose code comes from the
-    training-view pose ``torso_R``/``torso_t``.  The torso layer is zoomed by ``focal_scale`` and
-    shifted right by ``layer_shift_px`` (a plane at the head's depth seen from a sideways-moved
-    eye); the plate is zoomed only (at infinity).  With the training camera (same poses, scale 1,
-    shift 0) this is exactly :meth:`AvatarModel.render_image`.
+    ``focal_scale`` from pose ``head_R``/``head_t`` (minus ``eye_offset_m`` along x for a stereo
+    eye); ``torso_R``/``torso_t`` is the training-view pose, which gives the torso's pose code and,
+    with the head pose, the camera move (training camera -> this view).  The torso layer and the
+    plate are warped by that move as planes at the depths of ``planes`` (:class:`LayerPlanes`).
+    With the training camera (same poses, scale 1, no eye offset) this is exactly
+    :meth:`AvatarModel.render_image`.
 
     Returns rgb [H, W, 3] over the plate, premult [H, W, 3] (head + torso colour times their
     coverage, no plate), alpha [H, W] (that coverage), head_alpha [H, W] and depth_z [H, W]
@@ -311,15 +352,25 @@ def render_view(
     K_head = K.clone()
     K_head[0, 0] *= focal_scale
     K_head[1, 1] *= focal_scale
-    state = model.render_head(K_head, head_R, head_t, motion, pix)
-    centre = K[[0, 1], [2, 2]]
-    layer_pix = (pix - torch.tensor([layer_shift_px, 0.0], device=dev) - centre) / focal_scale + centre
+    eye = torch.tensor([eye_offset_m, 0.0, 0.0], device=dev)
+    state = model.render_head(K_head, head_R, head_t - eye, motion, pix)
+    # The camera move, training camera -> this view: X_view = Rc X_train + tc.
+    R0, t0 = torso_R.double().cpu().numpy(), torso_t.double().cpu().numpy()
+    R1, t1 = head_R.double().cpu().numpy(), (head_t - eye).double().cpu().numpy()
+    Rc = R1 @ R0.T
+    tc = t1 - Rc @ t0
+    if focal_scale == 1.0 and eye_offset_m == 0.0 and torch.equal(head_R, torso_R) and torch.equal(head_t, torso_t):
+        Rc, tc = np.eye(3), np.zeros(3)  # the training camera itself (float32 R R^T is only ~1e-7 from I)
+    K_train, K_view = K.double().cpu().numpy(), K_head.double().cpu().numpy()
+    head_depth = float(t0[2])
+    layer_pix = _apply_homography(plane_homography(K_view, K_train, Rc, tc, head_depth + planes.torso_behind_head_m),
+                                  pix)  # fmt: skip
+    plate_H = plane_homography(K_view, K_train, Rc, tc, head_depth + planes.background_behind_head_m)
     torso_code = model.torso.pose_code(torso_R[None].float(), torso_t[None].float(), K, size)
     torso_rgb, torso_alpha, _ = model.torso(layer_pix / size, torso_code.expand(pix.shape[0], -1))
     bg = background.float()
-    if focal_scale != 1.0:
-        plate_pix = (pix - centre) / focal_scale + centre
-        grid = (plate_pix / size * 2.0 - 1.0).view(1, size, size, 2)
+    if plate_H is not None:
+        grid = (_apply_homography(plate_H, pix) / size * 2.0 - 1.0).view(1, size, size, 2)
         bg = torch.nn.functional.grid_sample(bg.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border",
                                              align_corners=False)[0].permute(1, 2, 0)  # fmt: skip
     bg = bg.reshape(-1, 3)
@@ -382,13 +433,7 @@ class ViewRenderer:
         views = []
         scale = float(self.camera.focal_scale[i])
         for eye in self.eyes:
-            t = self.head_t[i]
-            shift = 0.0
-            if eye.offset_m:
-                # An eye at x = offset sees points at x - offset; a plane at the head's depth shifts by -f*offset/z.
-                t = t - torch.tensor([eye.offset_m, 0.0, 0.0], device=t.device)
-                shift = -float(self.K[0, 0]) * scale * eye.offset_m / max(float(self.head_t[i, 2]), 1e-3)
-            views.append(render_view(self.model, self.K, self.head_R[i], t, self.motion[i], self.background,
-                                     self.size, torso_R=self.torso_R[i], torso_t=self.torso_t[i], focal_scale=scale,
-                                     layer_shift_px=shift))  # fmt: skip
+            views.append(render_view(self.model, self.K, self.head_R[i], self.head_t[i], self.motion[i],
+                                     self.background, self.size, torso_R=self.torso_R[i], torso_t=self.torso_t[i],
+                                     focal_scale=scale, eye_offset_m=eye.offset_m))  # fmt: skip
         return views

@@ -7,23 +7,32 @@ module builds those tracks from the subject's own clip, so the avatar is only ev
 for poses and expressions it has seen:
 
 * pose ``subject``: the training frames' poses played forward then backward (no jump at the
-  loop point); ``static``: the training pose closest to the average one.
+  loop point); ``static``: the training pose closest to the average one; ``generated``: head
+  motion sampled from a model fitted to the training poses; a video path: the head motion
+  tracked in that video (both in :mod:`avatar3d.render.pose_sources`, relative to the
+  ``static`` pose and inside the range the training poses cover).
 * blink ``auto``: blinks placed at intervals drawn from the subject's own inter-blink
   intervals, each with the subject's average blink shape; ``off``: eyes at their resting
-  value; ``from-pose-source``: the tracked blinks of the frames the pose comes from.
+  value; ``from-pose-source``: the tracked blinks of the frames the pose comes from (for a
+  driving video: its own tracked blinks; for ``generated``: the training frames played as for
+  ``subject``, since a generated pose has no frames of its own).
 * expression: the 16 mouth channels from the motion model (times ``mouth_scale`` around
   their resting value), the upper face (eyes, brows, cheeks) from the pose-source frames
-  (``subject``) or its median (``static``), every other channel at its median.
+  (``subject``, and ``generated`` as for ``subject``), the driving video's own upper face moved
+  into the avatar's scale (a video; see :func:`avatar3d.render.pose_sources.transfer_upper_face`)
+  or its median (``static``), every other channel at its median.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from avatar3d.errors import Avatar3DError
 
-POSE_MODES = ("subject", "static")
+POSE_MODES = ("subject", "static", "generated")  # or the path of a driving video
 BLINK_MODES = ("auto", "off", "from-pose-source")
 UPPER_FACE_PREFIXES = ("eye", "brow", "cheek")
 DEFAULT_BLINK_INTERVAL_S = (2.0, 6.0)
@@ -34,21 +43,30 @@ class DriveConfig:
     """How the signals speech does not determine are filled in."""
 
     pose: str = "subject"
-    """subject (training poses, looped back and forth) or static (the most average training pose)."""
+    """subject (training poses, looped back and forth), static (the most average training pose),
+    generated (sampled from a model of the subject's head motion) or the path of a driving video."""
     blink: str = "auto"
     """auto (sampled from the subject's own blink statistics), off, or from-pose-source."""
     mouth_scale: float = 1.0
     """Multiplies the predicted mouth motion around its resting value (1 = as predicted)."""
     seed: int = 0
-    """Seed of the blink sampler (a render is reproducible)."""
+    """Seed of the blink sampler and of the generated head pose (a render is reproducible)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "pose", str(self.pose))  # a Path is accepted and kept as its text
         if self.pose not in POSE_MODES:
-            raise Avatar3DError(f"--pose {self.pose!r}: use one of {', '.join(POSE_MODES)}")
+            from avatar3d.render.pose_sources import check_driving_video
+
+            check_driving_video(self.pose)  # missing / not a video: one line naming the file, before any work
         if self.blink not in BLINK_MODES:
             raise Avatar3DError(f"--blink {self.blink!r}: use one of {', '.join(BLINK_MODES)}")
         if not (np.isfinite(self.mouth_scale) and 0.0 <= self.mouth_scale <= 3.0):
             raise Avatar3DError(f"--mouth-scale {self.mouth_scale}: use a value between 0 and 3 (1 = as predicted)")
+
+    @property
+    def pose_video(self) -> Path | None:
+        """The driving video when ``pose`` is a path, else None."""
+        return None if self.pose in POSE_MODES else Path(self.pose)
 
 
 @dataclass
@@ -59,8 +77,10 @@ class DriveTracks:
     t: np.ndarray  # [T, 3] metres
     expression: np.ndarray  # [T, Ke] in the avatar's tracked coefficient scale
     blink: np.ndarray  # [T, 2]
-    source_frames: np.ndarray  # [T] training frame each pose came from
+    source_frames: np.ndarray  # [T] training frame each pose (subject/static) or the upper face (generated) came from
     expression_names: list[str]
+    pose_clamped: int = 0  # frames a generated or video pose was held inside the trained range
+    pose_note: str = ""  # one line on where the pose came from (empty for subject/static)
 
     @property
     def motion(self) -> np.ndarray:
@@ -136,23 +156,40 @@ def sample_blinks(n: int, fps: float, subject_blink: np.ndarray, rng: np.random.
 def build_tracks(
     mouth: dict[str, np.ndarray], n_frames: int, fps: float, *, expression_names: list[str], expression: np.ndarray,
     blink: np.ndarray, R: np.ndarray, t: np.ndarray, train_ids: np.ndarray, config: DriveConfig = DriveConfig(),
+    log: Callable[[str], None] = print,
 ) -> DriveTracks:  # fmt: skip
     """Combine predicted mouth curves ``{name: [n_frames]}`` with the subject's clip into per-frame tracks.
 
     ``expression``/``blink``/``R``/``t`` are the subject's tracked per-frame values (the avatar
     bundle's), ``train_ids`` the frames the avatar trained on -- the only ones drawn from.
+    A generated or video pose is announced through ``log`` (with the number of clamped frames);
+    a driving video is tracked here (minutes for a long video; cached, see pose_sources).
     """
+    from avatar3d.render.pose_sources import generated_pose, track_driving_video, video_pose
+
     train_ids = np.asarray(train_ids, dtype=np.int64)
-    if config.pose == "subject":
-        source = ping_pong(train_ids, n_frames)
-    else:
+    if config.pose == "static":
         source = np.full(n_frames, most_average_frame(R, t, train_ids), dtype=np.int64)
+    else:
+        source = ping_pong(train_ids, n_frames)
+    pose = None
+    if config.pose == "generated":
+        pose = generated_pose(R, t, train_ids, n_frames, config.seed)
+    elif config.pose_video is not None:
+        driving = track_driving_video(config.pose_video, progress=True, log=log)
+        pose = video_pose(driving, R, t, train_ids, fps, n_frames, expression=expression,
+                          expression_names=list(expression_names))  # fmt: skip
+    if pose is not None:
+        log(f"[render] {pose.description}")
     names = list(expression_names)
     median = np.median(expression[train_ids], axis=0)
     expr = np.repeat(median[None], n_frames, axis=0).astype(np.float32)
     upper = [j for j, name in enumerate(names) if name.startswith(UPPER_FACE_PREFIXES)]
-    if config.pose == "subject" and upper:
+    if config.pose != "static" and upper:
         expr[:, upper] = expression[source][:, upper]
+    if pose is not None:
+        for name, curve in pose.upper.items():
+            expr[:, names.index(name)] = curve
     unknown = sorted(set(mouth) - set(names))
     if unknown:
         raise Avatar3DError(f"the motion model drives channels the avatar lacks: {', '.join(unknown)}; "
@@ -166,7 +203,12 @@ def build_tracks(
         blinks = sample_blinks(n_frames, fps, blink[train_ids], np.random.default_rng(config.seed))
     elif config.blink == "off":
         blinks = np.repeat(np.median(blink[train_ids], axis=0)[None], n_frames, axis=0).astype(np.float32)
+    elif pose is not None and pose.blink is not None:
+        blinks = pose.blink
     else:
         blinks = blink[source].astype(np.float32)
-    return DriveTracks(R=R[source], t=t[source], expression=expr, blink=blinks, source_frames=source,
-                       expression_names=names)  # fmt: skip
+    if pose is None:
+        return DriveTracks(R=R[source], t=t[source], expression=expr, blink=blinks, source_frames=source,
+                           expression_names=names)  # fmt: skip
+    return DriveTracks(R=pose.R, t=pose.t, expression=expr, blink=blinks, source_frames=source, expression_names=names,
+                       pose_clamped=pose.clamped, pose_note=pose.description)  # fmt: skip

@@ -62,6 +62,10 @@ class TrainConfig:
     motion_noise: float = 0.0
     """Training only: Gaussian noise added to the motion vector, in units of each channel's spread over
     the training frames -- a frame's exact (noisy) tracked code cannot then serve as its identity."""
+    torso_clearance_px: int = 0
+    """> 0: head-labelled pixels farther than this many pixels (at training resolution) from the neck/torso
+    label supervise the torso alpha to 0 -- the torso layer may not paint behind the head, where it can
+    only hide head-silhouette errors per training pose (and fails on held-out poses). 0: unsupervised there."""
     neck_band_px: int = 0
     """Neck/torso pixels within this many pixels (at training resolution) of the head label are not
     forced to zero head opacity, so the head field may own the neck where it moves with the head."""
@@ -142,6 +146,7 @@ class RaySampler:
         lab = np.stack([m.reshape(-1)[i] for m, i in zip(maps, idx)])
         edge = np.stack([label_edges(m).reshape(-1)[i] for m, i in zip(maps, idx)])
         band = np.stack([neck_band(m, cfg.neck_band_px).reshape(-1)[i] for m, i in zip(maps, idx)])
+        clear = np.stack([behind_head(m, cfg.torso_clearance_px).reshape(-1)[i] for m, i in zip(maps, idx)])
         idx_t = torch.from_numpy(idx.reshape(-1))
         local = torch.arange(len(frames)).repeat_interleave(per)
         fr = torch.from_numpy(frames.astype(np.int64))
@@ -159,7 +164,8 @@ class RaySampler:
         labels = torch.from_numpy(lab.reshape(-1).astype(np.int64)).to(dev)
         target = {"rgb": (torch.from_numpy(rgb.reshape(-1, 3)).float() / 255.0).to(dev), "labels": labels,
                   "mask_ok": torch.from_numpy(~edge.reshape(-1)).to(dev),
-                  "head_free": torch.from_numpy(band.reshape(-1)).to(dev)}  # fmt: skip
+                  "head_free": torch.from_numpy(band.reshape(-1)).to(dev),
+                  "torso_clear": torch.from_numpy(clear.reshape(-1)).to(dev)}  # fmt: skip
         return batch, target
 
 
@@ -178,6 +184,16 @@ def neck_band(labels: np.ndarray, px: int) -> np.ndarray:
     return near & (labels == 2)
 
 
+def behind_head(labels: np.ndarray, px: int) -> np.ndarray:
+    """Bool [H, W]: head pixels farther than ``px`` from the neck/torso label (nothing of the torso shows
+    there); none if px=0."""
+    if px <= 0:
+        return np.zeros(labels.shape, bool)
+    torso = (labels == 2).astype(np.uint8)
+    near = cv2.dilate(torso, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))) > 0
+    return ((labels == 1) | (labels == 3)) & ~near
+
+
 def _bce(alpha: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of an opacity: unlike MSE it keeps pushing a 5% leak over the background to 0."""
     if alpha.numel() == 0:
@@ -193,8 +209,10 @@ def losses(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor], config
     photo = torch.mean((out["rgb"] - target["rgb"]) ** 2)
     head_ok = ok & ~target["head_free"] if "head_free" in target else ok
     head_mask = _bce(out["head_alpha"][head_ok], is_head[head_ok])
-    not_head = (is_head == 0) & ok
-    torso_mask = _bce(out["torso_alpha"][not_head], (labels[not_head] == 2).float())
+    torso_sup = (is_head == 0) & ok
+    if "torso_clear" in target:
+        torso_sup = torso_sup | target["torso_clear"]
+    torso_mask = _bce(out["torso_alpha"][torso_sup], ((labels[torso_sup] == 2)).float())
     offset = torch.mean(out["offset"] ** 2)
     total = (photo + config.head_mask_weight * head_mask + config.torso_mask_weight * torso_mask
              + config.attention_weight * out["attention"] + config.offset_weight * offset)  # fmt: skip

@@ -203,3 +203,54 @@ def test_cli_orbit_with_stereo_and_compositing_outputs(tiny_avatar_run, tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp folders remain"
     left, right = frames[0][:, :32].astype(float), frames[0][:, 32:].astype(float)
     assert np.abs(left - right).mean() > 2.0, "the two halves are two different eyes"
+
+
+def _best_shift(left: np.ndarray, right: np.ndarray, mask: np.ndarray, shifts: np.ndarray) -> tuple[float, float, float]:
+    """(shift, mismatch there, mismatch at 0): the x-shift s for which right(x - s) best matches left(x) on mask."""
+    from scipy.ndimage import map_coordinates
+
+    yy, xx = np.nonzero(mask)
+
+    def error(s: float) -> float:
+        return float(np.mean([np.abs(map_coordinates(right[..., c], [yy, xx - s], order=1, mode="nearest")
+                                     - left[..., c][mask]).mean() for c in range(3)]))  # fmt: skip
+
+    errors = np.array([error(s) for s in shifts])
+    return float(shifts[np.argmin(errors)]), float(errors.min()), error(0.0)
+
+
+def test_torso_and_plate_move_with_the_camera_as_planes_behind_the_head(avatar) -> None:
+    """A sideways camera move shifts the flat layers with parallax: the torso like a plane just behind the
+    head origin, the plate like one a metre behind (f * baseline / depth), measured on rendered pixels."""
+    from avatar3d.render.camera import LayerPlanes, render_view
+
+    model, bundle = avatar
+    i = int(bundle["train_ids"][3])
+    size, baseline = 64, 0.08
+    K = torch.as_tensor(np.asarray(bundle["K"]), dtype=torch.float32) * size / int(bundle["resolution"])
+    K[2, 2] = 1.0
+    bg = torch.from_numpy(np.asarray(bundle["background"], np.float32) / 255.0)
+    bg = torch.nn.functional.interpolate(bg.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
+                                         align_corners=False)[0].permute(1, 2, 0)  # fmt: skip
+    R, t = torch.from_numpy(np.asarray(bundle["R"])[i]).float(), torch.from_numpy(np.asarray(bundle["t"])[i]).float()
+    motion = torch.from_numpy(np.concatenate([bundle["expression"][i], bundle["blink"][i]]).astype(np.float32))
+    views = [render_view(model, K, R, t, motion, bg, size, torso_R=R, torso_t=t, eye_offset_m=off)
+             for off in (-baseline / 2, baseline / 2)]  # fmt: skip
+    left, right = (v["rgb"].numpy().astype(np.float64) for v in views)
+    alpha, head = views[0]["alpha"].numpy(), views[0]["head_alpha"].numpy()
+    from scipy.ndimage import binary_erosion
+
+    plate = binary_erosion(alpha < 0.01, iterations=3)
+    torso = binary_erosion((alpha > 0.99) & (head < 0.01), iterations=2)
+    plate[:, : size // 4] = False  # keep clear of the image border, where the warped plate is clamped
+    f, depth, planes = float(K[0, 0]), float(t[2]), LayerPlanes()
+    shifts = np.arange(0.0, 12.01, 0.05)
+    for name, mask, d in (("plate", plate, depth + planes.background_behind_head_m),
+                          ("torso", torso, depth + planes.torso_behind_head_m)):
+        expected = f * baseline / d
+        best, err, err0 = _best_shift(left, right, mask, shifts)
+        print(f"{name}: {mask.sum()} px, shift {best:.2f} px, expected f*b/d = {expected:.2f} px "
+              f"(mismatch {err * 255:.1f}/255 there, {err0 * 255:.1f}/255 unshifted)")  # fmt: skip
+        assert mask.sum() > 50
+        assert abs(best - expected) <= max(0.15 * expected, 0.3), f"the {name} moves like a plane at {d:.2f} m"
+    assert f * baseline / (depth + planes.torso_behind_head_m) > 2 * f * baseline / (depth + 1.0), "parallax"
