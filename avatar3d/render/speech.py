@@ -8,6 +8,7 @@ and streamed into the mp4, so memory does not grow with the length of the speech
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import check_writable
 from avatar3d.io.video import read_audio
+from avatar3d.motion.phone_constraints import BILABIAL_LABELS, PhoneConstraintConfig, apply_phone_constraints
 from avatar3d.render.camera import CameraPath, ViewRenderer, camera_track, parse_camera, stereo_eyes
 from avatar3d.render.drive import DriveConfig, DriveTracks, build_tracks
 from avatar3d.render.outputs import (DEPTH_PATTERN, RGBA_PATTERN, DepthSink, Frame, MatteConfig, Mp4Sink, Outputs,
@@ -29,22 +31,81 @@ PERSONAL_MODEL_NAME = "motion.pt"
 MIN_SPEECH_S = 0.2
 
 
+PHONE_MODES = ("auto", "off")
+
+
+@dataclass(frozen=True)
+class SpokenSpeech:
+    """Speech ready to drive the mouth: 16 kHz audio and, when known, its phone timeline."""
+
+    audio: np.ndarray
+    phones: tuple | None
+    """Contiguous phones (``start``, ``end`` s, ARPAbet ``label`` or "SIL"), or None: audio alone drives the mouth."""
+    origin: str
+    """Where the phones came from (or why there are none), for the log."""
+
+
 @dataclass(frozen=True)
 class SpeechSource:
-    """Where the speech comes from: an audio/video file, or text spoken by espeak-ng."""
+    """Where the speech comes from: an audio/video file, or text spoken by espeak-ng.
+
+    ``phones``: ``auto`` times the lip constraints (:mod:`avatar3d.motion.phone_constraints`) with
+    espeak-ng's own phoneme timings for text, and with pocketsphinx phone-loop decoding for audio
+    (no transcript: the user's audio has none) when pocketsphinx is importable; ``off``: the audio
+    alone drives the mouth.
+    """
 
     audio_path: Path | None = None
     text: str | None = None
     voice: str = "en-us"
+    phones: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.phones not in PHONE_MODES:
+            raise Avatar3DError(f"--phones {self.phones!r}: use one of {', '.join(PHONE_MODES)}")
 
     def load(self) -> np.ndarray:
         """float32 mono audio at 16 kHz; one-line errors for missing, silent-length or unreadable input."""
+        self._check()
+        if self.text is not None:
+            from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
+
+            return synthesize_with_phonemes(self.text, voice=self.voice, sample_rate=SAMPLE_RATE).audio
+        return self._read_file()
+
+    def speech(self, log: Callable[[str], None] = print) -> SpokenSpeech:
+        """The audio and, per ``phones``, its phone timeline; logs which timeline drives the lips."""
+        self._check()
+        if self.text is not None:
+            from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
+
+            tts = synthesize_with_phonemes(self.text, voice=self.voice, sample_rate=SAMPLE_RATE)
+            spoken = SpokenSpeech(tts.audio, tuple(tts.as_phones()), "espeak-ng's own phoneme timings") \
+                if self.phones == "auto" else SpokenSpeech(tts.audio, None, "off (--phones off)")
+        else:
+            audio = self._read_file()
+            if self.phones == "off":
+                spoken = SpokenSpeech(audio, None, "off (--phones off)")
+            elif importlib.util.find_spec("pocketsphinx") is None:
+                spoken = SpokenSpeech(audio, None, "off (pocketsphinx is not importable; pip install pocketsphinx)")
+            else:
+                from avatar3d.synth.phonemes import align_phones
+
+                spoken = SpokenSpeech(audio, tuple(align_phones(audio, SAMPLE_RATE, None)),
+                                      "pocketsphinx phone-loop decoding (no transcript)")
+        if spoken.phones is None:
+            log(f"[render] lip constraints: {spoken.origin}; the audio alone drives the mouth")
+        else:
+            n_bil = sum(p.label in BILABIAL_LABELS for p in spoken.phones)
+            log(f"[render] lip constraints from {spoken.origin}: {n_bil} bilabials closed, pauses >= "
+                f"{PhoneConstraintConfig.min_silence_s * 1000:.0f} ms held still")
+        return spoken
+
+    def _check(self) -> None:
         if (self.audio_path is None) == (self.text is None):
             raise Avatar3DError("give exactly one speech source: --audio FILE or --text \"...\"")
-        if self.text is not None:
-            from avatar3d.synth.speech import synthesize
 
-            return synthesize(self.text, voice=self.voice, sample_rate=SAMPLE_RATE)
+    def _read_file(self) -> np.ndarray:
         path = Path(self.audio_path)
         if not path.is_file():
             raise Avatar3DError(f"{path}: audio file not found; check the path")
@@ -55,28 +116,44 @@ class SpeechSource:
         return audio
 
 
-def gated_mouth_curves(mouth_model, audio: np.ndarray, fps: float, n: int) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
-    """Mouth curves at ``fps`` with the speech gate on: the raw model opens the jaw on noise or a DC
-    offset about as much as on speech (tests/motion/test_audio_inputs.py); the gate holds the mouth
-    at its silent pose unless voiced speech is near, and leaves speech unchanged (held-out L1 +0.07 %)."""
-    from avatar3d.motion.streaming import GateConfig, predict_stream
+def gated_mouth_curves(mouth_model, audio: np.ndarray, fps: float, n: int, phones=None,  # type: ignore[no-untyped-def]
+                       constraints: PhoneConstraintConfig = PhoneConstraintConfig()) -> dict[str, np.ndarray]:
+    """Mouth curves at ``fps`` with the speech gate on and, given ``phones``, the phone constraints.
+
+    Gate: the raw model opens the jaw on noise or a DC offset about as much as on speech
+    (tests/motion/test_audio_inputs.py); the gate holds the mouth at its silent pose unless voiced
+    speech is near, and leaves speech unchanged (held-out L1 +0.07 %).  Phones (a timeline of
+    ``start``/``end``/ARPAbet ``label``): bilabials sealed and long pauses held still at the model's
+    own silent pose (:func:`avatar3d.motion.phone_constraints.apply_phone_constraints`), applied at
+    ``fps`` so that a phone shorter than a frame still closes its nearest frame.
+    """
+    from avatar3d.motion.streaming import GateConfig, _silent_output, predict_stream
 
     curves = predict_stream(mouth_model, audio, SAMPLE_RATE, GateConfig())
     own = float(mouth_model.config.fps)
     t_out = (np.arange(n) + 0.5) / fps
     t_own = (np.arange(len(next(iter(curves.values())))) + 0.5) / own
-    return {name: np.interp(t_out, t_own, c).astype(np.float32) for name, c in curves.items()}
+    out = {name: np.interp(t_out, t_own, c).astype(np.float32) for name, c in curves.items()}
+    if phones is None:
+        return out
+    rest = dict(zip(mouth_model.names, (float(v) for v in _silent_output(mouth_model))))
+    return apply_phone_constraints(out, phones, fps, constraints, rest=rest).curves
 
 
-def drive_from_speech(bundle: dict, audio: np.ndarray, mouth_model, config: DriveConfig) -> DriveTracks:  # type: ignore[no-untyped-def]
-    """Per-frame tracks for ``audio`` (16 kHz) at the avatar's frame rate."""
+def drive_from_speech(bundle: dict, audio: np.ndarray, mouth_model, config: DriveConfig,  # type: ignore[no-untyped-def]
+                      phones=None, log: Callable[[str], None] = print) -> DriveTracks:
+    """Per-frame tracks for ``audio`` (16 kHz) at the avatar's frame rate (``log``: where pose notes go).
+
+    ``phones``: the speech's phone timeline (``SpokenSpeech.phones``), see :func:`gated_mouth_curves`.
+    """
     fps = float(bundle["fps"])
     n = max(1, int(round(len(audio) / SAMPLE_RATE * fps)))
-    mouth = gated_mouth_curves(mouth_model, audio, fps, n)
+    mouth = gated_mouth_curves(mouth_model, audio, fps, n, phones)
     return build_tracks(mouth, n, fps, expression_names=list(bundle["expression_names"]),
                         expression=np.asarray(bundle["expression"], np.float32),
                         blink=np.asarray(bundle["blink"], np.float32), R=np.asarray(bundle["R"]),
-                        t=np.asarray(bundle["t"]), train_ids=np.asarray(bundle["train_ids"]), config=config)  # fmt: skip
+                        t=np.asarray(bundle["t"]), train_ids=np.asarray(bundle["train_ids"]), config=config,
+                        log=log)  # fmt: skip
 
 
 def render_tracks(model, bundle: dict, tracks: DriveTracks, out: Path | None, audio: np.ndarray | None,  # type: ignore[no-untyped-def]
@@ -188,14 +265,15 @@ def render_from_speech(
     size = int(size or bundle["resolution"])
     if size % 2:
         raise Avatar3DError(f"--size {size}: H.264 needs an even frame size")
-    audio = source.load()  # a bad file, voice or text fails before minutes of personalising
+    speech = source.speech(log=log)  # a bad file, voice or text fails before minutes of personalising
+    audio = speech.audio
     if mouth_model is None:
         mouth_model = mouth_model_for(avatar if avatar.is_dir() else avatar.parent, bundle, motion_model_path,
                                       progress=progress, log=log)  # fmt: skip
     check_writable(out)  # before minutes of rendering, not after (again: personalising may have taken minutes)
     if blendshapes is not None:
         check_writable(Path(blendshapes))
-    tracks = drive_from_speech(bundle, audio, mouth_model, config)
+    tracks = drive_from_speech(bundle, audio, mouth_model, config, phones=speech.phones, log=log)
     fps = render_tracks(model, bundle, tracks, out, audio, size, progress, camera=camera_spec,
                         stereo_ipd_mm=stereo_ipd_mm, rgba=rgba, depth=depth, log=log)
     if blendshapes is not None:

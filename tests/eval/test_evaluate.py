@@ -89,7 +89,8 @@ def test_cli_eval_errors(tiny_avatar_run, avatar_subject: Path, tmp_path: Path, 
     out = tmp_path / "report"
     code = main(["eval", str(tiny_avatar_run[0]), str(avatar_subject), "-o", str(out),
                  "--lpips-weights", str(tmp_path / "alex.pth")])
-    assert code == 2 and "not supported yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "alex.pth" in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()  # nothing written
     code = main(["eval", str(tiny_avatar_run[0]), str(tmp_path / "nope"), "-o", str(out)])
     err = capsys.readouterr().err

@@ -13,6 +13,19 @@ phonetic features are on real speech).  ``--synthetic N`` adds N held-out
 synthetic voices (espeak-ng ``en-029`` with variants f4 / m3, which the
 default model never saw) for comparison.  Prints a table, then one JSON line.
 
+Rows (before/after of issue 6's phone constraints, :mod:`avatar3d.motion.phone_constraints`):
+``model`` is the raw model (the original figures); ``gated`` adds the speech gate that
+``avatar3d render`` applies; ``gated+loop`` adds the phone constraints timed by
+pocketsphinx *phone-loop* decoding of the audio alone -- what ``render --audio``
+does.  The truth they are judged against is the *forced alignment* with the
+transcript, a different decoding with the words known, so the loop row is not
+judged by its own timeline (both use pocketsphinx's acoustic model, so their
+errors are not fully independent either).  On the synthetic voices
+``text/espeak`` is what ``render --text`` does: the same audio (bit-identical)
+with the constraints timed by espeak-ng's own phoneme events, judged against the
+forced alignment too; ``text(own)`` judges the same curves against espeak-ng's
+own timeline (bilabials closed by construction there; shown for the pauses).
+
     python tools/bench/motion_real_speech.py [--model PATH] [--fps 25] [--synthetic 6] [FILE ...]
 """
 from __future__ import annotations
@@ -29,7 +42,8 @@ import numpy as np
 from avatar3d.audio.phonetic import phone_frames
 from avatar3d.eval.lip_closure import (LipClosureConfig, LipGeometry, Recording, evaluate_lip_closure,
                                        read_recording, pocketsphinx_recordings)
-from avatar3d.motion.model import load, load_default
+from avatar3d.motion.model import _resample, load, load_default
+from avatar3d.render.speech import SAMPLE_RATE, gated_mouth_curves
 
 SYNTH_SENTENCES = (
     "Peter bought a map and a big umbrella before the storm.",
@@ -59,16 +73,35 @@ def _fmt(x) -> str:
     return "   -" if x is None else f"{100 * x:4.0f}"
 
 
-def run_one(model, geometry, audio, sr, transcript, fps, cfg):
+def run_one(model, geometry, audio, sr, transcript, fps, cfg, tts_phones=None):
+    """The truth track and the lip-closure results of each row (see the module docstring)."""
     n = max(1, int(math.ceil(len(audio) / sr * fps)))
     track = phone_frames(audio, sr, fps, n, transcript=transcript)
     curves = model.predict(audio, fps, n, sr)
-    res = evaluate_lip_closure(curves, track.phones, fps, cfg, geometry)
-    agree = None
-    if track.mode == "align":
-        loop = phone_frames(audio, sr, fps, n)
-        agree = float((loop.index == track.index).mean())
+    res = {"model": evaluate_lip_closure(curves, track.phones, fps, cfg, geometry)}
+    loop = phone_frames(audio, sr, fps, n)
+    agree = float((loop.index == track.index).mean()) if track.mode == "align" else None
+    x16 = audio if sr == SAMPLE_RATE else _resample(audio, sr, SAMPLE_RATE)
+    res["gated"] = evaluate_lip_closure(gated_mouth_curves(model, x16, fps, n), track.phones, fps, cfg, geometry)
+    res["gated+loop"] = evaluate_lip_closure(gated_mouth_curves(model, x16, fps, n, loop.phones), track.phones,
+                                             fps, cfg, geometry)
+    if tts_phones is not None:
+        text_curves = gated_mouth_curves(model, x16, fps, n, tts_phones)
+        res["text/espeak"] = evaluate_lip_closure(text_curves, track.phones, fps, cfg, geometry)
+        # judged by espeak-ng's own timeline: circular for the bilabials (closed by construction), but its
+        # pauses are the audio's real pauses (tests/motion/test_tts_phonemes.py), unlike the aligner's
+        res["text(own)"] = evaluate_lip_closure(text_curves, tts_phones, fps, cfg, geometry)
     return track, res, agree
+
+
+def _summary(label: str, p: dict) -> str:
+    line = (f"  {label:<12} bilabial closure {_fmt(p['bilabial_closure'])} % of {p['bilabials']}, open-vowel opening "
+            f"{_fmt(p['open_vowel_opening'])} % of {p['open_vowels']}, silences closed {_fmt(p['silence_closed'])} %, "
+            f"still {_fmt(p['silence_still'])} %, both {_fmt(p['silence_closed_still'])} % of {p['silences']}")
+    if "aligned_silences" in p:
+        line += (f" (force-aligned recordings only: {_fmt(p['aligned_silence_closed_still'])} % of "
+                 f"{p['aligned_silences']})")
+    return line
 
 
 def main() -> None:
@@ -88,52 +121,81 @@ def main() -> None:
 
     t0 = time.perf_counter()
     print(f"{'recording':<48}{'sec':>6}{'mode':>6}{'bilab':>7}{'closed%':>8}{'vowels':>7}{'open%':>6}"
-          f"{'sil':>4}{'closed%':>8}{'still%':>7}{'loop=align%':>12}")
-    real, aligned, agrees, frames = [], [], [], 0
+          f"{'sil':>4}{'closed%':>8}{'still%':>7}{'loop=align%':>12}{'+loop closed%':>14}{'open%':>6}{'still%':>7}")
+    rows = ("model", "gated", "gated+loop")
+    real, aligned, agrees, frames = {r: [] for r in rows}, {r: [] for r in rows}, [], 0
     for rec in recs:
         audio, sr = read_recording(rec)
-        track, res, agree = run_one(model, geometry, audio, sr, rec.transcript, args.fps, cfg)
-        real.append(res)
+        track, results, agree = run_one(model, geometry, audio, sr, rec.transcript, args.fps, cfg)
+        for r in rows:
+            real[r].append(results[r])
         frames += track.n_frames
         if track.mode == "align":
-            aligned.append(res)
+            for r in rows:
+                aligned[r].append(results[r])
             agrees.append((agree, track.n_frames))
+        res, con = results["model"], results["gated+loop"]
         print(f"{rec.name[-48:]:<48}{len(audio) / sr:6.1f}{track.mode:>6}{len(res.bilabials):7d}"
               f"{_fmt(res.bilabial_closure):>8}{len(res.open_vowels):7d}{_fmt(res.open_vowel_opening):>6}"
               f"{len(res.silences):4d}{_fmt(res.silence_closed):>8}{_fmt(res.silence_still):>7}"
-              f"{_fmt(agree):>12}")
-    pooled = _pool(aligned)
-    sil = _pool(real)
-    pooled.update({k: sil[k] for k in ("silences", "silence_closed", "silence_still", "silence_closed_still")})
+              f"{_fmt(agree):>12}{_fmt(con.bilabial_closure):>14}{_fmt(con.open_vowel_opening):>6}"
+              f"{_fmt(con.silence_closed_still):>7}")
+    pooled_rows = {}
+    for r in rows:
+        pooled_rows[r] = _pool(aligned[r])
+        # silences of force-aligned recordings only: for the gated+loop row the others' truth is the loop itself
+        pooled_rows[r]["aligned_silences"] = pooled_rows[r]["silences"]
+        pooled_rows[r]["aligned_silence_closed_still"] = pooled_rows[r]["silence_closed_still"]
+        sil = _pool(real[r])
+        pooled_rows[r].update({k: sil[k] for k in ("silences", "silence_closed", "silence_still",
+                                                   "silence_closed_still")})
+    pooled = pooled_rows["model"]
     agreement = (sum(a * n for a, n in agrees) / sum(n for _, n in agrees)) if agrees else None
-    print(f"\nreal speech ({len(recs)} recordings, {len(aligned)} force-aligned): bilabial closure "
+    print(f"\nreal speech ({len(recs)} recordings, {len(aligned['model'])} force-aligned): bilabial closure "
           f"{_fmt(pooled['bilabial_closure'])} % of {pooled['bilabials']}, open-vowel opening "
           f"{_fmt(pooled['open_vowel_opening'])} % of {pooled['open_vowels']}, silences >= "
           f"{cfg.min_silence_s * 1000:.0f} ms closed {_fmt(pooled['silence_closed'])} %, still "
           f"{_fmt(pooled['silence_still'])} %, both {_fmt(pooled['silence_closed_still'])} % of {pooled['silences']}")
+    for r in rows:
+        print(_summary(r, pooled_rows[r]))
     print(f"thresholds: closed = lip gap < {cfg.closed_mm} mm on some frame of the phone; still = no lip landmark "
           f"moves > {cfg.still_mm} mm per frame, {cfg.edge_margin_s * 1000:.0f} ms silence edges not judged")
     out = {"bench": "motion_real_speech", "model": args.model or "default", "fps": args.fps,
-           "recordings": len(recs), "aligned_recordings": len(aligned), "frames": frames,
-           "real": pooled, "phone_class_loop_vs_align": None if agreement is None else round(agreement, 4),
+           "recordings": len(recs), "aligned_recordings": len(aligned["model"]), "frames": frames,
+           "real": pooled, "real_gated": pooled_rows["gated"], "real_gated_loop": pooled_rows["gated+loop"],
+           "phone_class_loop_vs_align": None if agreement is None else round(agreement, 4),
            "thresholds": asdict(cfg)}
 
     if args.synthetic > 0:
-        from avatar3d.synth.speech import synthesize
+        from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
+        from avatar3d.synth.phonemes import SIL, Phone
 
-        synth = []
+        srows = (*rows, "text/espeak", "text(own)")
+        synth = {r: [] for r in srows}
+        pad = 0.5
         for i in range(args.synthetic):
             text = SYNTH_SENTENCES[i % len(SYNTH_SENTENCES)]
             voice = SYNTH_VOICES[i % len(SYNTH_VOICES)]
-            audio = np.concatenate([np.zeros(8000, np.float32), synthesize(text, voice=voice), np.zeros(8000, np.float32)])
-            _, res, _ = run_one(model, geometry, audio, 16000, text, args.fps, cfg)
-            synth.append(res)
-        sp = _pool(synth)
+            tts = synthesize_with_phonemes(text, voice=voice)  # the same samples as synth.speech.synthesize
+            zeros = np.zeros(int(pad * 16000), np.float32)
+            audio = np.concatenate([zeros, tts.audio, zeros])
+            phones = [Phone(0.0, pad, SIL)] + [Phone(p.start + pad, p.end + pad, p.label) for p in tts.as_phones()]
+            phones.append(Phone(phones[-1].end, len(audio) / 16000, SIL))
+            _, results, _ = run_one(model, geometry, audio, 16000, text, args.fps, cfg, tts_phones=phones)
+            for r in srows:
+                synth[r].append(results[r])
+        sp_rows = {r: _pool(synth[r]) for r in srows}
+        sp = sp_rows["model"]
         print(f"held-out synthetic voices ({args.synthetic} utterances, {', '.join(SYNTH_VOICES)}): bilabial closure "
               f"{_fmt(sp['bilabial_closure'])} % of {sp['bilabials']}, open-vowel opening "
               f"{_fmt(sp['open_vowel_opening'])} %, silences closed+still {_fmt(sp['silence_closed_still'])} % "
               f"of {sp['silences']}")
+        for r in srows:
+            print(_summary(r, sp_rows[r]))
         out["synthetic_held_out"] = sp
+        out["synthetic_gated"] = sp_rows["gated"]
+        out["synthetic_gated_loop"] = sp_rows["gated+loop"]
+        out["synthetic_text_espeak"] = sp_rows["text/espeak"]
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out))
 
