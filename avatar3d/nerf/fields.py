@@ -101,6 +101,8 @@ class HeadField(nn.Module):
         enc = self.encoding.out_dim
         self.register_buffer("aabb", torch.tensor(aabb, dtype=torch.float32).view(2, 3))
         self.motion_net = mlp(motion_dim, config.hidden, config.motion_code_dim)
+        # Which motion channels the field may see (1) or ignores (0); set once by training.
+        self.register_buffer("motion_mask", torch.ones(motion_dim))
         self.attention = nn.Linear(enc, config.motion_code_dim)
         regions = config.motion_regions or face_motion_regions()
         self.register_buffer("regions", torch.tensor(regions, dtype=torch.float32).view(-1, 4))
@@ -122,7 +124,12 @@ class HeadField(nn.Module):
 
     def motion_code(self, motion: torch.Tensor) -> torch.Tensor:
         """[F, motion_dim] -> [F, motion_code_dim]; computed once per frame, gathered per sample."""
-        return self.motion_net(motion)
+        return self.motion_net(motion * self.motion_mask)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # Avatars saved before the mask existed saw every channel.
+        state_dict.setdefault(prefix + "motion_mask", torch.ones_like(self.motion_mask))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def geometry(self, x: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sigma [M], geo features [M, geo_dim], attention [M, motion_code_dim]) at points x [M, 3]."""

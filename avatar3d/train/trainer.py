@@ -62,6 +62,11 @@ class TrainConfig:
     motion_noise: float = 0.0
     """Training only: Gaussian noise added to the motion vector, in units of each channel's spread over
     the training frames -- a frame's exact (noisy) tracked code cannot then serve as its identity."""
+    motion_channels: tuple[str, ...] = ()
+    """Expression channels the head field is conditioned on (the tracker's names; "blink" = both eyelid
+    channels); empty = all.  Why: most tracked channels are landmark noise on a short clip (on the 60 s
+    synthetic subject only jawOpen correlates > 0.5 with the truth) and a noisy per-frame code lets the
+    field memorise training frames instead of learning motion."""
     torso_clearance_px: int = 0
     """> 0: head-labelled pixels farther than this many pixels (at training resolution) from the neck/torso
     label supervise the torso alpha to 0 -- the torso layer may not paint behind the head, where it can
@@ -167,6 +172,22 @@ class RaySampler:
                   "head_free": torch.from_numpy(band.reshape(-1)).to(dev),
                   "torso_clear": torch.from_numpy(clear.reshape(-1)).to(dev)}  # fmt: skip
         return batch, target
+
+
+def motion_mask(expression_names: list[str], n_blink: int, channels: tuple[str, ...]) -> np.ndarray:
+    """float32 [Ke + n_blink]: 1 for the motion channels the head field sees (all when ``channels`` is empty)."""
+    mask = np.ones(len(expression_names) + n_blink, np.float32)
+    if not channels:
+        return mask
+    unknown = sorted(set(channels) - set(expression_names) - {"blink"})
+    if unknown:
+        raise Avatar3DError(f"TrainConfig.motion_channels: unknown channel(s) {', '.join(unknown)}; use the "
+                            f"tracker's expression names ({', '.join(expression_names[:4])}, ...) or 'blink'")
+    mask[:] = 0.0
+    for j, name in enumerate(expression_names):
+        mask[j] = float(name in channels)
+    mask[len(expression_names):] = float("blink" in channels)
+    return mask
 
 
 def label_edges(labels: np.ndarray, radius: int = 1) -> np.ndarray:
@@ -308,6 +329,8 @@ def train(
     torch.manual_seed(config.seed)  # network initialisation
     dev = resolve_device(config.device)
     model = AvatarModel(config.avatar, data.motion(np.array([0])).shape[1], data.n_frames).to(dev)
+    model.head.motion_mask.copy_(torch.from_numpy(motion_mask(list(data.expression_names), data.blink.shape[1],
+                                                              config.motion_channels)).to(dev))  # fmt: skip
     opt = _optimizer(model, config)
     torch_gen, np_gen = torch.Generator(device=dev).manual_seed(config.seed), np.random.default_rng(config.seed)
     step, elapsed, history = 0, 0.0, []

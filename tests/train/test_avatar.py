@@ -200,3 +200,35 @@ def test_render_held_out_frames_with_their_audio(tiny_avatar, subject_copy, tmp_
     first = next(iter(read_video(video))).astype(np.float32) / 255
     ref = render_subject_frame(load_avatar(out)[0], data, int(data.val_ids[0]))["rgb"].numpy()
     assert np.abs(first - ref).mean() < 0.03  # the frame written is the frame rendered (H.264 loss only)
+
+
+def test_motion_channels_restrict_what_the_head_field_sees() -> None:
+    """TrainConfig.motion_channels: channels left out cannot change the motion code (so cannot act as a
+    per-frame identity); unknown names are a one-line error; old avatars without a mask see everything."""
+    from avatar3d.errors import Avatar3DError
+    from avatar3d.nerf.model import AvatarConfig, AvatarModel
+    from avatar3d.train.trainer import motion_mask
+
+    names = ["jawOpen", "mouthClose", "browDownLeft"]
+    mask = motion_mask(names, 2, ("jawOpen", "blink"))
+    assert mask.tolist() == [1.0, 0.0, 0.0, 1.0, 1.0]
+    assert motion_mask(names, 2, ()).tolist() == [1.0] * 5
+    with pytest.raises(Avatar3DError, match="browUp"):
+        motion_mask(names, 2, ("jawOpen", "browUp"))
+    torch.manual_seed(0)
+    model = AvatarModel(AvatarConfig(), motion_dim=5)
+    motion = torch.rand(1, 5)
+    before = model.head.motion_code(motion)
+    model.head.motion_mask.copy_(torch.from_numpy(mask))
+    masked = model.head.motion_code(motion)
+    noisy = motion.clone()
+    noisy[0, [1, 2]] += 1.0  # only the left-out channels change
+    assert torch.equal(model.head.motion_code(noisy), masked)
+    assert not torch.allclose(masked, before)
+    moved = motion.clone()
+    moved[0, 0] += 1.0  # a kept channel still acts
+    assert not torch.allclose(model.head.motion_code(moved), masked)
+    state = {k: v for k, v in model.state_dict().items() if k != "head.motion_mask"}
+    fresh = AvatarModel(AvatarConfig(), motion_dim=5)
+    fresh.load_state_dict(state)  # an avatar saved before the mask existed loads, seeing every channel
+    assert torch.equal(fresh.head.motion_mask, torch.ones(5))
