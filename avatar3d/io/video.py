@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -92,9 +92,12 @@ class VideoWriter:
       because that would shift the image relative to landmarks computed upstream.
       The size is fixed by ``size=(width, height)`` or by the first frame.
     * Audio (optional): AAC mono at ``sample_rate``. Give the whole track as
-      ``audio=`` at open, or only ``sample_rate=`` and feed chunks with
-      :meth:`write_audio` (both may be combined). Audio is encoded interleaved
-      with the video as frames arrive, so memory stays bounded.
+      ``audio=`` at open, or an *iterator* of chunks as ``audio=`` (pulled only
+      as the frames written so far need them, so an hour-long track is never
+      held: e.g. :func:`avatar3d.motion.streaming.iter_audio_chunks`), or only
+      ``sample_rate=`` and feed chunks with :meth:`write_audio` (an array and
+      :meth:`write_audio` may be combined). Audio is encoded interleaved with
+      the video as frames arrive, so memory stays bounded.
     * Duration: on close the audio is trimmed or zero-padded to exactly
       ``round(n_frames / fps * sample_rate)`` samples, so both tracks end together
       (within one AAC frame as stored; :func:`read_audio` trims the codec padding).
@@ -108,7 +111,7 @@ class VideoWriter:
         path: PathLike,
         fps: FpsLike,
         *,
-        audio: Optional[np.ndarray] = None,
+        audio: Optional[Union[np.ndarray, Iterable[np.ndarray]]] = None,
         sample_rate: Optional[int] = None,
         crf: int = 18,
         preset: str = "veryfast",
@@ -144,7 +147,10 @@ class VideoWriter:
         self._vstream: Any = None
         self._astream: Any = None
         self._closed = False
-        if audio is not None:
+        self._audio_source: Optional[Iterator[np.ndarray]] = None  # chunks pulled as frames need them
+        if isinstance(audio, Iterator):
+            self._audio_source = audio
+        elif audio is not None:
             self.write_audio(audio)
 
     # -- context management -------------------------------------------------
@@ -232,12 +238,30 @@ class VideoWriter:
             raise Avatar3DError(f"{self.path}: no audio track; pass sample_rate=<Hz> when opening the VideoWriter")
         if self._closed:
             raise Avatar3DError(f"{self.path}: write_audio() after close(); open a new VideoWriter")
-        arr = _as_mono_audio(audio, str(self.path))
-        if arr.size:
-            self._audio_chunks.append(arr.copy())
-            self._audio_pending += arr.size
+        self._queue_audio(audio, copy=True)
         if self._astream is not None:
             self._encode_audio_upto(self._audio_target())
+
+    def _queue_audio(self, audio: np.ndarray, copy: bool) -> None:
+        arr = _as_mono_audio(audio, str(self.path))
+        if arr.size:
+            self._audio_chunks.append(arr.copy() if copy else arr)
+            self._audio_pending += arr.size
+
+    def _pull_audio(self, need: int) -> None:
+        """Take chunks from the audio iterator until ``need`` samples are pending or it ends."""
+        while self._audio_source is not None and self._audio_pending < need:
+            chunk = next(self._audio_source, None)
+            if chunk is None:
+                self._drop_audio_source()
+            else:
+                self._queue_audio(chunk, copy=False)
+
+    def _drop_audio_source(self) -> None:
+        source, self._audio_source = self._audio_source, None
+        close = getattr(source, "close", None)  # a generator: release the file it decodes
+        if close is not None:
+            close()
 
     def _audio_target(self) -> int:
         """Samples covered by the frames written so far."""
@@ -263,6 +287,7 @@ class VideoWriter:
     def _encode_audio_upto(self, target: int, pad: bool = False) -> None:
         """Encode pending audio up to sample ``target`` (zero-padding only if ``pad``)."""
         n = target - self._audio_sent
+        self._pull_audio(n)
         if not pad:
             n = min(n, self._audio_pending)
         if n <= 0:
@@ -294,6 +319,7 @@ class VideoWriter:
                 self._mux(self._astream.encode(None))
                 self._audio_chunks.clear()  # audio beyond the last frame is dropped
                 self._audio_pending = 0
+            self._drop_audio_source()
             self._container.close()
             self._container = None
         except BaseException as exc:
@@ -307,6 +333,10 @@ class VideoWriter:
         if self._closed:
             return
         self._closed = True
+        try:
+            self._drop_audio_source()
+        except Exception:
+            pass
         if self._container is not None:
             try:
                 self._container.close()

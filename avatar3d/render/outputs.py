@@ -28,7 +28,7 @@ import shutil
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -250,9 +250,13 @@ class DepthSink:
 
 
 class Mp4Sink:
-    """The composite over the plate, H.264 + AAC (``avatar3d.io.video.VideoWriter``)."""
+    """The composite over the plate, H.264 + AAC (``avatar3d.io.video.VideoWriter``).
 
-    def __init__(self, path: Path, fps: float, audio: np.ndarray | None, sample_rate: int):
+    ``audio``: the whole track, or an iterator of chunks the writer pulls as frames arrive (a long
+    track is never held; sound and picture stay in step sample for sample).
+    """
+
+    def __init__(self, path: Path, fps: float, audio: np.ndarray | Iterator[np.ndarray] | None, sample_rate: int):
         from avatar3d.io.video import VideoWriter
 
         self.writer = VideoWriter(path, fps, audio=audio, sample_rate=sample_rate if audio is not None else None)

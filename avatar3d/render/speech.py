@@ -4,7 +4,10 @@ Why: this is the product -- any speech in, a talking-head video out, with audio 
 in sync.  The mouth comes from the audio-to-motion model (personalised to the subject when
 a personalised model is at hand), the rest of the face and the head pose from the
 subject's own clip (:mod:`avatar3d.render.drive`), and frames are rendered one by one
-and streamed into the mp4, so memory does not grow with the length of the speech.
+and streamed into the mp4.  Speech from a file is never held whole either (an hour is 230 MB
+as float32, and one offline pass of the motion model over it several times that): it is
+decoded chunk by chunk for the phone loop (in windows), the motion model and the mp4's sound
+track, so memory does not grow with the length of the speech beyond the per-frame tracks.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -32,17 +35,83 @@ MIN_SPEECH_S = 0.2
 
 
 PHONE_MODES = ("auto", "off")
+QUIET_CUT_S = 0.3  # a phone window ends in the middle of the quietest 300 ms of its last phone_cut_search_s
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How speech is read: in chunks, never whole, so memory is bounded by a chunk or window, not by the file."""
+
+    chunk_s: float = 1.0
+    """Seconds of audio decoded at a time for the motion model and for the mp4's sound track."""
+    phone_window_s: float = 30.0
+    """Longest stretch the pocketsphinx phone loop decodes at once (``--phones auto`` with ``--audio``).
+    Speech up to this long is decoded whole (as before streaming); longer speech in windows cut at pauses.
+    Why windows: one decode converts the whole audio to float64 three times (~0.7 GB for an hour) and
+    pocketsphinx keeps the whole utterance's search; the phone loop itself only looks a few phones
+    around each frame, and its batch cepstral-mean normalisation needs seconds, not minutes."""
+    phone_cut_search_s: float = 10.0
+    """A window is cut in the middle of the quietest 300 ms of its last this-many seconds (a pause when
+    there is one; speech without a pause for that long is cut at its quietest moment)."""
+    constraint_window_s: float = 60.0
+    """Phone constraints are applied to this many seconds of frames at a time, with 2 s of context each
+    side (the rules reach at most 80 ms, so the result equals one pass over everything; one pass over an
+    hour is quadratic in time: every phone scans every frame)."""
+
+    def __post_init__(self) -> None:
+        values = (self.chunk_s, self.phone_window_s, self.phone_cut_search_s, self.constraint_window_s)
+        if not all(np.isfinite(v) and v > 0 for v in values) or \
+                not QUIET_CUT_S < self.phone_cut_search_s < self.phone_window_s:
+            raise Avatar3DError(f"invalid streaming settings {self}: all must be positive and "
+                                f"{QUIET_CUT_S} < phone_cut_search_s < phone_window_s")  # fmt: skip
+
+    @property
+    def chunk_samples(self) -> int:
+        return max(1, int(round(self.chunk_s * SAMPLE_RATE)))
+
+
+@dataclass(frozen=True)
+class SpeechAudio:
+    """16 kHz mono speech that can be read again, chunk by chunk: espeak-ng's samples (text, in memory)
+    or a media file, decoded afresh on every read (an hour is never held: 230 MB as float32)."""
+
+    array: np.ndarray | None = None
+    path: Path | None = None
+
+    def chunks(self, chunk_samples: int, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
+        """float32 chunks of ``chunk_samples`` (the last may be shorter) at ``sample_rate``."""
+        if self.path is not None:
+            from avatar3d.motion.streaming import iter_audio_chunks
+
+            return iter_audio_chunks(self.path, sample_rate, chunk_samples)
+        assert self.array is not None
+        from avatar3d.motion.model import _resample
+
+        x = _resample(self.array, SAMPLE_RATE, sample_rate)
+        return (x[i:i + chunk_samples] for i in range(0, len(x), chunk_samples))
+
+    def read(self) -> np.ndarray:
+        """The whole track (for short speech and tests; the render path reads :meth:`chunks`)."""
+        if self.path is not None:
+            return read_audio(self.path, SAMPLE_RATE)
+        assert self.array is not None
+        return self.array
 
 
 @dataclass(frozen=True)
 class SpokenSpeech:
-    """Speech ready to drive the mouth: 16 kHz audio and, when known, its phone timeline."""
+    """Speech ready to drive the mouth: re-readable 16 kHz audio and, when known, its phone timeline."""
 
-    audio: np.ndarray
+    source: SpeechAudio
     phones: tuple | None
     """Contiguous phones (``start``, ``end`` s, ARPAbet ``label`` or "SIL"), or None: audio alone drives the mouth."""
     origin: str
     """Where the phones came from (or why there are none), for the log."""
+
+    @property
+    def audio(self) -> np.ndarray:
+        """The whole track, decoded now (a file's hour would be 230 MB: rendering never asks for this)."""
+        return self.source.read()
 
 
 @dataclass(frozen=True)
@@ -52,26 +121,28 @@ class SpeechSource:
     ``phones``: ``auto`` times the lip constraints (:mod:`avatar3d.motion.phone_constraints`) with
     espeak-ng's own phoneme timings for text, and with pocketsphinx phone-loop decoding for audio
     (no transcript: the user's audio has none) when pocketsphinx is importable; ``off``: the audio
-    alone drives the mouth.
+    alone drives the mouth.  A file is read in chunks (``stream``), never whole.
     """
 
     audio_path: Path | None = None
     text: str | None = None
     voice: str = "en-us"
     phones: str = "auto"
+    stream: StreamConfig = StreamConfig()
 
     def __post_init__(self) -> None:
         if self.phones not in PHONE_MODES:
             raise Avatar3DError(f"--phones {self.phones!r}: use one of {', '.join(PHONE_MODES)}")
 
     def load(self) -> np.ndarray:
-        """float32 mono audio at 16 kHz; one-line errors for missing, silent-length or unreadable input."""
+        """float32 mono audio at 16 kHz, whole; one-line errors for missing, silent-length or unreadable input."""
         self._check()
         if self.text is not None:
             from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
 
             return synthesize_with_phonemes(self.text, voice=self.voice, sample_rate=SAMPLE_RATE).audio
-        return self._read_file()
+        self._check_file()
+        return read_audio(Path(self.audio_path), SAMPLE_RATE)
 
     def speech(self, log: Callable[[str], None] = print) -> SpokenSpeech:
         """The audio and, per ``phones``, its phone timeline; logs which timeline drives the lips."""
@@ -80,19 +151,22 @@ class SpeechSource:
             from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
 
             tts = synthesize_with_phonemes(self.text, voice=self.voice, sample_rate=SAMPLE_RATE)
-            spoken = SpokenSpeech(tts.audio, tuple(tts.as_phones()), "espeak-ng's own phoneme timings") \
-                if self.phones == "auto" else SpokenSpeech(tts.audio, None, "off (--phones off)")
+            source = SpeechAudio(array=tts.audio)
+            spoken = SpokenSpeech(source, tuple(tts.as_phones()), "espeak-ng's own phoneme timings") \
+                if self.phones == "auto" else SpokenSpeech(source, None, "off (--phones off)")
         else:
-            audio = self._read_file()
+            source = SpeechAudio(path=self._check_file())
             if self.phones == "off":
-                spoken = SpokenSpeech(audio, None, "off (--phones off)")
+                spoken = SpokenSpeech(source, None, "off (--phones off)")
             elif importlib.util.find_spec("pocketsphinx") is None:
-                spoken = SpokenSpeech(audio, None, "off (pocketsphinx is not importable; pip install pocketsphinx)")
+                spoken = SpokenSpeech(source, None, "off (pocketsphinx is not importable; pip install pocketsphinx)")
             else:
-                from avatar3d.synth.phonemes import align_phones
-
-                spoken = SpokenSpeech(audio, tuple(align_phones(audio, SAMPLE_RATE, None)),
-                                      "pocketsphinx phone-loop decoding (no transcript)")
+                phones, cuts = phone_loop_timeline(source.chunks(self.stream.chunk_samples), self.stream)
+                origin = "pocketsphinx phone-loop decoding (no transcript)"
+                if cuts:
+                    origin += (f", in {len(cuts) + 1} windows of <= {self.stream.phone_window_s:g} s cut at "
+                               f"the quietest {QUIET_CUT_S * 1000:.0f} ms")  # fmt: skip
+                spoken = SpokenSpeech(source, tuple(phones), origin)
         if spoken.phones is None:
             log(f"[render] lip constraints: {spoken.origin}; the audio alone drives the mouth")
         else:
@@ -105,19 +179,162 @@ class SpeechSource:
         if (self.audio_path is None) == (self.text is None):
             raise Avatar3DError("give exactly one speech source: --audio FILE or --text \"...\"")
 
-    def _read_file(self) -> np.ndarray:
+    def _check_file(self) -> Path:
+        """The file, after decoding only its first ``MIN_SPEECH_S`` (missing, unreadable, too short: one line)."""
+        from avatar3d.motion.streaming import iter_audio_chunks
+
         path = Path(self.audio_path)
         if not path.is_file():
             raise Avatar3DError(f"{path}: audio file not found; check the path")
-        audio = read_audio(path, SAMPLE_RATE)
-        if len(audio) < MIN_SPEECH_S * SAMPLE_RATE:
-            raise Avatar3DError(f"{path}: only {len(audio) / SAMPLE_RATE:.2f} s of audio; give at least "
+        need = int(MIN_SPEECH_S * SAMPLE_RATE)
+        head = iter_audio_chunks(path, SAMPLE_RATE, need)
+        try:
+            first = next(head, np.zeros(0, np.float32))
+        finally:
+            head.close()
+        if len(first) < need:
+            raise Avatar3DError(f"{path}: only {len(first) / SAMPLE_RATE:.2f} s of audio; give at least "
                                 f"{MIN_SPEECH_S} s of speech")  # fmt: skip
-        return audio
+        return path
+
+
+def phone_loop_timeline(chunks: Iterable[np.ndarray],
+                        config: StreamConfig = StreamConfig()) -> tuple[list, list[float]]:
+    """(contiguous phones over the whole speech, the cuts between windows in s) by pocketsphinx phone-loop decoding.
+
+    Speech up to ``config.phone_window_s`` is decoded whole; longer speech window by window, each cut in
+    the middle of the quietest 300 ms of its last ``phone_cut_search_s`` (:func:`quiet_cut`), so memory is
+    bounded by a window.  Silences meeting at a cut are merged (a pause cut in two is still one pause).
+    """
+    from avatar3d.synth.phonemes import align_phones
+
+    window = int(round(config.phone_window_s * SAMPLE_RATE))
+    search = int(round(config.phone_cut_search_s * SAMPLE_RATE))
+    phones: list = []
+    pending: list[np.ndarray] = []
+    cuts: list[float] = []
+    n_pending, offset = 0, 0
+
+    def decode(x: np.ndarray) -> None:
+        nonlocal offset
+        _append_shifted(phones, align_phones(x, SAMPLE_RATE, None), offset / SAMPLE_RATE)
+        offset += len(x)
+
+    for chunk in chunks:
+        pending.append(np.asarray(chunk, np.float32))
+        n_pending += len(pending[-1])
+        while n_pending > window:
+            x = np.concatenate(pending)
+            cut = quiet_cut(x[:window], window - search)
+            decode(x[:cut])
+            cuts.append(offset / SAMPLE_RATE)
+            pending, n_pending = [x[cut:]], len(x) - cut
+    if n_pending:
+        decode(np.concatenate(pending))
+    return phones, cuts
+
+
+def quiet_cut(x: np.ndarray, lo: int) -> int:
+    """Sample index in ``x[lo:]``: the middle of its quietest 300 ms (10 ms energy frames, moving mean)."""
+    hop = SAMPLE_RATE // 100
+    seg = np.asarray(x[lo:], np.float64)
+    n = len(seg) // hop
+    if n < 1:
+        return len(x)
+    energy = (seg[:n * hop].reshape(n, hop) ** 2).mean(axis=1)
+    k = min(n, max(1, int(round(QUIET_CUT_S * 100))))
+    mean = np.convolve(energy, np.ones(k) / k, mode="valid")
+    return lo + (int(np.argmin(mean)) + k // 2) * hop
+
+
+def _append_shifted(phones: list, new: list, offset_s: float) -> None:
+    """Append a window's phones moved by ``offset_s``, contiguous with the last one; SILs meeting at the cut merge."""
+    from avatar3d.synth.phonemes import SIL, Phone
+
+    for p in new:
+        start, end = p.start + offset_s, p.end + offset_s
+        if phones:
+            start = phones[-1].end  # contiguous despite float rounding of the offset
+            if p.label == SIL and phones[-1].label == SIL:
+                phones[-1] = Phone(phones[-1].start, end, SIL)
+                continue
+        phones.append(Phone(start, end, p.label))
+
+
+def _own_rate_curves(mouth_model, chunks: Iterable[np.ndarray]) -> tuple[dict[str, np.ndarray], int]:  # type: ignore[no-untyped-def]
+    """Gated mouth curves at the model's own rate (25 fps) of speech pushed chunk by chunk, and its sample count.
+
+    Through :class:`avatar3d.motion.streaming.MotionStream`: the same frames as one offline pass
+    (float rounding only, ~1e-6), memory bounded by a chunk plus the curves themselves (16 floats a frame).
+    """
+    from avatar3d.motion.streaming import GateConfig, MotionStream
+
+    stream = MotionStream(mouth_model, GateConfig())
+    parts: list[np.ndarray] = []
+    for chunk in chunks:
+        out = stream.push(chunk)
+        if len(out):
+            parts.append(out.weights)
+    n_samples = stream.samples_in
+    if n_samples == 0:
+        raise Avatar3DError("the speech has no audio samples; give at least 0.2 s of speech")
+    parts.append(stream.flush().weights)
+    weights = np.concatenate(parts)
+    return {name: weights[:, j].astype(np.float32) for j, name in enumerate(mouth_model.names)}, n_samples
+
+
+def _at_frame_rate(mouth_model, own: dict[str, np.ndarray], fps: float, n: int, phones,  # type: ignore[no-untyped-def]
+                   constraints: PhoneConstraintConfig, window_s: float) -> dict[str, np.ndarray]:
+    """Own-rate curves resampled to ``n`` frames at ``fps``, then the phone constraints (window by window)."""
+    from avatar3d.motion.streaming import _silent_output
+
+    rate = float(mouth_model.config.fps)
+    t_out = (np.arange(n) + 0.5) / fps
+    t_own = (np.arange(len(next(iter(own.values())))) + 0.5) / rate
+    out = {name: np.interp(t_out, t_own, c).astype(np.float32) for name, c in own.items()}
+    if phones is None:
+        return out
+    rest = dict(zip(mouth_model.names, (float(v) for v in _silent_output(mouth_model))))
+    return constrain_in_windows(out, phones, fps, constraints, rest, int(round(window_s * fps)))
+
+
+def constrain_in_windows(curves: dict[str, np.ndarray], phones, fps: float,  # type: ignore[no-untyped-def]
+                         constraints: PhoneConstraintConfig, rest: dict[str, float], window: int,
+                         margin_s: float = 2.0) -> dict[str, np.ndarray]:
+    """:func:`apply_phone_constraints` over ``window`` frames at a time (2 s of context each side).
+
+    Why: the rules reach 80 ms at most, so this equals one pass over every frame, but one pass costs
+    phones x frames (quadratic in the length: minutes for an hour).  Up to ``window`` frames it *is* one
+    pass.  One exception: a frame centre lying exactly on a phone boundary (pocketsphinx's 10 ms grid meets
+    25 fps centres) is a float tie that the shifted times may decide the other way (seen on 4 of 890
+    frames of decoded phones; none with espeak-ng's timings).  The rest pose must be given (per-window
+    percentiles would differ from global ones).
+    """
+    n = len(next(iter(curves.values())))
+    if n <= window:
+        return apply_phone_constraints(curves, phones, fps, constraints, rest=rest).curves
+    from avatar3d.synth.phonemes import Phone
+
+    margin = int(np.ceil(margin_s * fps))
+    starts = np.array([p.start for p in phones])
+    ends = np.maximum.accumulate(np.array([p.end for p in phones]))
+    out = {name: np.empty(n, np.float32) for name in curves}
+    for a in range(0, n, window):
+        b = min(n, a + window)
+        lo, hi = max(0, a - margin), min(n, b + margin)
+        t0, t1 = lo / fps, hi / fps
+        first, last = int(np.searchsorted(ends, t0, side="right")), int(np.searchsorted(starts, t1, side="left"))
+        local = [Phone(p.start - t0, p.end - t0, p.label) for p in phones[first:last]]
+        done = apply_phone_constraints({k: v[lo:hi] for k, v in curves.items()}, local, fps, constraints,
+                                       rest=rest).curves  # fmt: skip
+        for name in curves:
+            out[name][a:b] = done[name][a - lo:b - lo]
+    return out
 
 
 def gated_mouth_curves(mouth_model, audio: np.ndarray, fps: float, n: int, phones=None,  # type: ignore[no-untyped-def]
-                       constraints: PhoneConstraintConfig = PhoneConstraintConfig()) -> dict[str, np.ndarray]:
+                       constraints: PhoneConstraintConfig = PhoneConstraintConfig(),
+                       window_s: float = StreamConfig.constraint_window_s) -> dict[str, np.ndarray]:
     """Mouth curves at ``fps`` with the speech gate on and, given ``phones``, the phone constraints.
 
     Gate: the raw model opens the jaw on noise or a DC offset about as much as on speech
@@ -125,43 +342,92 @@ def gated_mouth_curves(mouth_model, audio: np.ndarray, fps: float, n: int, phone
     speech is near, and leaves speech unchanged (held-out L1 +0.07 %).  Phones (a timeline of
     ``start``/``end``/ARPAbet ``label``): bilabials sealed and long pauses held still at the model's
     own silent pose (:func:`avatar3d.motion.phone_constraints.apply_phone_constraints`), applied at
-    ``fps`` so that a phone shorter than a frame still closes its nearest frame.
+    ``fps`` so that a phone shorter than a frame still closes its nearest frame.  ``audio`` is the
+    whole 16 kHz track; :func:`drive_from_speech` reads a file chunk by chunk instead.
     """
-    from avatar3d.motion.streaming import GateConfig, _silent_output, predict_stream
+    from avatar3d.motion.model import _resample
 
-    curves = predict_stream(mouth_model, audio, SAMPLE_RATE, GateConfig())
-    own = float(mouth_model.config.fps)
-    t_out = (np.arange(n) + 0.5) / fps
-    t_own = (np.arange(len(next(iter(curves.values())))) + 0.5) / own
-    out = {name: np.interp(t_out, t_own, c).astype(np.float32) for name, c in curves.items()}
-    if phones is None:
-        return out
-    rest = dict(zip(mouth_model.names, (float(v) for v in _silent_output(mouth_model))))
-    return apply_phone_constraints(out, phones, fps, constraints, rest=rest).curves
+    x = _resample(audio, SAMPLE_RATE, mouth_model.audio.sample_rate)
+    own, _ = _own_rate_curves(mouth_model, [x])
+    return _at_frame_rate(mouth_model, own, fps, n, phones, constraints, window_s)
 
 
-def drive_from_speech(bundle: dict, audio: np.ndarray, mouth_model, config: DriveConfig,  # type: ignore[no-untyped-def]
-                      phones=None, log: Callable[[str], None] = print) -> DriveTracks:
-    """Per-frame tracks for ``audio`` (16 kHz) at the avatar's frame rate (``log``: where pose notes go).
+def _speech_tracks(bundle: dict, speech: np.ndarray | SpeechAudio, mouth_model, config: DriveConfig,  # type: ignore[no-untyped-def]
+                   phones, log: Callable[[str], None], stream: StreamConfig) -> tuple[DriveTracks, int]:
+    """(per-frame tracks, samples of speech at 16 kHz); the speech is read in ``stream.chunk_s`` chunks."""
+    source = speech if isinstance(speech, SpeechAudio) else SpeechAudio(array=np.asarray(speech, np.float32))
+    rate = int(mouth_model.audio.sample_rate)
+    own, n_own = _own_rate_curves(mouth_model, source.chunks(max(1, int(round(stream.chunk_s * rate))), rate))
+    seconds = n_own / rate
+    fps = float(bundle["fps"])
+    n = max(1, int(round(seconds * fps)))
+    mouth = _at_frame_rate(mouth_model, own, fps, n, phones, PhoneConstraintConfig(), stream.constraint_window_s)
+    tracks = build_tracks(mouth, n, fps, expression_names=list(bundle["expression_names"]),
+                          expression=np.asarray(bundle["expression"], np.float32),
+                          blink=np.asarray(bundle["blink"], np.float32), R=np.asarray(bundle["R"]),
+                          t=np.asarray(bundle["t"]), train_ids=np.asarray(bundle["train_ids"]), config=config,
+                          log=log)  # fmt: skip
+    return tracks, int(round(seconds * SAMPLE_RATE))
+
+
+def drive_from_speech(bundle: dict, audio: np.ndarray | SpeechAudio, mouth_model, config: DriveConfig,  # type: ignore[no-untyped-def]
+                      phones=None, log: Callable[[str], None] = print,
+                      stream: StreamConfig = StreamConfig()) -> DriveTracks:  # fmt: skip
+    """Per-frame tracks for ``audio`` (16 kHz array, or :class:`SpeechAudio` read chunk by chunk) at the
+    avatar's frame rate (``log``: where pose notes go).
 
     ``phones``: the speech's phone timeline (``SpokenSpeech.phones``), see :func:`gated_mouth_curves`.
     """
-    fps = float(bundle["fps"])
-    n = max(1, int(round(len(audio) / SAMPLE_RATE * fps)))
-    mouth = gated_mouth_curves(mouth_model, audio, fps, n, phones)
-    return build_tracks(mouth, n, fps, expression_names=list(bundle["expression_names"]),
-                        expression=np.asarray(bundle["expression"], np.float32),
-                        blink=np.asarray(bundle["blink"], np.float32), R=np.asarray(bundle["R"]),
-                        t=np.asarray(bundle["t"]), train_ids=np.asarray(bundle["train_ids"]), config=config,
-                        log=log)  # fmt: skip
+    return _speech_tracks(bundle, audio, mouth_model, config, phones, log, stream)[0]
 
 
-def render_tracks(model, bundle: dict, tracks: DriveTracks, out: Path | None, audio: np.ndarray | None,  # type: ignore[no-untyped-def]
+def _checked_chunks(source: SpeechAudio, n_samples: int, chunk_samples: int) -> Iterator[np.ndarray]:
+    """The speech again for the mp4's sound track, chunk by chunk; a file that changed since it drove the mouth
+    (fewer samples now) is an error rather than a silently padded track."""
+    seen = 0
+    for chunk in source.chunks(chunk_samples):
+        seen += len(chunk)
+        yield chunk
+    if seen < n_samples:
+        raise Avatar3DError(f"{source.path}: the audio changed during the render ({seen} samples now, "
+                            f"{n_samples} before); render again")  # fmt: skip
+
+
+def write_blendshapes_csv(path: Path, tracks: DriveTracks, fps: float, block: int = 1024) -> Path:
+    """The tracks as a Live Link Face CSV, written ``block`` rows at a time (atomically).
+
+    Byte for byte what :func:`avatar3d.export.livelink.write_livelink_csv` writes (tested), but without
+    building every row's text first: an hour at 25 fps is ~70 MB of text, twice over when joined.
+    """
+    from avatar3d.export.livelink import LLF_COUNT, LLF_HEADER, arkit_weights, livelink_table, timecode
+    from avatar3d.io.atomic import atomic_path
+
+    weights = arkit_weights(tracks.expression_names, tracks.expression, tracks.blink)
+    n = len(tracks.R)
+    if n == 0:
+        raise Avatar3DError(f"{path}: no frames to write (the rotations are empty)")
+    with atomic_path(Path(path)) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(",".join(LLF_HEADER) + "\n")
+            for a in range(0, n, block):
+                b = min(n, a + block)
+                table = livelink_table({k: v[a:b] for k, v in weights.items()}, tracks.R[a:b])
+                f.write("".join(f"{timecode(i, fps)},{LLF_COUNT}," + ",".join(f"{v:.10f}" for v in row) + "\n"
+                                for i, row in zip(range(a, b), table)))  # fmt: skip
+    return Path(path)
+
+
+def render_tracks(model, bundle: dict, tracks: DriveTracks, out: Path | None,  # type: ignore[no-untyped-def]
+                  audio: np.ndarray | Iterator[np.ndarray] | None,
                   size: int, progress: bool = True, *, camera: str | CameraPath = "training",
                   stereo_ipd_mm: float | None = None, rgba: Path | None = None, depth: Path | None = None,
                   matte: MatteConfig = MatteConfig(), log: Callable[[str], None] = print,
                   warn: Callable[[str], None] | None = None) -> float:  # fmt: skip
     """Render every frame of ``tracks`` into ``out`` (mp4 with ``audio``) and the other outputs; returns render FPS.
+
+    ``audio``: 16 kHz mono, the whole track or an iterator of chunks that the mp4 muxer pulls as the
+    frames written so far need them (:class:`avatar3d.io.video.VideoWriter`), so sound and picture stay
+    in step sample for sample and a long track is never held.
 
     ``camera``: ``training``, ``orbit`` or a parsed camera path (:mod:`avatar3d.render.camera`);
     ``stereo_ipd_mm``: left|right eyes side by side in every output; ``rgba``/``depth``: folders
@@ -242,6 +508,11 @@ def render_from_speech(
 ) -> dict[str, float]:  # fmt: skip
     """Writes ``out`` (H.264 + AAC) of the avatar saying ``source``; returns frames, seconds and render FPS.
 
+    Speech from a file is never held whole: it is decoded in ``source.stream.chunk_s`` chunks once for
+    the phone loop (``--phones auto``, in windows), once for the motion model and once more for the
+    mp4's sound track, which the muxer pulls as frames are written.  Memory grows only with the
+    per-frame tracks (~16 KB a second of speech at 25 fps).
+
     ``blendshapes``: also write the same motion as a Live Link Face CSV (ARKit weights + head
     rotation per frame), so a game-engine rig can say the same speech in step with the video.
 
@@ -266,22 +537,21 @@ def render_from_speech(
     if size % 2:
         raise Avatar3DError(f"--size {size}: H.264 needs an even frame size")
     speech = source.speech(log=log)  # a bad file, voice or text fails before minutes of personalising
-    audio = speech.audio
     if mouth_model is None:
         mouth_model = mouth_model_for(avatar if avatar.is_dir() else avatar.parent, bundle, motion_model_path,
                                       progress=progress, log=log)  # fmt: skip
     check_writable(out)  # before minutes of rendering, not after (again: personalising may have taken minutes)
     if blendshapes is not None:
         check_writable(Path(blendshapes))
-    tracks = drive_from_speech(bundle, audio, mouth_model, config, phones=speech.phones, log=log)
-    fps = render_tracks(model, bundle, tracks, out, audio, size, progress, camera=camera_spec,
+    tracks, n_samples = _speech_tracks(bundle, speech.source, mouth_model, config, speech.phones, log,
+                                       source.stream)  # fmt: skip
+    sound = _checked_chunks(speech.source, n_samples, source.stream.chunk_samples)
+    fps = render_tracks(model, bundle, tracks, out, sound, size, progress, camera=camera_spec,
                         stereo_ipd_mm=stereo_ipd_mm, rgba=rgba, depth=depth, log=log)
     if blendshapes is not None:
-        from avatar3d.export.livelink import arkit_weights, write_livelink_csv
-
-        weights = arkit_weights(tracks.expression_names, tracks.expression, tracks.blink)
-        write_livelink_csv(blendshapes, weights, tracks.R, float(bundle["fps"]))
+        write_blendshapes_csv(Path(blendshapes), tracks, float(bundle["fps"]))
     layout = f"{size}² per eye, side by side" if len(eyes) == 2 else f"{size}²"
-    log(f"[render] {len(tracks.motion)} frames ({len(audio) / SAMPLE_RATE:.1f} s of speech) at {layout} -> {out} "
+    seconds = n_samples / SAMPLE_RATE
+    log(f"[render] {len(tracks.motion)} frames ({seconds:.1f} s of speech) at {layout} -> {out} "
         f"({fps:.1f} FPS rendering)")  # fmt: skip
-    return {"frames": float(len(tracks.motion)), "seconds": len(audio) / SAMPLE_RATE, "render_fps": fps}
+    return {"frames": float(len(tracks.motion)), "seconds": seconds, "render_fps": fps}
