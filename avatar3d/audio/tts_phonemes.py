@@ -376,17 +376,9 @@ def synthesize_with_phonemes(text: str, voice: str = "en-us", words_per_minute: 
     validated the same way; the 22050 Hz samples are identical, then resampled to
     ``sample_rate``).  Costs one child process (~0.3 s) plus the synthesis.
     """
-    from avatar3d.synth.speech import resolve_voice
+    from avatar3d.synth.speech import check_speech_request
 
-    if text is None or not str(text).strip():
-        raise Avatar3DError("the text to speak is empty (or only whitespace); give some words to synthesise")
-    if not 80 <= int(words_per_minute) <= 450:
-        raise Avatar3DError(f"words_per_minute={words_per_minute} is out of range; use 80..450")
-    if not 0 <= int(pitch) <= 99:
-        raise Avatar3DError(f"pitch={pitch} is out of range; use 0..99")
-    if int(sample_rate) <= 0:
-        raise Avatar3DError(f"sample_rate={sample_rate} must be a positive number of Hz, e.g. 16000")
-    resolved = resolve_voice(voice)
+    resolved = check_speech_request(text, voice, words_per_minute, pitch, sample_rate)
     native, events, pcm = _run_child(str(text), resolved, int(words_per_minute), int(pitch))
     if len(pcm) == 0:
         raise Avatar3DError(f"espeak-ng wrote no audio for voice {resolved!r}; check the text")

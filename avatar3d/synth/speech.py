@@ -139,14 +139,11 @@ def resolve_voice(voice: str) -> str:
     return resolved
 
 
-def synthesize(text: str, voice: str = "en-us", words_per_minute: int = 160, pitch: int = 50,
-               sample_rate: int = 16000) -> np.ndarray:
-    """Speak ``text`` with espeak-ng; return float32 mono audio in [-1, 1] at ``sample_rate``.
+def check_speech_request(text: str, voice: str, words_per_minute: int, pitch: int, sample_rate: int) -> str:
+    """One-line errors for what a speech request can get wrong; returns the resolved espeak-ng voice.
 
-    espeak-ng writes a 22050 Hz wav to a temporary file, which is read back
-    and resampled (polyphase) so callers get the rate their pipeline uses.
-    Text is passed on stdin so that text starting with ``-`` is never read
-    as an option.
+    Shared by every way of speaking text (the CLI's wav here, the phoneme-timed synthesis in
+    :mod:`avatar3d.audio.tts_phonemes`), so both refuse exactly the same input.
     """
     if text is None or not str(text).strip():
         raise Avatar3DError("the text to speak is empty (or only whitespace); give some words to synthesise")
@@ -156,7 +153,19 @@ def synthesize(text: str, voice: str = "en-us", words_per_minute: int = 160, pit
         raise Avatar3DError(f"pitch={pitch} is out of range; use 0..99")
     if int(sample_rate) <= 0:
         raise Avatar3DError(f"sample_rate={sample_rate} must be a positive number of Hz, e.g. 16000")
-    resolved = resolve_voice(voice)
+    return resolve_voice(voice)
+
+
+def synthesize(text: str, voice: str = "en-us", words_per_minute: int = 160, pitch: int = 50,
+               sample_rate: int = 16000) -> np.ndarray:
+    """Speak ``text`` with espeak-ng; return float32 mono audio in [-1, 1] at ``sample_rate``.
+
+    espeak-ng writes a 22050 Hz wav to a temporary file, which is read back
+    and resampled (polyphase) so callers get the rate their pipeline uses.
+    Text is passed on stdin so that text starting with ``-`` is never read
+    as an option.
+    """
+    resolved = check_speech_request(text, voice, words_per_minute, pitch, sample_rate)
     with tempfile.TemporaryDirectory(prefix="avatar3d_tts_") as tmp:
         wav_path = os.path.join(tmp, "speech.wav")
         proc = _run_espeak(["-v", resolved, "-s", str(int(words_per_minute)), "-p", str(int(pitch)),
