@@ -232,3 +232,33 @@ def test_motion_channels_restrict_what_the_head_field_sees() -> None:
     fresh = AvatarModel(AvatarConfig(), motion_dim=5)
     fresh.load_state_dict(state)  # an avatar saved before the mask existed loads, seeing every channel
     assert torch.equal(fresh.head.motion_mask, torch.ones(5))
+
+
+def test_torso_clearance_marks_head_pixels_away_from_the_neck_only() -> None:
+    """torso_clearance_px: head pixels farther than N px from the neck/torso label supervise torso alpha to 0;
+    the head pixels next to the neck (where the torso may show under the chin) stay free."""
+    from avatar3d.train.trainer import behind_head
+
+    labels = np.zeros((20, 20), np.uint8)
+    labels[2:10, 5:15] = 1  # head
+    labels[10:20, 3:17] = 2  # neck/torso below it
+    clear = behind_head(labels, 3)
+    assert clear[2:7, 5:15].all(), "the top of the head is far from the neck"
+    assert not clear[8:10, 5:15].any(), "the chin rows next to the neck stay free"
+    assert not clear[labels != 1].any(), "only head pixels are ever marked"
+    assert not behind_head(labels, 0).any(), "0 turns it off"
+
+
+def test_torso_colour_can_ignore_the_pose_code() -> None:
+    """TorsoFieldConfig.color_from_pose=False: the pose acts only through the deformation of the lookup."""
+    from avatar3d.nerf.fields import TorsoField, TorsoFieldConfig
+
+    torch.manual_seed(0)
+    field = TorsoField(TorsoFieldConfig(color_from_pose=False))
+    uv, code = torch.rand(64, 2), torch.rand(64, 8)
+    other = code + 0.5
+    assert torch.equal(field(uv, code)[0], field(uv, other)[0]), "no deformation yet: the code changes nothing"
+    torch.nn.init.normal_(field.deform_net[-1].weight, std=0.5)
+    assert not torch.allclose(field(uv, code)[0], field(uv, other)[0]), "through the deformation it does"
+    coloured = TorsoField(TorsoFieldConfig())  # the default also feeds the code to the colour net
+    assert coloured.color_net[0].in_features == field.color_net[0].in_features + 8
