@@ -294,8 +294,8 @@ def solve_keyframes(problem: Problem, state: State, frames: torch.Tensor, iterat
         g_g[ki + 1] += 2.0 * focal_w * state.log_focal
         h_gg[ki, ki] += 2.0 * depth_w
         g_g[ki] += 2.0 * depth_w * state.log_depth
-        improved = converged = False
-        for _attempt in range(10):
+
+        def propose(mu: float) -> State:
             a_ff = h_ff + torch.diag_embed(mu * torch.diagonal(h_ff, dim1=1, dim2=2) + 1e-9)
             a_gg = h_gg + torch.diag(mu * torch.diagonal(h_gg) + 1e-9)
 
@@ -314,17 +314,27 @@ def solve_keyframes(problem: Problem, state: State, frames: torch.Tensor, iterat
                 return (d_f, d_g), lam
 
             (d_f, d_g), _ = _bounded_step(state.expression, g_f[:, POSE:], solve)
-            trial = _apply(state, d_f, d_g)
-            new = cost(trial)
-            if new < current:
-                converged = (current - new) < tolerance * abs(current)
-                state, current, improved = trial, new, True
-                mu = max(mu / 3.0, 1e-7)
-                break
-            mu *= 4.0
+            return _apply(state, d_f, d_g)
+
+        state, current, mu, improved, converged = _damped_step(state, current, mu, propose, cost, tolerance)
         if not improved or converged:
             break
     return state
+
+
+def _damped_step(state: State, current: float, mu: float, propose, cost, tolerance: float):  # type: ignore[no-untyped-def]
+    """One Levenberg–Marquardt iteration: try ``propose(mu)`` with growing damping until the cost falls.
+
+    Returns (state, cost, mu, improved, converged); a failed try multiplies ``mu`` by 4, a
+    success divides it by 3, and a relative decrease below ``tolerance`` counts as converged.
+    """
+    for _attempt in range(10):
+        trial = propose(mu)
+        new = cost(trial)
+        if new < current:
+            return trial, new, max(mu / 3.0, 1e-7), True, (current - new) < tolerance * abs(current)
+        mu *= 4.0
+    return state, current, mu, False, False
 
 
 def _apply(state: State, d_f: torch.Tensor, d_g: torch.Tensor | None) -> State:
@@ -538,8 +548,8 @@ def solve_sequence(problem: Problem, state: State, iterations: int, tolerance: f
         g[:, POSE:] += problem.expression_l1
         g += torch.from_numpy(_smoothness(problem, state)[1]).to(dtype)
         base = torch.diagonal(h, dim1=1, dim2=2) + smooth_diag
-        improved = converged = False
-        for _attempt in range(10):
+
+        def propose(mu: float) -> State:
             a_ff = h + torch.diag_embed(smooth_diag + mu * base + 1e-9)
 
             def factor(held: torch.Tensor):
@@ -571,14 +581,9 @@ def solve_sequence(problem: Problem, state: State, iterations: int, tolerance: f
             factored = factor(held)
             step = _refine(step, held, g, a_ff, coef, exp_off, lambda r: precondition(factored, -r),
                            problem.pcg_iterations)
-            trial = _apply(state, step, None)
-            new = cost(trial)
-            if new < current:
-                converged = (current - new) < tolerance * abs(current)
-                state, current, improved = trial, new, True
-                mu = max(mu / 3.0, 1e-7)
-                break
-            mu *= 4.0
+            return _apply(state, step, None)
+
+        state, current, mu, improved, converged = _damped_step(state, current, mu, propose, cost, tolerance)
         if not improved or converged:
             break
     return state
