@@ -165,9 +165,11 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--text", help="text to say, spoken by espeak-ng (see --voice)")
     source.add_argument("--motion-from", type=Path, help="subject folder whose tracked motion drives it (replay)")
     p.add_argument("--voice", default="en-us", help="espeak-ng voice for --text, e.g. en-us, de, fr+f3 (default en-us)")
-    p.add_argument("--phones", choices=("auto", "off"), default="auto",
+    p.add_argument("--phones", choices=("auto", "loop", "off"), default="auto",
                    help="with --audio/--text: seal the lips on p/b/m and hold long pauses still, timed by espeak-ng's "
-                        "own phonemes (--text) or pocketsphinx phone-loop decoding (--audio) (auto, default), or off")
+                        "own phonemes (--text) or, for --audio, pocketsphinx's recognised English words force-aligned "
+                        "(falling back to its phone loop when the words look wrong) (auto, default); loop: for "
+                        "--audio always the phone loop (non-English speech, ~7x faster); off")
     p.add_argument("--motion-model", type=Path,
                    help="audio-to-motion model file (default: the avatar's personalised model, made on first use)")
     p.add_argument("--pose", default="subject", metavar="subject|static|generated|VIDEO",

@@ -5,6 +5,7 @@ Each component owns one dataclass; a YAML file in ``configs/`` only sets values.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +28,21 @@ def _default_values(f: dataclasses.Field) -> dict[str, Any]:
     return dataclasses.asdict(default) if dataclasses.is_dataclass(default) else {}
 
 
+def _as_tuples(value: Any) -> Any:
+    """Lists -> tuples at every depth (YAML has no tuples; a default of nested tuples must compare equal)."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _optional_dataclass(hint: Any) -> Any:
+    """``X | None`` with X a dataclass -> X (a mapping in the YAML switches the optional part on)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner = args[0] if args[1] is type(None) else args[1]
+        if dataclasses.is_dataclass(inner):
+            return inner
+    return hint
+
+
 def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -> T:
     """Build dataclass ``cls`` from ``values``; nested dataclasses are built recursively."""
     if not isinstance(values, dict):
@@ -40,11 +56,11 @@ def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        hint = hints.get(name)
+        hint = _optional_dataclass(hints.get(name))
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = from_dict(hint, {**_default_values(fields[name]), **value}, source=f"{source}.{name}")  # type: ignore[arg-type]
         elif hint in (tuple, typing.Tuple) or typing.get_origin(hint) is tuple:
-            value = tuple(value)
+            value = _as_tuples(value)
         kwargs[name] = value
     return cls(**kwargs)  # type: ignore[call-arg]
 

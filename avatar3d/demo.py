@@ -35,7 +35,9 @@ def _train_config(fast: bool):  # type: ignore[no-untyped-def]
 
     config = load_config(TrainConfig, CPU_SMALL if CPU_SMALL.is_file() else None)
     if fast:
-        return dataclasses.replace(config, resolution=64, time_budget_s=120.0, rays_per_step=1024, eval_every=0)
+        fit = config.held_out_pose_fit and dataclasses.replace(config.held_out_pose_fit, steps=100, rays_per_step=1024)
+        return dataclasses.replace(config, resolution=64, time_budget_s=120.0, rays_per_step=1024, eval_every=0,
+                                   held_out_pose_fit=fit)  # fmt: skip
     return dataclasses.replace(config, time_budget_s=DEMO_TRAIN_MINUTES * 60.0)
 
 
@@ -91,7 +93,9 @@ def run_demo(out: Path, fast: bool = False) -> dict:
         print(f"  {key:12s} {path}")
     print(f"  {'dataset':12s} {prepared_dir} (manifest.json lists every file)")
     print(f"  {'avatar':12s} {avatar_dir} (held-out PSNR full {result['val']['psnr_full']:.1f} / head "
-          f"{result['val']['psnr_head']:.1f} / mouth {result['val']['psnr_mouth']:.1f} dB; "
+          f"{result['val']['psnr_head']:.1f} / mouth {result['val']['psnr_mouth']:.1f} dB"
+          + (f" with re-tracked poses, {result['val_tracked']['psnr_head']:.1f} dB head with the landmark-tracked ones"
+             if "val_tracked" in result else "") + "; "
           f"tensorboard --logdir {avatar_dir / 'tensorboard'})")
     print(f"  {'held-out':12s} {val_video} ({render_stats['render_fps']:.1f} FPS rendering)")
     print(f"  {'new speech':12s} {new_video} ({speech_stats['seconds']:.1f} s; motion model {avatar_dir / 'motion.pt'}; "

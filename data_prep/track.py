@@ -5,8 +5,9 @@ expression (ARKit weights in [0, 1]) and a head pose (R, t: canonical head -> Op
 camera).  The objective: a robust (Cauchy) pixel loss with the contour landmarks
 (which slide along the silhouette) down-weighted, a unit-variance prior on identity,
 weak priors on the focal and the depth scale, a small sparsity prior on expressions,
-and temporal smoothness that is strong on the pose (removes jitter) and weak on the
-expression (fast mouth motion is not lagged).  Solved in two Gauss-Newton stages
+temporal smoothness that is strong on the pose (removes jitter) and weak on the
+expression (fast mouth motion is not lagged), and in the all-frames solve an L2 prior
+pulling every expression towards the clip's neutral (see below).  Solved in two Gauss-Newton stages
 (:mod:`data_prep.track_solver`): the clip-wide unknowns on keyframes that span the head
 poses, then every frame with those fixed.  Blink per eye is read from the eyelid
 landmarks directly.
@@ -17,10 +18,23 @@ optimum is too flat (depth scale ~0.6 on the synthetic subjects whose effective 
 ~0.7) and rotations too large; a weak pull towards the face model's own depth fixes most
 of it.  The focal length is nearly unobservable (a far narrow camera and a near wide one
 differ by a little perspective), hence its prior towards ``focal_init``.
+
+Why the neutral prior: the 39 expression channels are far from independent on 468 2D
+landmarks (mouthLeft/Right against jawLeft/Right, funnel against pucker, upper-lip-up
+against lower-lip-down are exactly collinear there; brows and cheeks move a landmark by a
+fraction of MediaPipe's noise), so with only a weak L1 prior most channels wandered with
+landmark noise and pose-dependent detector bias (on the synthetic subject: only jawOpen
+correlated with the truth, constant channels read std 0.08-0.17).  The neutral is each
+channel's low quantile over the keyframes, not zero: the face model cannot reproduce every
+subject's rest face from identity alone, and a pull to zero fights that offset.  The
+all-frames solve also uses a wider robust scale than the keyframes: with the Cauchy
+weights ~1/(s^2 + r^2) that makes the data term weaker against the pose smoothness, and it
+stops frames from re-weighting their landmarks from one frame to the next (jitter).  The
+settings were chosen on synthetic subjects (tools/bench/prep.py); real faces may differ.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -47,7 +61,10 @@ class TrackConfig:
     focal_init: float = 1.0
     """Initial focal length in units of the image width (refined by the fit)."""
     cauchy_scale_px: float = 2.0
-    """Residuals well beyond this many pixels count less (robust loss)."""
+    """Keyframe solve: residuals well beyond this many pixels count less (robust loss)."""
+    sequence_cauchy_scale_px: float = 6.0
+    """The same for the all-frames solve: wider, so the per-landmark weights do not flicker from frame to
+    frame (jitter) and the pose smoothness weighs more against the data (2.0: the tracker before 2026-11-26)."""
     contour_weight: float = 0.2
     """Weight of the 36 face-oval landmarks, which slide with the silhouette."""
     identity_prior: float = 1e-3
@@ -60,6 +77,11 @@ class TrackConfig:
     length (a far, narrow camera and a near, wide one differ by a little perspective)."""
     expression_prior: float = 1e-3
     """L1 weight pulling unused expressions to zero."""
+    expression_neutral_prior: float = 30.0
+    """All-frames solve: L2 weight (per frame, shared by the channels) pulling each expression towards the clip's
+    neutral; settles the channels the landmarks cannot tell apart (0: off, as before 2026-11-26)."""
+    neutral_quantile: float = 0.1
+    """The clip's neutral expression: this quantile of each channel over the keyframe fit."""
     pose_smoothness: float = 20.0
     """Weight on the second difference of rotation (rad) and translation over frames (translation as
     (x/z, y/z, log z) times the clip's median distance: ~cm near the median, and straight along the focal valley)."""
@@ -217,6 +239,9 @@ def _track(landmarks: np.ndarray, width: int, height: int, model: MorphableModel
     fitted = solve_keyframes(problem, state.take(keys), keys, config.keyframe_iterations)
     bar.update(1)
     state.identity, state.log_focal, state.log_depth = fitted.identity, fitted.log_focal, fitted.log_depth
+    problem = replace(problem, cauchy2=config.sequence_cauchy_scale_px ** 2,
+                      expression_l2=config.expression_neutral_prior / model.n_expression,
+                      expression_centre=torch.quantile(fitted.expression, config.neutral_quantile, dim=0))
     # the other frames start from a PnP of the fitted neutral face with the fitted focal
     focal = focal0 * float(np.exp(fitted.log_focal))
     shape = (problem.mean + torch.einsum("k,klc->lc", fitted.identity, problem.id_basis)).numpy().copy()

@@ -83,9 +83,11 @@ class Problem:
     identity_prior: float  # per frame, on the coefficients
     focal_prior: float  # per frame, on log(focal / focal0)
     depth_prior: float  # per frame, on log(depth scale)
-    expression_l1: float  # per frame and weight
+    expression_l1: float | torch.Tensor  # per frame and weight: a scalar or one per channel [Ke]
     pose_smoothness: float
     expression_smoothness: float
+    expression_l2: float | torch.Tensor = 0.0  # per frame, on the squared weight: a scalar or [Ke]
+    expression_centre: float | torch.Tensor = 0.0  # [Ke] or scalar: the L2 prior pulls weights towards it
     pcg_iterations: int = 8  # per step, for the exact smoothness coupling
     chunk: int = 256  # frames per Jacobian batch (bounds memory on long clips)
 
@@ -96,6 +98,16 @@ class Problem:
     @property
     def n_id(self) -> int:
         return int(self.id_basis.shape[0])
+
+    def expression_prior(self, expression: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """Cost, gradient [n,Ke] and Hessian diagonal [Ke] of the L1 + L2 priors on expression weights [n,Ke]
+        (the weights are >= 0, so L1 is linear)."""
+        l1 = torch.as_tensor(self.expression_l1, dtype=expression.dtype)
+        l2 = torch.as_tensor(self.expression_l2, dtype=expression.dtype)
+        d = expression - torch.as_tensor(self.expression_centre, dtype=expression.dtype)
+        cost = float((expression * l1).sum() + (d * d * l2).sum())
+        grad = l1 + 2.0 * l2 * d
+        return cost, grad, (2.0 * l2).expand(expression.shape[1]).clone()
 
 
 @dataclass
@@ -278,16 +290,18 @@ def solve_keyframes(problem: Problem, state: State, frames: torch.Tensor, iterat
 
     def cost(s: State) -> float:
         data = data_costs(sub, s).sum()
-        return float(data + prior_w * (s.identity ** 2).sum() + problem.expression_l1 * s.expression.sum()
-                     + focal_w * s.log_focal ** 2 + depth_w * s.log_depth ** 2)
+        return float(data + prior_w * (s.identity ** 2).sum() + focal_w * s.log_focal ** 2
+                     + depth_w * s.log_depth ** 2) + problem.expression_prior(s.expression)[0]
 
     current = cost(state)
     mu = 1e-3
     for _ in range(iterations):
         lin = _linearise(problem, state, slice(None), target, fw, with_global=True)
-        h_ff, g_f, h_fg = lin["h_ff"], lin["g_f"].clone(), lin["h_fg"]
+        h_ff, g_f, h_fg = lin["h_ff"].clone(), lin["g_f"].clone(), lin["h_fg"]
         h_gg, g_g = lin["h_gg"].clone(), lin["g_g"].clone()
-        g_f[:, POSE:] += problem.expression_l1
+        _, prior_g, prior_h = problem.expression_prior(state.expression)
+        g_f[:, POSE:] += prior_g
+        h_ff[:, POSE:, POSE:] += torch.diag(prior_h)
         h_gg[:ki, :ki] += 2.0 * prior_w * torch.eye(ki, dtype=dtype)
         g_g[:ki] += 2.0 * prior_w * state.identity
         h_gg[ki + 1, ki + 1] += 2.0 * focal_w
@@ -534,7 +548,8 @@ def solve_sequence(problem: Problem, state: State, iterations: int, tolerance: f
     exp_off = _expression_off_diagonal(problem, n).to(dtype)
 
     def cost(s: State) -> float:
-        return float(data_costs(problem, s).sum() + problem.expression_l1 * s.expression.sum()) + _smoothness(problem, s)[0]
+        return (float(data_costs(problem, s).sum()) + problem.expression_prior(s.expression)[0]
+                + _smoothness(problem, s)[0])
 
     current = cost(state)
     mu = 1e-3
@@ -545,8 +560,10 @@ def solve_sequence(problem: Problem, state: State, iterations: int, tolerance: f
             sl = slice(start, min(n, start + problem.chunk))
             lin = _linearise(problem, state, sl, problem.target[sl], problem.frame_w[sl], with_global=False)
             h[sl], g[sl] = lin["h_ff"], lin["g_f"]
-        g[:, POSE:] += problem.expression_l1
+        _, prior_g, prior_h = problem.expression_prior(state.expression)
+        g[:, POSE:] += prior_g
         g += torch.from_numpy(_smoothness(problem, state)[1]).to(dtype)
+        h[:, POSE:, POSE:] += torch.diag(prior_h)
         base = torch.diagonal(h, dim1=1, dim2=2) + smooth_diag
 
         def propose(mu: float) -> State:

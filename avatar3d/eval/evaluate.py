@@ -28,7 +28,7 @@ from avatar3d.io.atomic import write_json_atomic, write_text_atomic
 
 __all__ = ["EvalConfig", "EvalRun", "evaluate", "LPIPS_UNAVAILABLE"]
 
-LPIPS_UNAVAILABLE = "unavailable (no local weights given)"
+LPIPS_UNAVAILABLE = "no local weights given (--lpips-weights)"
 
 
 @dataclass
@@ -113,7 +113,7 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     from avatar3d.eval.report import render_html
     from avatar3d.io.audio import read_wav
     from avatar3d.train.data import LIP_IDS, load_subject
-    from avatar3d.train.trainer import load_avatar, render_subject_frame
+    from avatar3d.train.trainer import load_avatar, render_subject_frame, use_refined_poses
 
     config = config or EvalConfig()
     lpips_metric, lpips_files = None, None
@@ -128,6 +128,9 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     model, meta = load_avatar(avatar)
     r = int(meta["resolution"])
     data = load_subject(subject, r, progress=progress)
+    if n_refined := use_refined_poses(data, meta):
+        log(f"[eval] {subject} is the avatar's own subject: using its refined head poses ({n_refined} frames "
+            "re-tracked photometrically during training)")
     ids = np.asarray(data.val_ids, dtype=np.int64)
     if len(ids) == 0:
         raise Avatar3DError(f"{subject}: the held-out (val) split is empty; re-run `avatar3d prep` with a val split")
@@ -233,20 +236,22 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
         f"(head {_fmt(image['psnr_head'])}, mouth {_fmt(image['psnr_mouth'])}), mouth LMD {_fmt(lmd.mouth)} px, "
         f"face detected in {lmd.detection_rate_pred:.0%} rendered / {lmd.detection_rate_ref:.0%} reference frames, "
         f"sync lag {sync_pred.lag_frames if sync_pred.valid else 'n/a'}"
-        + (f", LPIPS {_fmt(lpips_entry['full'])}" if isinstance(lpips_entry, dict) else "")
+        + (f", LPIPS {_fmt(lpips_entry['full'])}" if "unavailable" not in lpips_entry else "")
         + f" -> {out_dir / 'report.html'}")
     return run
 
 
 def _lpips_entry(metric: Any, files: Any, rendered: np.ndarray, reference: np.ndarray,
-                 heads: list[np.ndarray]) -> dict[str, Any] | str:
-    """metrics.json's ``lpips``: the means with their provenance, or the reason it is unavailable."""
+                 heads: list[np.ndarray]) -> dict[str, Any]:
+    """metrics.json's ``lpips``: the means with their provenance, or None means and ``unavailable``: the
+    reason -- a mapping either way, like the ``lmd`` and ``sync`` entries."""
     from avatar3d.eval.lpips import MIN_SIZE, lpips_pairs
 
     if metric is None:
-        return LPIPS_UNAVAILABLE
+        return {"full": None, "head": None, "unavailable": LPIPS_UNAVAILABLE}
     if rendered.shape[1] < MIN_SIZE:
-        return f"unavailable (frames of {rendered.shape[1]} px are below AlexNet's {MIN_SIZE} px minimum; use --size)"
+        return {"full": None, "head": None,
+                "unavailable": f"frames of {rendered.shape[1]} px are below AlexNet's {MIN_SIZE} px minimum; use --size"}
     full, head = lpips_pairs(metric, rendered, reference, heads)
     n_head = int(np.isfinite(head).sum())
     return {"full": _num(float(np.mean(full))), "head": _num(float(np.nanmean(head))) if n_head else None,

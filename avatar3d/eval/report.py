@@ -122,10 +122,10 @@ def _panel(img: np.ndarray) -> np.ndarray:
     return np.repeat(np.repeat(img, k, axis=0), k, axis=1) if k > 1 else img
 
 
-def _lpips_row(entry: dict[str, Any] | str) -> tuple[str, str, str]:
+def _lpips_row(entry: dict[str, Any]) -> tuple[str, str, str]:
     """LPIPS full / head with the weights it was computed with, or the reason it is unavailable."""
-    if not isinstance(entry, dict):
-        return ("LPIPS", str(entry), "AlexNet v0.1 needs local weights (--lpips-weights)")
+    if "unavailable" in entry:
+        return ("LPIPS", f"unavailable ({entry['unavailable']})", "AlexNet v0.1 needs local weights (--lpips-weights)")
     return ("LPIPS full / head (AlexNet v0.1)", f"{fmt(entry['full'], 4)} / {fmt(entry['head'], 4)}",
             f"lower is better; mean over {entry['n_frames']} frames (head: {entry['n_head']} frames whose "
             f"head box is at least {LPIPS_MIN_SIZE} px); "

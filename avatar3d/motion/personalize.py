@@ -70,6 +70,10 @@ class PersonalizeConfig:
     """Evaluations without improvement before stopping."""
     seed: int = 0
     """Seed of the crops and dropout."""
+    calibrate: bool = True
+    """Before fine-tuning, rescale each output channel of the base model to the subject's tracked range (a
+    per-channel affine map in logit space, fitted on the training rows and folded into the output layer), so the
+    fine-tune starts in the subject's scale: a channel the tracker holds nearly still starts nearly still."""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.crop_frames < 2 or self.eval_every < 1 or self.patience < 1:
@@ -142,6 +146,8 @@ def personalize(subject_dir: str | Path, out_path: str | Path, base: str | Path 
              "energy_linear": energy(full["energy_db"].astype(np.float64))}
 
     model = MotionModel.from_state(copy.deepcopy(base_model.state()))
+    if cfg.calibrate:
+        calibrate_output(model, base_pred, y, inner_rows)
     history = _finetune(model, speech, (lo, cut), hold_rows, cfg, progress)
     preds["personalized"] = evaluate(model, [full])
 
@@ -158,6 +164,28 @@ def personalize(subject_dir: str | Path, out_path: str | Path, base: str | Path 
                   "personalization": report}
     model.save(out_path)
     return report
+
+
+def _logit(p: np.ndarray, eps: float) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), eps, 1.0 - eps)
+    return np.log(p / (1.0 - p))
+
+
+def calibrate_output(model: MotionModel, pred: np.ndarray, target: np.ndarray, rows: np.ndarray) -> None:
+    """Folds ``logit(target[:, k]) ~ a_k + b_k logit(pred[:, k])`` (least squares on ``rows``) into the output layer.
+
+    The network's output is sigmoid(head(h)), so scaling head's row k by b_k and shifting its bias by a_k maps
+    every prediction exactly as fitted; b_k is kept in [0, 2] (no sign flips, no blow-up on a flat channel).
+    """
+    z, u = _logit(pred[rows], 1e-4), _logit(target[rows], 5e-3)
+    head = model.net.head
+    with torch.no_grad():
+        for k in range(z.shape[1]):
+            zc, uc = z[:, k] - z[:, k].mean(), u[:, k] - u[:, k].mean()
+            b = float(np.clip((zc @ uc) / max(float(zc @ zc), 1e-12), 0.0, 2.0))
+            a = float(u[:, k].mean() - b * z[:, k].mean())
+            head.weight[k].mul_(b)
+            head.bias[k] = b * head.bias[k] + a
 
 
 def _finetune(model: MotionModel, speech: SubjectSpeech, inner: tuple[int, int], hold_rows: np.ndarray,

@@ -11,7 +11,7 @@ the neck seam is learned from the parsing labels rather than pasted.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from avatar3d.errors import Avatar3DError
 from avatar3d.nerf.composite import composite, render_inference
 from avatar3d.nerf.fields import HeadField, HeadFieldConfig, TorsoField, TorsoFieldConfig
 from avatar3d.nerf.occupancy import OccupancyGrid, pack_bits, unpack_bits
+from avatar3d.nerf.pose_correction import PoseCorrection
 from avatar3d.nerf.raymarch import MarchParams, prune_occluded, ray_march
 
 
@@ -40,6 +41,9 @@ class AvatarConfig:
     render_threshold: float = 1e-3  # inference: stop a ray once its transmittance is below this
     render_steps: int = 6  # inference: samples per ray per round (at least)
     render_sample_budget: int = 0  # inference: > 0 lets the survivors of a round take more steps (composite.render_inference)
+    pose_knot_frames: int = 0
+    """> 0: learn a smooth correction of the tracked head poses during training, one knot every this
+    many frames (nerf.pose_correction); 0: the tracked poses are used as they are."""
 
     def march_params(self) -> MarchParams:
         return MarchParams(0.05, self.cone_angle, self.dt_min, self.dt_max, self.max_samples)
@@ -92,6 +96,7 @@ class AvatarModel(nn.Module):
         self.head = HeadField(config.head, motion_dim, tuple(config.head_aabb), n_frames)
         self.torso = TorsoField(config.torso)
         self.grid = OccupancyGrid(config.head_aabb, config.grid_resolution)
+        self.pose = PoseCorrection(n_frames, config.pose_knot_frames) if config.pose_knot_frames > 0 and n_frames else None
         # Cells where the head may be at all (a visual hull from the masks; all True until carved).
         self.register_buffer("hull", torch.ones(self.grid.geometry.n_cells, dtype=torch.bool))
 
@@ -110,7 +115,10 @@ class AvatarModel(nn.Module):
     def render_rays(self, batch: RayBatch) -> dict[str, torch.Tensor]:
         """Differentiable render of a ray batch: rgb, head opacity/colour, torso alpha/colour, regulariser terms."""
         n = batch.origins.shape[0]
-        samples = ray_march(batch.origins, batch.dirs, self.grid, self.config.march_params())
+        if self.pose is not None and batch.frame_ids is not None and self.training:
+            origins, dirs = self.pose.correct_rays(batch.origins, batch.dirs, batch.frame_ids)
+            batch = replace(batch, origins=origins, dirs=dirs)
+        samples = ray_march(batch.origins.detach(), batch.dirs.detach(), self.grid, self.config.march_params())
         head_rgb = batch.origins.new_zeros(n, 3)
         head_alpha = batch.origins.new_zeros(n)
         attn_mean = batch.origins.new_zeros(())

@@ -17,7 +17,7 @@ from avatar3d.io.atomic import check_writable
 from avatar3d.io.audio import read_wav
 from avatar3d.io.video import VideoWriter
 from avatar3d.train.data import load_subject
-from avatar3d.train.trainer import load_avatar, render_subject_frame
+from avatar3d.train.trainer import load_avatar, render_subject_frame, use_refined_poses
 
 
 def split_ids(data, split: str) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -41,6 +41,8 @@ def render_from_subject(
     check_writable(Path(out))
     model, meta = load_avatar(avatar)
     data = load_subject(subject, int(meta["resolution"]), progress=progress)
+    if n_refined := use_refined_poses(data, meta):
+        log(f"[render] using the avatar's refined head poses of {subject} ({n_refined} frames)")
     ids = split_ids(data, split)
     if len(ids) == 0:
         raise Avatar3DError(f"{subject}: the {split} split is empty; use --split all")

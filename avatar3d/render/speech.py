@@ -34,7 +34,7 @@ PERSONAL_MODEL_NAME = "motion.pt"
 MIN_SPEECH_S = 0.2
 
 
-PHONE_MODES = ("auto", "off")
+PHONE_MODES = ("auto", "loop", "off")
 QUIET_CUT_S = 0.3  # a phone window ends in the middle of the quietest 300 ms of its last phone_cut_search_s
 
 
@@ -119,9 +119,10 @@ class SpeechSource:
     """Where the speech comes from: an audio/video file, or text spoken by espeak-ng.
 
     ``phones``: ``auto`` times the lip constraints (:mod:`avatar3d.motion.phone_constraints`) with
-    espeak-ng's own phoneme timings for text, and with pocketsphinx phone-loop decoding for audio
-    (no transcript: the user's audio has none) when pocketsphinx is importable; ``off``: the audio
-    alone drives the mouth.  A file is read in chunks (``stream``), never whole.
+    espeak-ng's own phoneme timings for text, and for audio (no transcript: the user's audio has none)
+    with the words pocketsphinx recognises, force-aligned (:mod:`avatar3d.audio.word_phones`; its phone
+    loop when the words look wrong) when pocketsphinx is importable; ``loop``: always the phone loop
+    for audio; ``off``: the audio alone drives the mouth.  A file is read in chunks (``stream``), never whole.
     """
 
     audio_path: Path | None = None
@@ -153,7 +154,7 @@ class SpeechSource:
             tts = synthesize_with_phonemes(self.text, voice=self.voice, sample_rate=SAMPLE_RATE)
             source = SpeechAudio(array=tts.audio)
             spoken = SpokenSpeech(source, tuple(tts.as_phones()), "espeak-ng's own phoneme timings") \
-                if self.phones == "auto" else SpokenSpeech(source, None, "off (--phones off)")
+                if self.phones != "off" else SpokenSpeech(source, None, "off (--phones off)")
         else:
             source = SpeechAudio(path=self._check_file())
             if self.phones == "off":
@@ -161,8 +162,11 @@ class SpeechSource:
             elif importlib.util.find_spec("pocketsphinx") is None:
                 spoken = SpokenSpeech(source, None, "off (pocketsphinx is not importable; pip install pocketsphinx)")
             else:
-                phones, cuts = phone_loop_timeline(source.chunks(self.stream.chunk_samples), self.stream)
-                origin = "pocketsphinx phone-loop decoding (no transcript)"
+                from avatar3d.audio.word_phones import WindowDecoder
+
+                words = WindowDecoder() if self.phones == "auto" else None
+                phones, cuts = phone_loop_timeline(source.chunks(self.stream.chunk_samples), self.stream, words)
+                origin = words.describe() if words else "pocketsphinx phone-loop decoding (no transcript)"
                 if cuts:
                     origin += (f", in {len(cuts) + 1} windows of <= {self.stream.phone_window_s:g} s cut at "
                                f"the quietest {QUIET_CUT_S * 1000:.0f} ms")  # fmt: skip
@@ -198,13 +202,15 @@ class SpeechSource:
         return path
 
 
-def phone_loop_timeline(chunks: Iterable[np.ndarray],
-                        config: StreamConfig = StreamConfig()) -> tuple[list, list[float]]:
+def phone_loop_timeline(chunks: Iterable[np.ndarray], config: StreamConfig = StreamConfig(),
+                        decode_window: Callable[[np.ndarray, int], list] | None = None) -> tuple[list, list[float]]:
     """(contiguous phones over the whole speech, the cuts between windows in s) by pocketsphinx phone-loop decoding.
 
     Speech up to ``config.phone_window_s`` is decoded whole; longer speech window by window, each cut in
     the middle of the quietest 300 ms of its last ``phone_cut_search_s`` (:func:`quiet_cut`), so memory is
     bounded by a window.  Silences meeting at a cut are merged (a pause cut in two is still one pause).
+    ``decode_window(audio, sample_rate) -> phones`` replaces the phone loop as the decoder of a window
+    (``--phones auto``: :class:`avatar3d.audio.word_phones.WindowDecoder`, recognised words force-aligned).
     """
     from avatar3d.synth.phonemes import align_phones
 
@@ -217,7 +223,8 @@ def phone_loop_timeline(chunks: Iterable[np.ndarray],
 
     def decode(x: np.ndarray) -> None:
         nonlocal offset
-        _append_shifted(phones, align_phones(x, SAMPLE_RATE, None), offset / SAMPLE_RATE)
+        new = decode_window(x, SAMPLE_RATE) if decode_window else align_phones(x, SAMPLE_RATE, None)
+        _append_shifted(phones, new, offset / SAMPLE_RATE)
         offset += len(x)
 
     for chunk in chunks:

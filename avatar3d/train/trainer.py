@@ -14,6 +14,7 @@ exactly (same rays, same updates) after a crash or a kill.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from avatar3d.nerf.model import AvatarConfig, AvatarModel, RayBatch, pixel_dirs,
 from avatar3d.train.checkpoint import AVATAR_NAME, CHECKPOINT_NAME, FORMAT_VERSION, load_state, restore, save_checkpoint
 from avatar3d.train.data import LIP_IDS, SubjectData, load_subject
 from avatar3d.train.hull import carve_head_hull
+from avatar3d.train.pose_fit import PoseFitConfig, fit_poses
 
 CONFIG_NAME = "config.yaml"
 HISTORY_NAME = "history.json"
@@ -55,6 +57,12 @@ class TrainConfig:
     lr_grid: float = 1e-2
     lr_net: float = 2e-3
     lr_final_factor: float = 0.1  # exponential decay to this factor at the last step
+    lr_pose: float = 5e-4  # the pose-correction knots (avatar.pose_knot_frames > 0), rad and 0.1 m units
+    pose_refine_start: int = 500  # poses are corrected only once the field has a shape to align
+    held_out_pose_fit: PoseFitConfig | None = None
+    """Set: after training, the held-out frames' head poses are re-tracked photometrically with the
+    trained avatar frozen (train.pose_fit; 6 numbers per knot, nothing else) and saved in the avatar;
+    the final metrics report them ("val") next to the landmark-tracked poses ("val_tracked")."""
     head_mask_weight: float = 0.02
     torso_mask_weight: float = 0.02
     attention_weight: float = 1e-3
@@ -282,10 +290,14 @@ def resolve_device(name: str) -> torch.device:
 def _optimizer(model: AvatarModel, config: TrainConfig) -> torch.optim.Optimizer:
     grids = [model.head.encoding.table, model.torso.encoding.table]
     grid_ids = {id(p) for p in grids}
-    nets = [p for p in model.parameters() if id(p) not in grid_ids]
-    return torch.optim.Adam([{"params": grids, "lr": config.lr_grid, "base_lr": config.lr_grid},
-                             {"params": nets, "lr": config.lr_net, "base_lr": config.lr_net}],
-                            betas=(0.9, 0.99), eps=1e-15)  # fmt: skip
+    poses = [model.pose.knots] if model.pose is not None else []
+    fixed = grid_ids | {id(p) for p in poses}
+    nets = [p for p in model.parameters() if id(p) not in fixed]
+    groups = [{"params": grids, "lr": config.lr_grid, "base_lr": config.lr_grid, "start": 0},
+              {"params": nets, "lr": config.lr_net, "base_lr": config.lr_net, "start": 0}]
+    if poses:
+        groups.append({"params": poses, "lr": 0.0, "base_lr": config.lr_pose, "start": config.pose_refine_start})
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
 
 
 def _eval_ids(data: SubjectData, n: int) -> np.ndarray:
@@ -337,6 +349,8 @@ def train(
     if state is None:
         hull = carve_head_hull(model.grid, data.R, data.t, data.K, data.labels, data.train_ids)
         model.set_hull(hull)
+        if model.pose is not None:
+            model.pose.set_gauge(data.train_ids)
         log(f"[train] head hull from the masks: {100 * float(hull.float().mean()):.1f}% of the head box")
     else:
         step = restore(state, model=model, optimizer=opt, torch_gen=torch_gen, np_gen=np_gen)
@@ -374,7 +388,7 @@ def train(
             progress = max(progress, elapsed / config.time_budget_s)
         factor = config.lr_final_factor ** min(progress, 1.0)
         for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * factor
+            g["lr"] = g["base_lr"] * factor if step >= g.get("start", 0) else 0.0
         if step % config.grid_update_every == 0:
             f = int(np_gen.choice(data.train_ids))
             model.update_grid(torch.from_numpy(data.motion(np.array([f]))[0]).float().to(dev), step, torch_gen,
@@ -408,21 +422,46 @@ def train(
     if finished:
         result["val"] = evaluate()
         checkpoint()
-        save_avatar(out / AVATAR_NAME, model, data, config)
-        log(f"[train] {step} steps in {elapsed:.0f} s; held-out PSNR full {result['val']['psnr_full']:.2f} / "
-            f"head {result['val']['psnr_head']:.2f} / mouth {result['val']['psnr_mouth']:.2f} dB -> {out / AVATAR_NAME}")
+        R, t = _training_poses(model, data)
+        if config.held_out_pose_fit is not None and len(data.val_ids):
+            log(f"[train] re-tracking the {len(data.val_ids)} held-out frames' head poses photometrically")
+            R[data.val_ids], t[data.val_ids] = fit_poses(model, data, data.val_ids, config, config.held_out_pose_fit)
+            result["val_tracked"] = result["val"]
+            result["val"] = evaluate_frames(model, dataclasses.replace(data, R=R, t=t), eval_ids)[0]
+        save_avatar(out / AVATAR_NAME, model, data, config, poses=(R, t))
+        val = result["val"]
+        log(f"[train] {step} steps in {elapsed:.0f} s; held-out PSNR full {val['psnr_full']:.2f} / head "
+            f"{val['psnr_head']:.2f} / mouth {val['psnr_mouth']:.2f} dB"
+            + (f" (re-tracked poses; landmark-tracked: head {result['val_tracked']['psnr_head']:.2f} dB)"
+               if "val_tracked" in result else "") + f" -> {out / AVATAR_NAME}")
     if writer is not None:
         writer.close()
     return result
 
 
-def save_avatar(path: Path, model: AvatarModel, data: SubjectData, config: TrainConfig) -> None:
-    """The inference bundle: weights, model config, camera, plate, the subject's poses and motion (for `render`)."""
+def _training_poses(model: AvatarModel, data: SubjectData) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the subject's poses with the training frames as the field saw them (learned corrections)."""
+    R, t = data.R.copy(), data.t.copy()
+    if model.pose is not None:
+        ids = data.train_ids
+        R[ids], t[ids] = (a[ids] for a in model.pose.corrected_poses(data.R, data.t))
+    return R, t
+
+
+def save_avatar(path: Path, model: AvatarModel, data: SubjectData, config: TrainConfig,
+                poses: tuple[np.ndarray, np.ndarray] | None = None) -> None:  # fmt: skip
+    """The inference bundle: weights, model config, camera, plate, the subject's poses and motion (for `render`).
+
+    ``poses``: the refined poses (learned on training frames, re-tracked on held-out ones) saved as
+    "R"/"t"; the landmark-tracked ones are kept as "R_tracked"/"t_tracked".
+    """
+    R, t = poses if poses is not None else _training_poses(model, data)
     bundle = {
         "format_version": FORMAT_VERSION, "avatar3d_version": __version__, "avatar_config": _plain(to_dict(config.avatar)),
         "motion_dim": model.motion_dim, "n_frames": data.n_frames, "model": model.state_dict(),
         "resolution": data.resolution, "K": data.K, "background": (data.background * 255).round().astype(np.uint8),
-        "expression_names": list(data.expression_names), "R": data.R, "t": data.t, "fps": data.fps,
+        "expression_names": list(data.expression_names), "R": R, "t": t, "R_tracked": data.R, "t_tracked": data.t,
+        "fps": data.fps,
         "expression": data.expression, "blink": data.blink,
         "train_ids": data.train_ids, "val_ids": data.val_ids, "subject": str(data.root),
     }  # fmt: skip
@@ -441,6 +480,22 @@ def load_avatar(path: str | Path) -> tuple[AvatarModel, dict[str, Any]]:
     model.load_state_dict(bundle.pop("model"))
     model.eval()
     return model, bundle
+
+
+def use_refined_poses(data: SubjectData, bundle: dict[str, Any]) -> int:
+    """Swaps the avatar's refined poses into ``data`` when it is the subject the avatar was trained on.
+
+    The subject is recognised by its tracked poses (equal to the bundle's), not by its path, so a
+    copied subject folder still matches and another subject never does.  Returns the number of
+    frames whose pose changed (0: nothing swapped).
+    """
+    tracked = bundle.get("R_tracked")
+    if tracked is None or np.shape(tracked) != data.R.shape or not np.allclose(tracked, data.R, atol=1e-9) \
+            or not np.allclose(bundle["t_tracked"], data.t, atol=1e-12):
+        return 0
+    changed = int((np.abs(bundle["R"] - data.R).max(axis=(1, 2)) > 0).sum())
+    data.R, data.t = np.asarray(bundle["R"], np.float64).copy(), np.asarray(bundle["t"], np.float64).copy()
+    return changed
 
 
 def require_motion(bundle: dict[str, Any]) -> None:

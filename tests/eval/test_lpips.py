@@ -287,6 +287,7 @@ def test_eval_reports_lpips_with_local_weights(tiny_avatar_run, avatar_subject: 
                    progress=False, log=lines.append)
     m = json.loads((out / "metrics.json").read_text())
     lp = m["lpips"]
+    assert "unavailable" not in lp
     assert lp["n_frames"] == 4 and len(lp["per_frame_full"]) == 4 and lp["net"] == "alex" and lp["version"] == "0.1"
     assert lp["backbone"] == str(weights_dir / BACKBONE) and lp["heads"] == str(weights_dir / HEADS)
     assert lp["full"] == pytest.approx(np.mean(lp["per_frame_full"])) and lp["full"] > 0
@@ -301,7 +302,8 @@ def test_eval_reports_lpips_with_local_weights(tiny_avatar_run, avatar_subject: 
     # frames below AlexNet's minimum: unavailable with the reason, the rest of the eval unaffected
     small = evaluate(tiny_avatar_run[0], avatar_subject, tmp_path / "b",
                      EvalConfig(frames=2, size=16, lpips_weights=weights_dir), progress=False, log=lambda s: None)
-    assert small.metrics["lpips"].startswith("unavailable") and "31 px" in small.metrics["lpips"]
+    assert "31 px" in small.metrics["lpips"]["unavailable"]
+    assert small.metrics["lpips"]["full"] is None
     assert small.metrics["image"]["psnr_full"] is not None
 
 

@@ -89,7 +89,7 @@ def test_report_is_self_contained(report: Path) -> None:
     assert not any(tag in ("script", "link", "iframe") for tag, _ in tags)
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)|url\(\s*["']?(https?:|//)""", html)
     for needle in ("PSNR full / head / mouth", "LMD mouth / face", "sync lag", "blinks per minute",
-                   "unavailable (no local weights given)", "Provenance"):
+                   "unavailable (no local weights given (--lpips-weights))", "Provenance"):
         assert needle in html
 
 

@@ -136,14 +136,17 @@ def test_torso_follows_head_yaw(tiny_avatar) -> None:
     labels = np.asarray(data.labels[i])
     torso = labels == 2
     change = np.abs(left - right).mean(-1)
-    assert change[torso].mean() > 0.005, "the torso ignores the head's yaw"
+    # measured: 0.0041 with the 2026-11-26 tracker (smoother poses), > 0.005 before; an untrained torso
+    # field's response to the pose code is 0.0008
+    assert change[torso].mean() > 0.003, "the torso ignores the head's yaw"
     # It changes smoothly with yaw: half the yaw, roughly half the change (no flicker).
     half = np.abs(mid - right).mean(-1)[torso].mean()
     assert 0.2 * change[torso].mean() < half < 0.8 * change[torso].mean()
 
 
 def test_resume_continues_exactly(subject_copy, tmp_path) -> None:
-    cfg = tiny_config(steps=40, checkpoint_every=10)
+    cfg = tiny_config(steps=40, checkpoint_every=10, pose_refine_start=15)  # pose knots learn across the resume
+    cfg = dataclasses.replace(cfg, avatar=dataclasses.replace(cfg.avatar, pose_knot_frames=4))
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(subject_copy, straight, cfg, progress=False, log=lambda s: None)
     first = train(subject_copy, split, cfg, progress=False, log=lambda s: None, stop_after_steps=20)
@@ -152,8 +155,10 @@ def test_resume_continues_exactly(subject_copy, tmp_path) -> None:
         train(subject_copy, split, cfg, progress=False)
     train(subject_copy, split, None, resume=True, progress=False, log=lambda s: None)
     a, b = load_avatar(straight)[0].state_dict(), load_avatar(split)[0].state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=lambda m: f"{k}: {m}")
+    assert a["pose.knots"].abs().max() > 0, "the pose corrections did not learn after pose_refine_start"
+    for k in a:  # two uninterrupted runs already differ by ~1e-6 (multi-threaded CPU reductions); a lost
+        # optimizer moment or random state differs by orders of magnitude more
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
     with pytest.raises(Avatar3DError, match="another config"):
         train(subject_copy, split, tiny_config(steps=41), resume=True, progress=False)
 
