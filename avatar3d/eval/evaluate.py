@@ -130,7 +130,7 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     data = load_subject(subject, r, progress=progress)
     if n_refined := use_refined_poses(data, meta):
         log(f"[eval] {subject} is the avatar's own subject: using its refined head poses ({n_refined} frames "
-            "re-tracked photometrically during training)")
+            "differ from the landmark tracking: corrected in training or re-tracked photometrically)")
     ids = np.asarray(data.val_ids, dtype=np.int64)
     if len(ids) == 0:
         raise Avatar3DError(f"{subject}: the held-out (val) split is empty; re-run `avatar3d prep` with a val split")

@@ -50,8 +50,8 @@ from avatar3d.audio.features import LOG_FLOOR, _n_fft, _window_samples, _yin_lag
 from avatar3d.errors import Avatar3DError
 from avatar3d.motion.model import MotionModel, _resample, hops_per_frame, load_default, scalar_features
 
-__all__ = ["GateConfig", "MouthFrames", "MotionStream", "speech_gate", "predict_stream", "stream_file",
-           "iter_audio_chunks"]
+__all__ = ["GateConfig", "MouthFrames", "MotionStream", "speech_gate", "silent_output", "predict_stream",
+           "stream_file", "iter_audio_chunks"]
 
 # --- the opt-in guard against non-speech input -----------------------------------------------------
 
@@ -179,7 +179,7 @@ class MotionStream:
         self._v_start = 0
         self._v_last = -(1 << 40)  # last voiced input frame before _v_start
         self._dc = _DCBlocker(gate.dc_cutoff_hz, self.sample_rate) if gate and gate.dc_cutoff_hz > 0 else None
-        self._silent = _silent_output(self.model) if gate else None
+        self._silent = silent_output(self.model) if gate else None
         self._closed = False
         self._mel_floor = m._floor
         self.compute_s = 0.0  # wall time spent in push/flush
@@ -366,7 +366,7 @@ def _ac_level_db(seg: np.ndarray, first: int, count: int, hop: int, window: int)
     return (10.0 * np.log10(np.maximum(frames.var(axis=1), LOG_FLOOR))).astype(np.float32)
 
 
-def _silent_output(model: MotionModel) -> np.ndarray:
+def silent_output(model: MotionModel) -> np.ndarray:
     """The model's steady output for digital silence, [n_names] (what the gate holds the mouth at)."""
     n = int(model.config.fps)
     out = model.predict(np.zeros(model.audio.sample_rate, np.float32), model.config.fps, n)

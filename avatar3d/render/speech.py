@@ -135,16 +135,6 @@ class SpeechSource:
         if self.phones not in PHONE_MODES:
             raise Avatar3DError(f"--phones {self.phones!r}: use one of {', '.join(PHONE_MODES)}")
 
-    def load(self) -> np.ndarray:
-        """float32 mono audio at 16 kHz, whole; one-line errors for missing, silent-length or unreadable input."""
-        self._check()
-        if self.text is not None:
-            from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
-
-            return synthesize_with_phonemes(self.text, voice=self.voice, sample_rate=SAMPLE_RATE).audio
-        self._check_file()
-        return read_audio(Path(self.audio_path), SAMPLE_RATE)
-
     def speech(self, log: Callable[[str], None] = print) -> SpokenSpeech:
         """The audio and, per ``phones``, its phone timeline; logs which timeline drives the lips."""
         self._check()
@@ -293,7 +283,7 @@ def _own_rate_curves(mouth_model, chunks: Iterable[np.ndarray]) -> tuple[dict[st
 def _at_frame_rate(mouth_model, own: dict[str, np.ndarray], fps: float, n: int, phones,  # type: ignore[no-untyped-def]
                    constraints: PhoneConstraintConfig, window_s: float) -> dict[str, np.ndarray]:
     """Own-rate curves resampled to ``n`` frames at ``fps``, then the phone constraints (window by window)."""
-    from avatar3d.motion.streaming import _silent_output
+    from avatar3d.motion.streaming import silent_output
 
     rate = float(mouth_model.config.fps)
     t_out = (np.arange(n) + 0.5) / fps
@@ -301,7 +291,7 @@ def _at_frame_rate(mouth_model, own: dict[str, np.ndarray], fps: float, n: int, 
     out = {name: np.interp(t_out, t_own, c).astype(np.float32) for name, c in own.items()}
     if phones is None:
         return out
-    rest = dict(zip(mouth_model.names, (float(v) for v in _silent_output(mouth_model))))
+    rest = dict(zip(mouth_model.names, (float(v) for v in silent_output(mouth_model))))
     return constrain_in_windows(out, phones, fps, constraints, rest, int(round(window_s * fps)))
 
 

@@ -15,8 +15,7 @@ import pytest
 from avatar3d.audio.phonetic import phone_frames
 from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
 from avatar3d.errors import Avatar3DError
-from avatar3d.eval.lip_closure import (TESTDATA_DIR, LipGeometry, evaluate_lip_closure, pocketsphinx_recordings,
-                                       read_recording)
+from avatar3d.eval.lip_closure import LipGeometry, evaluate_lip_closure
 from avatar3d.motion.model import load_default
 from avatar3d.motion.phone_constraints import (OPENING, PAIRED, PRESSING, PhoneConstraintConfig,
                                                apply_phone_constraints)
@@ -137,36 +136,8 @@ def test_bad_input() -> None:
 
 # --- real recorded speech, phone loop vs forced alignment ---------------------------------------------
 
-@pytest.mark.skipif(not TESTDATA_DIR.is_dir(), reason="pocketsphinx-testdata is not installed "
-                    "(apt-get install pocketsphinx-testdata; tools/install.sh and CI install it)")
-def test_real_speech_phone_loop_constraints(model, geometry) -> None:
-    """Issue 6 on real speech (measured 2026-11-27, default model + speech gate, 25 fps, 11 force-aligned
-    recordings): bilabials closed 80 % -> 89 % of 35, silences >= 300 ms closed and still 75 % -> 100 % of 4,
-    open vowels open 75 % -> 80 % of 20.  The 90 % bilabial target is not met: the phone loop finds 25 of
-    the 35 bilabials; the 4 misses ("clubs" x3, "meters") are decoded as D / V / NG and stay at 2.15-2.2 mm."""
-    off, on = {"bil": [], "vow": [], "sil": []}, {"bil": [], "vow": [], "sil": []}
-    for rec in pocketsphinx_recordings(transcribed_only=True):
-        audio, sr = read_recording(rec)
-        n = int(math.ceil(len(audio) / sr * FPS))
-        truth = phone_frames(audio, sr, FPS, n, transcript=rec.transcript)
-        if truth.mode != "align":
-            continue
-        loop = phone_frames(audio, sr, FPS, n)  # audio only, as `render --audio` decodes it
-        for store, phones in ((off, None), (on, loop.phones)):
-            res = evaluate_lip_closure(gated_mouth_curves(model, audio, FPS, n, phones), truth.phones, FPS,
-                                       geometry=geometry)
-            store["bil"] += res.bilabials
-            store["vow"] += res.open_vowels
-            store["sil"] += res.silences
-    rate = {name: {k: float(np.mean([d["closed"] if k == "bil" else d["open"] if k == "vow" else
-                                      d["closed"] and d["still"] for d in s[k]])) for k in s}
-            for name, s in (("off", off), ("on", on))}
-    print(f"phones off: {rate['off']}; phone loop: {rate['on']} ({len(on['bil'])} bilabials, "
-          f"{len(on['vow'])} vowels, {len(on['sil'])} silences)")
-    assert len(on["bil"]) >= 30 and len(on["vow"]) >= 15 and len(on["sil"]) >= 3
-    assert rate["on"]["bil"] >= 0.85 and rate["on"]["bil"] > rate["off"]["bil"] + 0.05
-    assert rate["on"]["sil"] == 1.0 and rate["off"]["sil"] < 1.0, "negative control: without phones a pause moves"
-    assert rate["on"]["vow"] >= 0.6, "the counter-check: closure is not bought by a mouth that stays shut"
+# Real speech (pocketsphinx-testdata) with the phone loop, the recognised words and no constraints:
+# tests/audio/test_word_phones.py::test_recognised_words_seal_90_percent_of_real_bilabials.
 
 
 # --- --text: espeak-ng's own timings --------------------------------------------------------------------
@@ -209,7 +180,8 @@ def test_speech_source_picks_and_logs_the_timeline(tmp_path) -> None:
     spoken = SpeechSource(text="Bob and Mama.", voice="en-us").speech(log=logs.append)
     assert spoken.phones is not None and "espeak-ng's own phoneme timings" in logs[-1]
     assert sum(p.label in ("B", "M") for p in spoken.phones) == 4
-    assert np.array_equal(spoken.audio, SpeechSource(text="Bob and Mama.").load())
+    plain = synthesize_with_phonemes("Bob and Mama.", voice="en-us", sample_rate=16000)
+    assert np.array_equal(spoken.audio, plain.audio)
     off = SpeechSource(text="Bob and Mama.", phones="off").speech(log=logs.append)
     assert off.phones is None and "--phones off" in logs[-1] and np.array_equal(off.audio, spoken.audio)
     wav = tmp_path / "speech.wav"

@@ -38,7 +38,7 @@ import torch
 from avatar3d.face.default_model import load_face_model
 from avatar3d.motion.corpus import CorpusConfig, build_corpus, load_split
 from avatar3d.motion.model import MotionModelConfig, load
-from avatar3d.motion.streaming import GateConfig, MotionStream, _silent_output, speech_gate
+from avatar3d.motion.streaming import GateConfig, MotionStream, silent_output, speech_gate
 from avatar3d.motion.train import TrainConfig, evaluate, pretrain
 from avatar3d.synth import regions as rg
 from avatar3d.synth.speech import synthesize
@@ -97,7 +97,7 @@ def speed(model, seconds: float = 60.0) -> dict[str, float]:
 
 def gated(model, test: list[dict], config: GateConfig = GateConfig()) -> np.ndarray:
     """evaluate() with the voice-activity gate applied from each utterance's voiced fraction."""
-    k, silent, out = model.config.lookahead_frames, _silent_output(model), []
+    k, silent, out = model.config.lookahead_frames, silent_output(model), []
     for u in test:
         n = len(u["targets"])
         g = speech_gate(u["voiced_fraction"][np.minimum(np.arange(n + k), n - 1)], n, k, config)

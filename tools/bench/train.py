@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 from avatar3d.config import load_config
 from avatar3d.eval.pose import constant_rotation_offset, rotation_errors_deg
 from avatar3d.train.data import load_subject
-from avatar3d.train.trainer import TrainConfig, evaluate_frames, load_avatar, render_subject_frame, train, use_refined_poses
+from avatar3d.train.trainer import (TrainConfig, evaluate_frames, load_avatar, render_subject_frame, train,
+                                    use_refined_poses)
 
 REPO = Path(__file__).resolve().parents[2]
 
