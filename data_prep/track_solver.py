@@ -30,20 +30,9 @@ import numpy as np
 import scipy.sparse
 import torch
 
+from avatar3d.rotation import so3_exp as rodrigues  # axis-angle [...,3] -> [...,3,3]
+
 POSE = 6  # axis-angle (rad) + translation (cm) per frame
-
-
-def rodrigues(omega: torch.Tensor) -> torch.Tensor:
-    """Axis-angle [...,3] -> rotation matrices [...,3,3] (safe near zero)."""
-    theta2 = (omega * omega).sum(-1, keepdim=True)
-    theta = torch.sqrt(theta2 + 1e-12)
-    k = omega / theta
-    kx, ky, kz = k.unbind(-1)
-    zero = torch.zeros_like(kx)
-    skew = torch.stack([zero, -kz, ky, kz, zero, -kx, -ky, kx, zero], -1).reshape(*omega.shape[:-1], 3, 3)
-    eye = torch.eye(3, dtype=omega.dtype).expand_as(skew)
-    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
-    return eye + s * skew + (1.0 - c) * (skew @ skew)
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:

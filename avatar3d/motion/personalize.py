@@ -89,8 +89,8 @@ def _l1(pred: np.ndarray, truth: np.ndarray, rows: np.ndarray) -> float:
     return float(np.abs(pred[rows] - truth[rows]).mean())
 
 
-def _linear_fit(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """Least-squares ``y[:, k] = a_k + b_k * x[:, k or 0]`` on ``rows``; applied result clipped to [0, 1]."""
+def _affine_coefficients(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """[K, 2]: least-squares ``y[:, k] = a_k + b_k * x[:, k or 0]`` on ``rows`` (x [n, K] or [n] / [n, 1])."""
     x = x if x.ndim == 2 else x[:, None]
     coef = []
     for k in range(y.shape[1]):
@@ -98,7 +98,12 @@ def _linear_fit(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> Callable[[np.
         design = np.stack([np.ones_like(xk), xk], axis=1)
         c, *_ = np.linalg.lstsq(design[rows], y[rows, k].astype(np.float64), rcond=None)
         coef.append(c)
-    coef_a = np.asarray(coef)  # [16, 2]
+    return np.asarray(coef)
+
+
+def _linear_fit(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`_affine_coefficients` as a predictor; applied result clipped to [0, 1]."""
+    coef_a = _affine_coefficients(x, y, rows)  # [16, 2]
 
     def apply(xn: np.ndarray) -> np.ndarray:
         xn = xn if xn.ndim == 2 else xn[:, None]
@@ -177,13 +182,12 @@ def calibrate_output(model: MotionModel, pred: np.ndarray, target: np.ndarray, r
     The network's output is sigmoid(head(h)), so scaling head's row k by b_k and shifting its bias by a_k maps
     every prediction exactly as fitted; b_k is kept in [0, 2] (no sign flips, no blow-up on a flat channel).
     """
-    z, u = _logit(pred[rows], 1e-4), _logit(target[rows], 5e-3)
+    z, u = _logit(pred, 1e-4), _logit(target, 5e-3)
+    slopes = np.clip(_affine_coefficients(z, u, rows)[:, 1], 0.0, 2.0)
+    offsets = u[rows].mean(0) - slopes * z[rows].mean(0)  # least squares for the (possibly clipped) slope
     head = model.net.head
     with torch.no_grad():
-        for k in range(z.shape[1]):
-            zc, uc = z[:, k] - z[:, k].mean(), u[:, k] - u[:, k].mean()
-            b = float(np.clip((zc @ uc) / max(float(zc @ zc), 1e-12), 0.0, 2.0))
-            a = float(u[:, k].mean() - b * z[:, k].mean())
+        for k, (a, b) in enumerate(zip(offsets.tolist(), slopes.tolist())):
             head.weight[k].mul_(b)
             head.bias[k] = b * head.bias[k] + a
 

@@ -6,7 +6,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from avatar3d.nerf.model import pixel_dirs, to_head_space
-from avatar3d.nerf.pose_correction import PoseCorrection, so3_exp
+from avatar3d.nerf.pose_correction import PoseCorrection
+from avatar3d.rotation import so3_exp
 
 
 def test_so3_exp_matches_scipy_for_small_and_large_angles():
