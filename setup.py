@@ -29,6 +29,10 @@ setup(
         # Mesh export (`avatar3d export --mesh`): .glb/.ply/.obj writing, components, hole filling.
         "trimesh>=4.0,<6",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        # Optional speech-encoder front-end (local wav2vec 2.0 / HuBERT folders only; never downloads).
+        "encoder": ["transformers>=5.20,<6"],
+        "test": ["pytest>=8", "transformers>=5.20,<6"],
+    },
     entry_points={"console_scripts": ["avatar3d=avatar3d.cli:main"]},
 )

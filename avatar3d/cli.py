@@ -172,6 +172,8 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
                         "--audio always the phone loop (non-English speech, ~7x faster); off")
     p.add_argument("--motion-model", type=Path,
                    help="audio-to-motion model file (default: the avatar's personalised model, made on first use)")
+    p.add_argument("--speech-encoder", type=Path, metavar="DIR",
+                   help="with --motion-model: the local wav2vec 2.0 / HuBERT folder that model was trained on")
     p.add_argument("--pose", default="subject", metavar="subject|static|generated|VIDEO",
                    help="head pose: the training clip's poses looped back and forth (default), one still pose, "
                         "generated (sampled from a model of the subject's own head motion, --seed), or the head "
@@ -206,7 +208,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
         from avatar3d.render.replay import render_from_subject
 
         extra = [flag for flag, value in (("--camera", args.camera != "training"), ("--stereo", args.stereo),
-                                          ("--rgba", args.rgba), ("--depth", args.depth)) if value]  # fmt: skip
+                                          ("--rgba", args.rgba), ("--depth", args.depth),
+                                          ("--speech-encoder", args.speech_encoder)) if value]  # fmt: skip
         if extra:
             raise Avatar3DError(f"{', '.join(extra)}: only with --audio/--text, not with --motion-from")
 
@@ -217,7 +220,9 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
     config = DriveConfig(pose=args.pose, blink=args.blink, mouth_scale=args.mouth_scale, seed=args.seed)
     source = SpeechSource(audio_path=args.audio, text=args.text, voice=args.voice, phones=args.phones)
+    mouth_model = _encoder_motion_model(args.motion_model, args.speech_encoder, "--motion-model")
     render_from_speech(args.avatar, source, args.out, motion_model_path=args.motion_model, config=config,
+                       mouth_model=mouth_model,
                        size=args.size, blendshapes=args.blendshapes, camera=args.camera,
                        stereo_ipd_mm=args.stereo, rgba=args.rgba, depth=args.depth)
     return 0
@@ -373,11 +378,20 @@ def _add_motion(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--steps", type=_positive_int, help="optimiser steps (default 3000)")
     pre.add_argument("--seed", type=int, help="random seed (default 0)")
     pre.add_argument("--config", type=Path, help="YAML of PretrainConfig values (model:, train:, steps:, seed:)")
+    pre.add_argument("--speech-encoder", type=Path, metavar="DIR",
+                     help="train on the hidden states of a local wav2vec 2.0 / HuBERT / WavLM checkpoint folder "
+                          "(config.json + weights; never downloaded) instead of the log-mel; streams cached in "
+                          "CORPUS/encoder_cache/")
+    pre.add_argument("--encoder-layer", type=int, default=-1, metavar="N",
+                     help="with --speech-encoder: hidden state N (0 = before the transformer; default -1 = the last; "
+                          "middle layers are often more phonetic)")
     pre.set_defaults(func=_cmd_motion_pretrain)
     per = msub.add_parser("personalize", help="fine-tune on one prepared subject's speech and tracked mouth")
     per.add_argument("subject", type=Path, help="subject folder written by `avatar3d prep`")
     per.add_argument("-o", "--out", type=Path, required=True, help="personalised model file to write")
     per.add_argument("--base", type=Path, help="model to start from (default: the shipped default model)")
+    per.add_argument("--speech-encoder", type=Path, metavar="DIR",
+                     help="with --base: the local speech-encoder folder that model was trained on")
     per.add_argument("--steps", type=int, help="most fine-tuning steps (default 400; early stopping ends sooner)")
     per.add_argument("--config", type=Path, help="YAML of PersonalizeConfig values")
     per.set_defaults(func=_cmd_motion_personalize)
@@ -390,10 +404,13 @@ def _cmd_motion_pretrain(args: argparse.Namespace) -> int:
     from avatar3d.motion.train import PretrainConfig, pretrain
 
     config = load_config(PretrainConfig, args.config, steps=args.steps, seed=args.seed)
+    if args.speech_encoder is None and args.encoder_layer != -1:
+        raise Avatar3DError("--encoder-layer needs --speech-encoder DIR")
     ctx = dd.init_from_env()
     try:
         model = pretrain(args.corpus, args.out, config.model, steps=config.steps, seed=config.seed,
-                         train=config.train, dist=ctx)
+                         train=config.train, dist=ctx, speech_encoder=args.speech_encoder,
+                         encoder_layer=args.encoder_layer)
     finally:
         dd.shutdown()
     if ctx.is_main:
@@ -408,10 +425,22 @@ def _cmd_motion_personalize(args: argparse.Namespace) -> int:
     from avatar3d.motion.personalize import PersonalizeConfig, format_table, personalize
 
     config = load_config(PersonalizeConfig, args.config, steps=args.steps)
-    report = personalize(args.subject, args.out, args.base, config)
+    base = _encoder_motion_model(args.base, args.speech_encoder, "--base") or args.base
+    report = personalize(args.subject, args.out, base, config)
     print(format_table(report))
     print(f"personalised motion model in {args.out} (curves in the subject's tracked coefficient scale)")
     return 0
+
+
+def _encoder_motion_model(model_path: Path | None, encoder: Path | None, flag: str):  # type: ignore[no-untyped-def]
+    """The motion model at ``model_path`` loaded with its speech encoder, or None without ``--speech-encoder``."""
+    if encoder is None:
+        return None
+    if model_path is None:
+        raise Avatar3DError(f"--speech-encoder needs {flag} FILE: the motion model trained on that encoder")
+    from avatar3d.motion.model import load
+
+    return load(model_path, speech_encoder=encoder)
 
 
 def build_parser() -> argparse.ArgumentParser:

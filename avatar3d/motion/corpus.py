@@ -35,12 +35,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from avatar3d.audio.features import AudioFeatureConfig, frame_features, frontend_name
+from avatar3d.audio.features import AudioFeatureConfig, frame_features, frontend_name, log_mel
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import save_npz_atomic, write_json_atomic
 from avatar3d.synth.phonemes import SIL, Phone, align_phones, fill_silence, reset_aligners
@@ -250,8 +250,14 @@ def plan(config: CorpusConfig) -> list[UtteranceSpec]:
 
 # --- making one utterance ----------------------------------------------------------------------
 
-def make_utterance(spec: UtteranceSpec, config: CorpusConfig) -> dict[str, np.ndarray]:
-    """Speak, align, make ground-truth curves and features for one planned utterance."""
+def utterance_audio(spec: UtteranceSpec, config: CorpusConfig, *, align: bool = False
+                    ) -> tuple[np.ndarray, list[Phone], int]:
+    """(audio float32 [n_frames * sr / fps], phone timeline or [] unless ``align``, n_frames) of one utterance.
+
+    The same samples :func:`make_utterance` computes its features from (same
+    random stream): a corpus stores only features, so a front-end that needs the
+    waveform (a speech encoder) re-speaks it from the index without aligning.
+    """
     sr = config.sample_rate
     rng = np.random.default_rng([config.seed, SPLITS.index(spec.split) + 10, spec.index])
     cursor = float(rng.uniform(*config.lead_silence_s))
@@ -261,7 +267,9 @@ def make_utterance(spec: UtteranceSpec, config: CorpusConfig) -> dict[str, np.nd
     for k, sentence in enumerate(spec.sentences):
         audio = synthesize(sentence, voice=spec.voice, words_per_minute=spec.words_per_minute, pitch=spec.pitch,
                            sample_rate=sr)
-        phones += [Phone(p.start + cursor, p.end + cursor, p.label) for p in align_phones(audio, sr, sentence, language="en")]
+        if align:
+            phones += [Phone(p.start + cursor, p.end + cursor, p.label)
+                       for p in align_phones(audio, sr, sentence, language="en")]
         gap = config.pause_s if k + 1 < len(spec.sentences) else config.tail_silence_s
         silence = np.zeros(int(round(float(rng.uniform(*gap)) * sr)), np.float32)
         chunks += [audio, silence]
@@ -276,6 +284,14 @@ def make_utterance(spec: UtteranceSpec, config: CorpusConfig) -> dict[str, np.nd
         audio = audio + rng.standard_normal(len(audio)).astype(np.float32) * 10.0 ** (
             float(rng.uniform(*config.noise_db)) / 20.0)
     audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
+    return audio, phones, n_frames
+
+
+def make_utterance(spec: UtteranceSpec, config: CorpusConfig) -> dict[str, np.ndarray]:
+    """Speak, align, make ground-truth curves and features for one planned utterance."""
+    sr = config.sample_rate
+    audio, phones, n_frames = utterance_audio(spec, config, align=True)
+    total = len(audio)
     timeline = fill_silence(phones, total / sr)
     curves = expression_curves(timeline, config.fps, n_frames, rng=np.random.default_rng([config.seed, 3, spec.index,
                                                                                           SPLITS.index(spec.split)]))
@@ -460,5 +476,97 @@ def corpus_fps(corpus_dir: str | Path) -> float:
     return float(read_index(corpus_dir)["config"]["fps"])
 
 
+# --- speech-encoder streams (optional front-end) ---------------------------------------------------
+
+ENCODER_CACHE = "encoder_cache"
+"""Folder (inside a corpus) of cached speech-encoder streams, one subfolder per encoder cache key."""
+
+
+def encoder_cache_dir(corpus_dir: str | Path, encoder: Any) -> Path:
+    """Where the streams of ``encoder`` (a SpeechEncoder) are cached for this corpus."""
+    return Path(corpus_dir) / ENCODER_CACHE / encoder.cache_key()
+
+
+def stream_to_store(stream: np.ndarray) -> np.ndarray:
+    """float16 like the stored log-mel, unless a value would overflow it."""
+    return stream.astype(np.float16) if float(np.abs(stream).max(initial=0.0)) < 6.0e4 else stream.astype(np.float32)
+
+
+def cached_streams(path: Path, meta: dict, compute: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+    """Per-utterance streams from the npz at ``path`` if its sidecar meta equals ``meta``, else computed and
+    written atomically (npz first, then its meta: a half-written cache is never read)."""
+    meta_path = path.with_name(path.name + ".json")
+    try:
+        if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+            with np.load(path) as z:
+                stream, offsets = z["stream"], z["offsets"]
+            return [stream[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+    except (OSError, ValueError, KeyError):
+        pass  # unreadable cache: recompute
+    streams = [stream_to_store(s) for s in compute()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        offsets = np.cumsum([0] + [len(s) for s in streams]).astype(np.int64)
+        save_npz_atomic(path, stream=np.concatenate(streams), offsets=offsets)
+        write_json_atomic(meta_path, meta)
+    except OSError as exc:
+        raise Avatar3DError(f"cannot write the speech-encoder cache {path} ({exc}): make {path.parent} writable")
+    return streams
+
+
+def encoder_streams(corpus_dir: str | Path, split: str, encoder: Any, *, progress: bool = True
+                    ) -> list[np.ndarray]:
+    """The speech-encoder stream [4 n_frames, dim] of every ``split`` utterance, in :func:`load_split` order.
+
+    The corpus keeps features, not audio: each utterance is re-spoken from its
+    plan (espeak-ng, no alignment) and checked against the stored log-mel, so a
+    different espeak-ng gives a one-line error instead of silently mismatched
+    inputs.  Streams are cached per shard under ``encoder_cache/<key>/``.
+    """
+    if split not in SPLITS:
+        raise Avatar3DError(f"split {split!r} is not one of {SPLITS}")
+    index = read_index(corpus_dir)
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in index["config"].items()}
+    config = CorpusConfig(**cfg)
+    spec_fields = {f.name for f in dataclasses.fields(UtteranceSpec)}
+    out: list[np.ndarray] = []
+    shards = [sh for sh in index["shards"] if sh["split"] == split]
+    bar = tqdm(total=sum(sh["n"] for sh in shards), disable=not progress, desc="speech encoder", unit="utt")
+    try:
+        for shard in shards:
+            entries = sorted((u for u in index["utterances"] if u["shard"] == shard["file"]),
+                             key=lambda u: u["position"])
+            stored = list(iter_shard(Path(corpus_dir) / shard["file"]))
+
+            def compute(entries: list[dict] = entries, stored: list[dict] = stored) -> list[np.ndarray]:
+                streams = []
+                for u, item in zip(entries, stored):
+                    spec = UtteranceSpec(**{k: tuple(v) if k == "sentences" else v
+                                            for k, v in u.items() if k in spec_fields})
+                    audio, _, n_frames = utterance_audio(spec, config)
+                    mel = log_mel(audio, AudioFeatureConfig(sample_rate=config.sample_rate))
+                    stored_mel = item["log_mel"].astype(np.float32)
+                    if n_frames != len(item["targets"]) or mel.shape != stored_mel.shape or float(np.abs(
+                            mel.astype(np.float16).astype(np.float32) - stored_mel).max()) > 0.05:
+                        raise Avatar3DError(f"{corpus_dir}: utterance {u['split']} {u['index']} ({u['voice']}) does "
+                                            "not re-speak identically (another espeak-ng than the one that built the "
+                                            "corpus?): rebuild the corpus on this machine")
+                    streams.append(encoder.encode(audio, config.sample_rate))
+                    bar.update(1)
+                return streams
+
+            meta = {"fingerprint": encoder.fingerprint, "key": encoder.cache_key(), "shard": shard["file"],
+                    "n": len(entries), "rows": [int(len(it["log_mel"])) for it in stored]}
+            before = bar.n
+            streams = cached_streams(encoder_cache_dir(corpus_dir, encoder) / shard["file"], meta, compute)
+            if bar.n == before:
+                bar.update(len(entries))
+            out += streams
+    finally:
+        bar.close()
+    return out
+
+
 __all__ = ["CorpusConfig", "UtteranceSpec", "ACCENTS", "EXCLUDED_VARIANTS", "generate_sentences", "plan",
-           "voice_sets", "make_utterance", "make_shard", "build_corpus", "iter_shard", "read_index", "load_split", "corpus_fps"]
+           "voice_sets", "make_utterance", "make_shard", "build_corpus", "iter_shard", "read_index", "load_split", "corpus_fps",
+           "utterance_audio", "encoder_streams", "encoder_cache_dir", "cached_streams", "ENCODER_CACHE"]

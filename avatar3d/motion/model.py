@@ -19,6 +19,14 @@ its 25 ms STFT window) = 167.5 ms for ``lookahead_frames = 2``.
 
 Other frame rates: the model runs at its own rate (25 fps) and the curves
 are linearly resampled to the requested rate.
+
+Optional speech-encoder front-end (:mod:`avatar3d.audio.speech_encoder`): a
+model trained with one takes the encoder's hidden states (on the same 100 Hz
+grid) in place of the log-mel rows -- same windows, same network, slot width
+``dim`` instead of ``n_mels``; energy / f0 / voicing stay from the weight-free
+front-end.  The model file records the encoder's fingerprint and refuses to
+load without that very encoder.  Utterance dicts keep the key ``log_mel`` for
+the per-slot stream whichever front-end made it.
 """
 from __future__ import annotations
 
@@ -39,6 +47,8 @@ from avatar3d.synth.visemes import BLENDSHAPES
 
 FORMAT = "avatar3d-motion-v1"
 N_SCALARS = 3  # energy, log f0 (0 when unvoiced), voiced fraction
+ENCODER_FRONTEND = "speech-encoder"
+"""``blob["frontend"]["kind"]`` of a model trained on a speech encoder (absent: the weight-free front-end)."""
 
 
 @dataclass(frozen=True)
@@ -234,12 +244,37 @@ class MotionModel:
     net: MotionNet | None = None
     names: tuple[str, ...] = BLENDSHAPES
     info: dict[str, Any] = field(default_factory=dict)
+    speech_encoder: Any = None
+    """A :class:`avatar3d.audio.speech_encoder.SpeechEncoder` whose stream replaces the log-mel rows (None: log-mel)."""
 
     def __post_init__(self) -> None:
         hops_per_frame(self.config.fps, self.audio)
+        enc = self.speech_encoder
+        if enc is not None and (enc.sample_rate != self.audio.sample_rate or enc.hop != hop_samples(self.audio)):
+            raise Avatar3DError(f"speech encoder {enc.folder} runs at {enc.sample_rate} Hz / hop {enc.hop} but the "
+                                f"motion front-end at {self.audio.sample_rate} Hz / hop {hop_samples(self.audio)}; "
+                                "use a 16 kHz checkpoint with the default 10 ms grid")
         if self.net is None:
-            self.net = MotionNet(self.config, self.audio.n_mels, self.audio.context_frames, len(self.names))
-        self._floor = ((np.float32(math.log(LOG_FLOOR)) - self.norm.mel_mean) / self.norm.mel_std).astype(np.float32)
+            self.net = MotionNet(self.config, self.slot_width, self.audio.context_frames, len(self.names))
+        if enc is None:
+            silence = np.float32(math.log(LOG_FLOOR))
+        else:  # window slots outside the clip read the encoder's own output on silence
+            silence = enc.silence()
+        self._floor = ((silence - self.norm.mel_mean) / self.norm.mel_std).astype(np.float32)
+
+    @property
+    def slot_width(self) -> int:
+        """Features per window slot: the encoder's hidden size, or the number of mel bands."""
+        return int(self.speech_encoder.dim) if self.speech_encoder is not None else int(self.audio.n_mels)
+
+    def slot_stream(self, audio: np.ndarray, feats: dict[str, np.ndarray]) -> np.ndarray:
+        """The 100 Hz per-slot stream of 16 kHz ``audio``: ``feats["log_mel"]`` or the encoder's hidden states."""
+        if self.speech_encoder is None:
+            return feats["log_mel"]
+        stream = self.speech_encoder.encode(audio, self.audio.sample_rate)
+        if len(stream) != len(feats["log_mel"]):  # both are ceil(samples / hop) by construction
+            raise Avatar3DError(f"speech encoder gave {len(stream)} rows for {len(feats['log_mel'])} analysis frames")
+        return stream
 
     # time ---------------------------------------------------------------------------------------
     def lookahead_ms(self) -> float:
@@ -256,6 +291,10 @@ class MotionModel:
                frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mel windows [n, C, M], scalars [n, 3]) of the given frame indices (clamped to the clip)."""
         n = len(energy_db)
+        if np.ndim(log_mel) != 2 or np.shape(log_mel)[1] != self.slot_width:
+            raise Avatar3DError(f"per-slot features are {np.shape(log_mel)} but this model's front-end "
+                                f"({self.frontend_name()}) gives {self.slot_width} per row: compute the utterances "
+                                "with the model's own front-end")
         mel = (np.asarray(log_mel, np.float32) - self.norm.mel_mean) / self.norm.mel_std
         frames = np.asarray(frames, np.int64)
         scal = scalar_features(energy_db, f0_hz, voiced_fraction, self.norm)[np.clip(frames, 0, n - 1)]
@@ -284,7 +323,7 @@ class MotionModel:
         if len(x) < need:
             x = np.pad(x, (0, need - len(x)))
         feats = frame_features(x, own, total, self.audio)
-        weights = self._run(feats["log_mel"], feats["energy_db"], feats["f0_hz"], feats["voiced_fraction"])
+        weights = self._run(self.slot_stream(x, feats), feats["energy_db"], feats["f0_hz"], feats["voiced_fraction"])
         if not same:
             t_out = (np.arange(int(n_frames)) + 0.5) / float(fps)
             t_own = (np.arange(n_own) + 0.5) / own
@@ -299,12 +338,19 @@ class MotionModel:
             out = self.net(torch.from_numpy(mel)[None], torch.from_numpy(scal)[None], pad=True)[0]
         return out.numpy()
 
+    def frontend_name(self) -> str:
+        """Which front-end feeds the window slots (for messages)."""
+        return "weight-free log-mel" if self.speech_encoder is None else self.speech_encoder.name
+
     # persistence --------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Everything needed to rebuild the model (plain types and tensors: safe ``weights_only`` load)."""
-        return {"format": FORMAT, "config": _jsonable(asdict(self.config)), "audio": asdict(self.audio),
+        blob = {"format": FORMAT, "config": _jsonable(asdict(self.config)), "audio": asdict(self.audio),
                 "norm": self.norm.to_dict(), "names": list(self.names), "info": dict(self.info),
                 "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
+        if self.speech_encoder is not None:  # weight-free models keep exactly their old layout
+            blob["frontend"] = {"kind": ENCODER_FRONTEND, "fingerprint": dict(self.speech_encoder.fingerprint)}
+        return blob
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write the model atomically (``extra``, e.g. training state, is stored beside it)."""
@@ -316,13 +362,17 @@ class MotionModel:
         return Path(path)
 
     @classmethod
-    def from_state(cls, blob: dict[str, Any]) -> "MotionModel":
+    def from_state(cls, blob: dict[str, Any], speech_encoder: Any = None, where: str = "motion model") -> "MotionModel":
+        """Rebuild a saved model; ``speech_encoder`` (a folder or a loaded encoder) is required exactly when the
+        model was trained with one, and must be that very encoder (same weights, config and layer)."""
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise Avatar3DError(f"not a motion model file (expected format {FORMAT!r})")
         cfg = dict(blob["config"])
         cfg["dilations"] = tuple(cfg["dilations"])
+        encoder = _matching_encoder(blob.get("frontend"), speech_encoder, where)
         model = cls(MotionModelConfig(**cfg), Normalisation.from_dict(blob["norm"]),
-                    AudioFeatureConfig(**blob["audio"]), names=tuple(blob["names"]), info=dict(blob.get("info", {})))
+                    AudioFeatureConfig(**blob["audio"]), names=tuple(blob["names"]), info=dict(blob.get("info", {})),
+                    speech_encoder=encoder)
         model.net.load_state_dict(blob["weights"])
         model.net.eval()
         return model
@@ -339,9 +389,38 @@ def load_default() -> MotionModel:
     return load(DEFAULT_MODEL_PATH)
 
 
-def load(path: str | Path) -> MotionModel:
-    """Load a model saved by :meth:`MotionModel.save`; one-line error if it is missing or not one."""
-    return MotionModel.from_state(read_blob(path))
+def load(path: str | Path, speech_encoder: Any = None) -> MotionModel:
+    """Load a model saved by :meth:`MotionModel.save`; one-line error if it is missing or not one.
+
+    ``speech_encoder``: the encoder folder (or a loaded ``SpeechEncoder``) of a
+    model trained on one; it must be the encoder the model was trained with.
+    """
+    return MotionModel.from_state(read_blob(path), speech_encoder, where=str(path))
+
+
+def _matching_encoder(frontend: Any, speech_encoder: Any, where: str) -> Any:
+    """The loaded encoder a saved model needs (None for a weight-free model); one-line errors otherwise."""
+    if not frontend:
+        if speech_encoder is not None:
+            raise Avatar3DError(f"{where} uses the weight-free log-mel front-end, not a speech encoder: drop "
+                                "--speech-encoder / speech_encoder")
+        return None
+    if not isinstance(frontend, dict) or frontend.get("kind") != ENCODER_FRONTEND:
+        raise Avatar3DError(f"{where}: unknown front-end {frontend!r}; this avatar3d cannot run it")
+    expected = dict(frontend["fingerprint"])
+    label = f"{expected.get('model_type')} layer {expected.get('layer')}, hidden size {expected.get('hidden_size')}"
+    if speech_encoder is None:
+        raise Avatar3DError(f"{where} was trained on a speech encoder ({label}): pass that encoder's local folder "
+                            "(--speech-encoder DIR / speech_encoder=DIR)")
+    from avatar3d.audio.speech_encoder import SpeechEncoder, fingerprint_mismatch, load_speech_encoder
+
+    enc = speech_encoder if isinstance(speech_encoder, SpeechEncoder) else \
+        load_speech_encoder(speech_encoder, layer=int(expected.get("layer", -1)))
+    diff = fingerprint_mismatch(expected, enc.fingerprint)
+    if diff:
+        raise Avatar3DError(f"{where} was trained on another speech encoder than {enc.folder} ({'; '.join(diff)}): "
+                            "pass the encoder folder it was trained with")
+    return enc
 
 
 def read_blob(path: str | Path) -> dict[str, Any]:
@@ -386,4 +465,5 @@ def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 __all__ = ["MotionModelConfig", "MotionModel", "MotionNet", "Normalisation", "fit_normalisation", "load", "save",
-           "read_blob", "gather_windows", "window_indices", "hops_per_frame", "scalar_features", "FORMAT"]
+           "read_blob", "gather_windows", "window_indices", "hops_per_frame", "scalar_features", "FORMAT",
+           "ENCODER_FRONTEND"]

@@ -143,6 +143,10 @@ class MotionStream:
 
     def __init__(self, model: MotionModel | None = None, gate: GateConfig | None = None):
         self.model = model if model is not None else load_default()
+        if getattr(self.model, "speech_encoder", None) is not None:
+            raise Avatar3DError(f"streaming needs a motion model on the weight-free front-end; this one runs on a "
+                                f"{self.model.frontend_name()} (a bidirectional transformer over the whole clip, no "
+                                "bounded look-ahead): use MotionModel.predict on the whole clip, or a log-mel model")
         self.model.net.eval()
         m, cfg = self.model, self.model.config
         self.sample_rate = m.audio.sample_rate

@@ -19,6 +19,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,8 +85,14 @@ def find_subjects(corpus_dir: str | Path) -> list[Path]:
 
 
 def load_subject_speech(subject_dir: str | Path, fps: float = 25.0,
-                        audio: AudioFeatureConfig | None = None) -> SubjectSpeech:
-    """Read ``audio.wav`` + ``tracking.npz`` + ``manifest.json`` of a prepared subject; one-line errors."""
+                        audio: AudioFeatureConfig | None = None, speech_encoder: Any = None,
+                        cache_dir: Path | None = None) -> SubjectSpeech:
+    """Read ``audio.wav`` + ``tracking.npz`` + ``manifest.json`` of a prepared subject; one-line errors.
+
+    With ``speech_encoder`` (a loaded SpeechEncoder) ``features["log_mel"]`` holds
+    the encoder's stream instead of the log-mel (same 100 Hz rows), cached in
+    ``cache_dir`` (keyed by the audio's hash) when one is given.
+    """
     audio = audio or AudioFeatureConfig()
     root = Path(subject_dir)
     fix = f"run `avatar3d prep CLIP -o {root}` first"
@@ -130,6 +137,10 @@ def load_subject_speech(subject_dir: str | Path, fps: float = 25.0,
         raise Avatar3DError(f"{wav} is silent: the subject has no speech to learn from; prepare a clip with sound")
     n = max(1, int(round(n_subj * float(fps) / subj_fps)))
     feats = frame_features(x, float(fps), n, audio)
+    audio_sha = file_sha256(wav)
+    if speech_encoder is not None:
+        feats = dict(feats, log_mel=_encoder_stream(speech_encoder, x, audio.sample_rate, len(feats["log_mel"]),
+                                                    cache_dir, f"{root.name}-{audio_sha[:16]}.npz"))
 
     centres = (np.arange(n) + 0.5) / float(fps)  # model frame centres, seconds
     src = (np.arange(n_subj) + 0.5) / subj_fps
@@ -144,18 +155,38 @@ def load_subject_speech(subject_dir: str | Path, fps: float = 25.0,
     train, val = to_model(splits["train"]), to_model(splits["val"])
     if train[1] - train[0] < 2:
         raise Avatar3DError(f"{root}: the train split has under 2 frames; prepare a longer clip")
-    signature = {"subject": root.name, "audio_sha256": file_sha256(wav), "tracking_sha256": file_sha256(tracking),
+    signature = {"subject": root.name, "audio_sha256": audio_sha, "tracking_sha256": file_sha256(tracking),
                  "fps": float(fps), "frames": n}
     return SubjectSpeech(root, float(fps), {k: feats[k] for k in ("log_mel", "energy_db", "f0_hz", "voiced_fraction")},
                          targets, flags[owner], train, val, hops_per_frame(float(fps), audio), signature)
 
 
-def load_subject_corpus(corpus_dir: str | Path, fps: float = 25.0, audio: AudioFeatureConfig | None = None
+def _encoder_stream(encoder: Any, x: np.ndarray, sample_rate: int, rows: int, cache_dir: Path | None,
+                    name: str) -> np.ndarray:
+    """The encoder stream of a subject's whole audio (cached as ``cache_dir/name`` when a folder is given)."""
+    def compute() -> list[np.ndarray]:
+        return [encoder.encode(x, sample_rate)]
+
+    if cache_dir is None:
+        stream = compute()[0]
+    else:
+        from avatar3d.motion.corpus import cached_streams
+
+        meta = {"fingerprint": encoder.fingerprint, "key": encoder.cache_key(), "file": name, "rows": rows}
+        stream = cached_streams(Path(cache_dir) / name, meta, compute)[0]
+    if len(stream) != rows:
+        raise Avatar3DError(f"speech encoder gave {len(stream)} rows for {rows} analysis frames")
+    return stream
+
+
+def load_subject_corpus(corpus_dir: str | Path, fps: float = 25.0, audio: AudioFeatureConfig | None = None,
+                        speech_encoder: Any = None, cache_dir: Path | None = None,
                         ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], dict]:
     """(train utterances, val utterances, signature) of every prepared subject under ``corpus_dir``.
 
     Each subject gives one train utterance (its train split) and one val
     utterance (its held-out last part), so the val frames never train.
+    ``speech_encoder`` / ``cache_dir``: see :func:`load_subject_speech`.
     """
     subjects = find_subjects(corpus_dir)
     if not subjects:
@@ -163,7 +194,7 @@ def load_subject_corpus(corpus_dir: str | Path, fps: float = 25.0, audio: AudioF
                             "index.json: pass a synthetic corpus or a folder of `avatar3d prep` outputs")
     train, val, sig = [], [], []
     for folder in subjects:
-        s = load_subject_speech(folder, fps, audio)
+        s = load_subject_speech(folder, fps, audio, speech_encoder, cache_dir)
         train.append(s.utterance(*s.train))
         if s.val[1] > s.val[0]:
             val.append(s.utterance(*s.val))

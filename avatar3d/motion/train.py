@@ -12,6 +12,11 @@ Corpora: a synthetic corpus (:mod:`avatar3d.motion.corpus`, targets from the
 viseme rules) or a folder of prepared subjects (:mod:`avatar3d.motion.subject_corpus`,
 targets = the tracked mouth blendshapes, each subject's val split held out).
 
+Front-end: the weight-free log-mel, or (``speech_encoder=DIR``) a local
+wav2vec 2.0 / HuBERT checkpoint whose hidden states replace the log-mel rows;
+their streams are computed once and cached in ``CORPUS/encoder_cache/<key>/``
+(by rank 0 under torchrun), and the model file records the encoder's fingerprint.
+
 Distributed (``torchrun --nproc_per_node=N -m avatar3d.cli motion pretrain ...``):
 every rank draws the same global batch plan from the shared sampler generator
 and materialises only its own crops (``rank::world_size``), so N processes see
@@ -26,7 +31,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -34,7 +39,7 @@ from tqdm import tqdm
 
 from avatar3d.errors import Avatar3DError
 from avatar3d.motion import distributed as dd
-from avatar3d.motion.corpus import corpus_fps, load_split, read_index
+from avatar3d.motion.corpus import corpus_fps, encoder_cache_dir, encoder_streams, load_split, read_index
 from avatar3d.motion.model import (
     MotionModel, MotionModelConfig, Normalisation, fit_normalisation, gather_windows, read_blob, scalar_features,
 )
@@ -106,6 +111,10 @@ class CropSampler:
         self.past, self.ahead = model.net.past, model.config.lookahead_frames
         self.items = []
         norm = model.norm
+        widths = {int(np.shape(u["log_mel"])[-1]) for u in utterances}
+        if widths != {model.slot_width}:
+            raise Avatar3DError(f"utterance features are {sorted(widths)} wide but the model's front-end "
+                                f"({model.frontend_name()}) gives {model.slot_width}: compute them with that front-end")
         for u in utterances:  # normalised once; windows are gathered per crop (all windows would be ~16x larger)
             mel = ((u["log_mel"].astype(np.float32) - norm.mel_mean) / norm.mel_std).astype(np.float32)
             scal = scalar_features(u["energy_db"], u["f0_hz"], u["voiced_fraction"], norm)
@@ -151,27 +160,46 @@ def _corpus_signature(corpus_dir: str | Path) -> dict:
     return {"config": index["config"], "frames": index["frames"]}
 
 
-def load_training_corpus(corpus_dir: str | Path, fps: float) -> tuple[list[dict[str, np.ndarray]], dict, str]:
-    """(train utterances, corpus signature, kind) of a synthetic corpus or a folder of prepared subjects."""
+def load_training_corpus(corpus_dir: str | Path, fps: float, speech_encoder: Any = None, *, progress: bool = False
+                         ) -> tuple[list[dict[str, np.ndarray]], dict, str]:
+    """(train utterances, corpus signature, kind) of a synthetic corpus or a folder of prepared subjects.
+
+    With ``speech_encoder`` (a loaded SpeechEncoder) each utterance's ``log_mel``
+    is its encoder stream, cached under ``corpus_dir/encoder_cache/<key>/``.
+    """
     root = Path(corpus_dir)
     if (root / "index.json").is_file():
         cfps = corpus_fps(root)
         if abs(cfps - fps) > 1e-9:
             raise Avatar3DError(f"{root}: corpus is at {cfps:g} fps but the model config says {fps:g} fps")
-        return load_split(root, "train"), _corpus_signature(root), "synthetic"
+        train = load_split(root, "train")
+        if speech_encoder is not None:
+            for u, stream in zip(train, encoder_streams(root, "train", speech_encoder, progress=progress)):
+                u["log_mel"] = stream
+        return train, _corpus_signature(root), "synthetic"
     if not root.is_dir():
         raise Avatar3DError(f"{root}: corpus folder not found; pass a synthetic corpus (index.json) or a folder "
                             "of `avatar3d prep` subject folders")
     from avatar3d.motion.subject_corpus import load_subject_corpus
 
-    train, _val, signature = load_subject_corpus(root, fps)
+    cache = encoder_cache_dir(root, speech_encoder) if speech_encoder is not None else None
+    train, _val, signature = load_subject_corpus(root, fps, speech_encoder=speech_encoder, cache_dir=cache)
     return train, signature, "subjects"
+
+
+def resolve_speech_encoder(speech_encoder: Any, layer: int = -1) -> Any:
+    """A loaded SpeechEncoder from a folder (with ``layer``) or one already loaded; None stays None."""
+    if speech_encoder is None:
+        return None
+    from avatar3d.audio.speech_encoder import SpeechEncoder, load_speech_encoder
+
+    return speech_encoder if isinstance(speech_encoder, SpeechEncoder) else load_speech_encoder(speech_encoder, layer)
 
 
 def pretrain(corpus_dir: str | Path, out_path: str | Path, config: MotionModelConfig | None = None,
              steps: int = 3000, seed: int = 0, *, train: TrainConfig | None = None, progress: bool = True,
              resume: bool = True, callback: Callable[[int, float], None] | None = None,
-             dist: dd.DistContext | None = None) -> MotionModel:
+             dist: dd.DistContext | None = None, speech_encoder: Any = None, encoder_layer: int = -1) -> MotionModel:
     """Train a motion model on ``corpus_dir``'s training split; checkpoints go to ``out_path``.
 
     If ``out_path`` holds a checkpoint of the same corpus, config, seed and
@@ -180,6 +208,8 @@ def pretrain(corpus_dir: str | Path, out_path: str | Path, config: MotionModelCo
     (tests use it to kill a run midway).  ``dist`` defaults to the initialised
     process group, if any (see :mod:`avatar3d.motion.distributed`); only rank 0
     writes ``out_path``, and every rank returns once it is written.
+    ``speech_encoder``: a local encoder folder (hidden state ``encoder_layer``)
+    or a loaded SpeechEncoder, to train on its stream instead of the log-mel.
     Returns the trained model (also saved at ``out_path``).
     """
     config = config or MotionModelConfig()
@@ -192,18 +222,30 @@ def pretrain(corpus_dir: str | Path, out_path: str | Path, config: MotionModelCo
     if train.batch < ctx.world_size:
         raise Avatar3DError(f"batch {train.batch} is smaller than the {ctx.world_size} processes: raise "
                             "train.batch (it is the global batch) or start fewer processes")
-    utterances, corpus_sig, kind = load_training_corpus(corpus_dir, config.fps)
+    encoder = resolve_speech_encoder(speech_encoder, encoder_layer)
+    fill_cache_first = encoder is not None and ctx.is_distributed
+    if fill_cache_first and not ctx.is_main:
+        dd.barrier(ctx)  # rank 0 computes and caches the encoder streams; the others then read them
+    utterances, corpus_sig, kind = load_training_corpus(corpus_dir, config.fps, encoder,
+                                                        progress=progress and ctx.is_main)
+    if fill_cache_first and ctx.is_main:
+        dd.barrier(ctx)
     signature = {"corpus": corpus_sig, "config": asdict(config), "train": asdict(train),
                  "seed": int(seed), "steps": int(steps)}
     if ctx.is_distributed:
         signature["world_size"] = ctx.world_size  # the crop split and dropout streams depend on it
+    if encoder is not None:  # weight-free runs keep their old signature (their checkpoints still resume)
+        signature["frontend"] = dict(encoder.fingerprint)
     signature = _plain(signature)
     state = _resumable(out_path, signature) if resume else None
 
     torch.manual_seed(int(seed))
     norm = Normalisation.from_dict(state["norm"]) if state else fit_normalisation(utterances)
     model = MotionModel(config, norm, info={"corpus": str(corpus_dir), "corpus_kind": kind, "steps": int(steps),
-                                            "seed": int(seed), "world_size": ctx.world_size})
+                                            "seed": int(seed), "world_size": ctx.world_size},
+                        speech_encoder=encoder)
+    if encoder is not None:
+        model.info["speech_encoder"] = str(encoder.folder)
     if ctx.rank > 0:  # rank 0 keeps the single-process stream; the others get their own dropout masks
         torch.manual_seed(int(seed) * 1_000_003 + ctx.rank)
     opt = torch.optim.Adam(model.net.parameters(), lr=train.lr)
@@ -313,4 +355,4 @@ def evaluate(model: MotionModel, utterances: list[dict[str, np.ndarray]]) -> np.
 
 
 __all__ = ["TrainConfig", "PretrainConfig", "pretrain", "load_training_corpus", "learning_rate", "motion_loss",
-           "CropSampler", "evaluate"]
+           "CropSampler", "evaluate", "resolve_speech_encoder"]

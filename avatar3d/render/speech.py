@@ -266,6 +266,8 @@ def _own_rate_curves(mouth_model, chunks: Iterable[np.ndarray]) -> tuple[dict[st
     """
     from avatar3d.motion.streaming import GateConfig, MotionStream
 
+    if getattr(mouth_model, "speech_encoder", None) is not None:
+        return _offline_curves(mouth_model, chunks, GateConfig())
     stream = MotionStream(mouth_model, GateConfig())
     parts: list[np.ndarray] = []
     for chunk in chunks:
@@ -278,6 +280,30 @@ def _own_rate_curves(mouth_model, chunks: Iterable[np.ndarray]) -> tuple[dict[st
     parts.append(stream.flush().weights)
     weights = np.concatenate(parts)
     return {name: weights[:, j].astype(np.float32) for j, name in enumerate(mouth_model.names)}, n_samples
+
+
+def _offline_curves(mouth_model, chunks: Iterable[np.ndarray], gate) -> tuple[dict[str, np.ndarray], int]:  # type: ignore[no-untyped-def]
+    """As :func:`_own_rate_curves` for a model on a speech encoder (a bidirectional transformer: no streaming).
+
+    The whole speech is held (4 bytes a sample: ~230 MB an hour) and predicted in one pass; the encoder
+    itself runs in bounded chunks.  The same voice-activity gate as the stream's is applied.
+    """
+    from avatar3d.audio.features import frame_features
+    from avatar3d.motion.streaming import silent_output, speech_gate
+
+    parts = [np.asarray(c, np.float32) for c in chunks]
+    audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    if len(audio) == 0:
+        raise Avatar3DError("the speech has no audio samples; give at least 0.2 s of speech")
+    rate, k = float(mouth_model.config.fps), mouth_model.config.lookahead_frames
+    n = int(np.ceil(len(audio) * rate / SAMPLE_RATE))
+    pred = mouth_model.predict(audio, rate, n, SAMPLE_RATE)
+    weights = np.stack([pred[name] for name in mouth_model.names], axis=1)
+    voiced = frame_features(audio, rate, n + k, mouth_model.audio)["voiced_fraction"]
+    g = speech_gate(voiced, n, k, gate)
+    silent = silent_output(mouth_model)
+    weights = silent[None] + g[:, None] * (weights - silent[None])
+    return {name: weights[:, j].astype(np.float32) for j, name in enumerate(mouth_model.names)}, len(audio)
 
 
 def _at_frame_rate(mouth_model, own: dict[str, np.ndarray], fps: float, n: int, phones,  # type: ignore[no-untyped-def]

@@ -20,6 +20,19 @@ the corpus has no DC offset, so the stream's AC-level check changes nothing
 there), and streaming: x real time with 20 ms and 1 s chunks and the largest
 difference to offline ``predict`` on the same 60 s.
 
+Personalisation (``--no-personalize`` skips it): a personal model is made for one
+person, so each speaker here is one fully held-out voice (held-out accent and variant)
+speaking ~100 s of held-out sentences at *its own* fixed rate and pitch
+(``SPEAKERS``; the corpus' test split draws a new rate and pitch per utterance, which
+no real person does).  Their speech is cut by time into a personalisation part (first
+70 %) and an evaluation part (last 30 %); the model is fine-tuned on the first part
+exactly as ``avatar3d motion personalize`` does (:func:`personalize_speech`) and scored
+on the second, against the same two baselines fitted on the speaker's first part.
+Twice per speaker: on the rule-book curves (only the voice is new), and on curves given
+a speaker style (``SPEAKER_STYLE``: smaller jaw, asymmetric resting smile, more
+rounding), which is what a real person's tracked coefficients look like to the generic
+model.
+
     python tools/bench/motion.py [--corpus DIR] [--steps 1200] [--n-train 600] [--n-test 90]
     python tools/bench/motion.py --corpus build/motion_corpus --model avatar3d/motion/data/default_motion.pt --no-train
 """
@@ -36,8 +49,10 @@ import numpy as np
 import torch
 
 from avatar3d.face.default_model import load_face_model
-from avatar3d.motion.corpus import CorpusConfig, build_corpus, load_split
+from avatar3d.motion.corpus import CorpusConfig, UtteranceSpec, build_corpus, generate_sentences, load_split, make_utterance
 from avatar3d.motion.model import MotionModelConfig, load
+from avatar3d.motion.personalize import PersonalizeConfig, personalize_speech
+from avatar3d.motion.subject_corpus import SubjectSpeech
 from avatar3d.motion.streaming import GateConfig, MotionStream, silent_output, speech_gate
 from avatar3d.motion.train import TrainConfig, evaluate, pretrain
 from avatar3d.synth import regions as rg
@@ -125,6 +140,76 @@ def stream_speed(model, seconds: float = 60.0) -> dict[str, float]:
     return out
 
 
+SPEAKER_STYLE = {"jawOpen": (0.0, 0.7), "mouthSmileLeft": (0.12, 1.0), "mouthSmileRight": (0.05, 1.0),
+                 "mouthFunnel": (0.0, 1.3), "mouthPucker": (0.0, 1.3), "mouthStretchLeft": (0.03, 0.8)}
+"""blendshape -> (offset, gain): styled target = clip(offset + gain * rule-book target, 0, 1)."""
+
+
+def styled(targets: np.ndarray) -> np.ndarray:
+    """The rule-book curves [N, 16] as a speaker with their own mouth style would show them."""
+    out = targets.astype(np.float32).copy()
+    for name, (offset, gain) in SPEAKER_STYLE.items():
+        j = BLENDSHAPES.index(name)
+        out[:, j] = np.clip(offset + gain * out[:, j], 0.0, 1.0)
+    return out
+
+
+SPEAKERS = (("en-029+m3", 165, 35), ("en-029+f4", 150, 65))
+"""(espeak-ng voice, words per minute, pitch 0-99) of each personalisation speaker: held-out accent and variant."""
+
+
+def speaker_utterances(config: CorpusConfig, voice: str, wpm: int, pitch: int, n: int = 24) -> list[dict]:
+    """``n`` held-out-sentence utterances of one speaker at a fixed rate and pitch (made like corpus ones)."""
+    accent, _, variant = voice.partition("+")
+    texts = generate_sentences(4 * n, np.random.default_rng([config.seed, 7, pitch]))
+    specs = [UtteranceSpec("test", 100_000 + 100 * pitch + k, voice, accent, variant, wpm, pitch,
+                           (texts[2 * k], texts[2 * k + 1])) for k in range(n)]
+    return [dict(make_utterance(spec, config), voice=voice) for spec in specs]
+
+
+def speaker_speech(mine: list[dict], style: bool, eval_fraction: float = 0.3) -> SubjectSpeech:
+    """One speaker's utterances joined end to end as a subject: first part to personalise on, last part to score."""
+    voice = mine[0]["voice"]
+    n = sum(len(u["targets"]) for u in mine)
+    targets = np.concatenate([u["targets"] for u in mine])
+    feats = {k: np.concatenate([u[k] for u in mine]) for k in ("log_mel", "energy_db", "f0_hz", "voiced_fraction")}
+    cut = int(round(n * (1 - eval_fraction)))
+    return SubjectSpeech(root=Path(f"<held-out voice {voice}>"), fps=25.0, features=feats,
+                         targets=styled(targets) if style else targets, valid=np.ones(n, bool), train=(0, cut),
+                         val=(cut, n), hops=len(feats["log_mel"]) // n)
+
+
+def personalisation_rows(model, config: CorpusConfig, seed: int) -> dict[str, dict]:
+    """Per (speaker, style): L1 and LMD on the speaker's last 30 % for base / personalised / the two baselines."""
+    proj, rows = LipProjector(), {}
+    for voice, wpm, pitch in SPEAKERS:
+        mine = speaker_utterances(config, voice, wpm, pitch)
+        for style in (False, True):
+            speech = speaker_speech(mine, style)
+            tuned, report = personalize_speech(speech, model, "bench model", PersonalizeConfig(seed=seed),
+                                               progress=False)
+            full = speech.utterance()
+            y, lo = speech.targets, speech.val[0]
+            fit = slice(0, speech.train[1])
+            e = full["energy_db"].astype(np.float64)
+            design = np.stack([np.ones_like(e), e], axis=1)
+            coef, *_ = np.linalg.lstsq(design[fit], y[fit].astype(np.float64), rcond=None)
+            preds = {"base": evaluate(model, [full]), "personalized": evaluate(tuned, [full]),
+                     "mean": np.broadcast_to(y[fit].mean(0), y.shape),
+                     "energy": np.clip(design @ coef, 0.0, 1.0)}
+            key = f"{voice} {wpm}wpm p{pitch}{' styled' if style else ''}"
+            rows[key] = {m: {"l1": float(np.abs(p[lo:] - y[lo:]).mean()), "lmd_px": lmd(proj, p[lo:], y[lo:])}
+                         for m, p in preds.items()}
+            rows[key]["frames"] = {"personalize": int(speech.train[1]), "eval": int(len(y) - lo),
+                                   "best_step": int(report["best_step"])}
+    return rows
+
+
+def corpus_config(index: dict) -> CorpusConfig:
+    """The CorpusConfig a corpus was built with (from its index)."""
+    return CorpusConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in index["config"].items()})
+
+
 def _timed(model, audio: np.ndarray, n: int) -> float:
     t = time.perf_counter()
     model.predict(audio, 25, n)
@@ -141,6 +226,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-train", action="store_true", help="evaluate the model at --model as it is")
+    ap.add_argument("--no-personalize", action="store_true", help="skip the per-voice personalisation table")
     args = ap.parse_args()
     if args.no_train and not args.model:
         ap.error("--no-train needs --model PATH")
@@ -174,6 +260,7 @@ def main() -> None:
     }
     proj = LipProjector()
     rows = {k: {"l1": float(np.abs(p - truth).mean()), "lmd_px": lmd(proj, p, truth)} for k, p in preds.items()}
+    personal = {} if args.no_personalize else personalisation_rows(model, corpus_config(index), args.seed)
     fast = speed(model)
     fast.update(stream_speed(model))
     best_base_l1 = min(r["l1"] for k, r in rows.items() if not k.startswith("model"))
@@ -188,6 +275,14 @@ def main() -> None:
         print(f"{k:<12}{r['l1']:>10.4f}{r['lmd_px']:>10.3f}")
     print(f"model vs best baseline: L1 {100 * (1 - rows['model']['l1'] / best_base_l1):.0f} % lower, "
           f"LMD {100 * (1 - rows['model']['lmd_px'] / best_base_lmd):.0f} % lower")
+    if personal:
+        print(f"\npersonalisation per held-out speaker (fine-tuned on the first 70 % of their speech, scored on the "
+              f"last 30 %; baselines fitted on the first 70 %); L1 / LMD px:")
+        print(f"{'speaker':<32}{'frames':>7}{'base':>16}{'personalised':>16}{'mean':>16}{'energy':>16}")
+        for key, r in personal.items():
+            cells = "".join(f"{r[m]['l1']:>8.4f}/{r[m]['lmd_px']:<7.3f}" for m in ("base", "personalized", "mean",
+                                                                                   "energy"))
+            print(f"{key:<32}{r['frames']['eval']:>7}{cells}")
     print(f"speed: {fast}  (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     print(json.dumps({
         "bench": "motion", "train_utterances": len(train), "test_utterances": len(test),
@@ -197,7 +292,9 @@ def main() -> None:
         "l1_margin_vs_best_baseline": round(1 - rows["model"]["l1"] / best_base_l1, 3),
         "lmd_margin_vs_best_baseline": round(1 - rows["model"]["lmd_px"] / best_base_lmd, 3),
         "gate_l1_change": round(rows["model_gated"]["l1"] / rows["model"]["l1"] - 1, 4), **fast,
-        "held_out_voices": index["held_out_voices"]}))
+        "held_out_voices": index["held_out_voices"],
+        "personalization": {k: {m: {q: round(v, 5) for q, v in r[m].items()} if m != "frames" else r[m]
+                                for m in r} for k, r in personal.items()}}))
 
 
 if __name__ == "__main__":
