@@ -180,8 +180,14 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
                         "motion tracked in a driving VIDEO file; kept inside the trained range")
     p.add_argument("--blink", choices=("auto", "off", "from-pose-source"), default="auto",
                    help="blinks: sampled from the subject's blink statistics (default), off, or the pose frames' own")
+    p.add_argument("--idle", choices=("auto", "subject", "generated", "static"), default="auto",
+                   help="upper face (brows, eyes, cheeks): the training clip's played back (subject), sampled from "
+                        "a model of the subject's own (generated, --seed), its median (static), or auto (default: "
+                        "follows --pose: generated for generated, static for static, a driving video's own, "
+                        "else subject)")
     p.add_argument("--mouth-scale", type=float, default=1.0, help="scale of the mouth motion (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the blink sampler and --pose generated (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the blink sampler, --pose generated and --idle generated (default 0)")
     p.add_argument("--blendshapes", type=Path, help="with --audio/--text: also write the motion as a Live Link Face "
                    "CSV (ARKit blendshape weights + head rotation per frame)")
     p.add_argument("--camera", default="training", metavar="training|orbit|PATH.json",
@@ -218,7 +224,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from avatar3d.render.drive import DriveConfig
     from avatar3d.render.speech import SpeechSource, render_from_speech
 
-    config = DriveConfig(pose=args.pose, blink=args.blink, mouth_scale=args.mouth_scale, seed=args.seed)
+    config = DriveConfig(pose=args.pose, blink=args.blink, mouth_scale=args.mouth_scale, seed=args.seed,
+                         idle=args.idle)
     source = SpeechSource(audio_path=args.audio, text=args.text, voice=args.voice, phones=args.phones)
     mouth_model = _encoder_motion_model(args.motion_model, args.speech_encoder, "--motion-model")
     render_from_speech(args.avatar, source, args.out, motion_model_path=args.motion_model, config=config,

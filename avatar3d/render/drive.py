@@ -17,10 +17,15 @@ for poses and expressions it has seen:
   driving video: its own tracked blinks; for ``generated``: the training frames played as for
   ``subject``, since a generated pose has no frames of its own).
 * expression: the 16 mouth channels from the motion model (times ``mouth_scale`` around
-  their resting value), the upper face (eyes, brows, cheeks) from the pose-source frames
-  (``subject``, and ``generated`` as for ``subject``), the driving video's own upper face moved
-  into the avatar's scale (a video; see :func:`avatar3d.render.pose_sources.transfer_upper_face`)
-  or its median (``static``), every other channel at its median.
+  their resting value), every channel that is neither mouth nor upper face at its median.
+* idle (the upper face: eyes, brows, cheeks): ``subject``, the training frames' tracked values
+  played forward then backward (the pose's own frames for ``--pose subject``); ``generated``,
+  sampled from a model fitted to the training frames (:mod:`avatar3d.render.idle_motion`, with
+  the seed on a stream of its own: changing ``--blink`` or ``--pose`` does not change it);
+  ``static``, the median.  ``auto`` (default) follows the pose: ``generated`` for a generated
+  pose (it has no frames of its own), ``static`` for a static one, the driving video's own upper
+  face moved into the avatar's scale for a video (see
+  :func:`avatar3d.render.pose_sources.transfer_upper_face`), ``subject`` otherwise.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from avatar3d.errors import Avatar3DError
 
 POSE_MODES = ("subject", "static", "generated")  # or the path of a driving video
 BLINK_MODES = ("auto", "off", "from-pose-source")
+IDLE_MODES = ("auto", "subject", "generated", "static")
 UPPER_FACE_PREFIXES = ("eye", "brow", "cheek")
 DEFAULT_BLINK_INTERVAL_S = (2.0, 6.0)
 
@@ -50,7 +56,11 @@ class DriveConfig:
     mouth_scale: float = 1.0
     """Multiplies the predicted mouth motion around its resting value (1 = as predicted)."""
     seed: int = 0
-    """Seed of the blink sampler and of the generated head pose (a render is reproducible)."""
+    """Seed of the blink sampler, the generated head pose and the generated upper face (a render is reproducible)."""
+    idle: str = "auto"
+    """Upper face (eyes, brows, cheeks): subject (the training frames played back), generated (sampled from a
+    model fitted to them), static (their median), or auto (follows the pose: generated for a generated pose,
+    static for a static one, the video's own for a driving video, else subject)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pose", str(self.pose))  # a Path is accepted and kept as its text
@@ -60,6 +70,8 @@ class DriveConfig:
             check_driving_video(self.pose)  # missing / not a video: one line naming the file, before any work
         if self.blink not in BLINK_MODES:
             raise Avatar3DError(f"--blink {self.blink!r}: use one of {', '.join(BLINK_MODES)}")
+        if self.idle not in IDLE_MODES:
+            raise Avatar3DError(f"--idle {self.idle!r}: use one of {', '.join(IDLE_MODES)}")
         if not (np.isfinite(self.mouth_scale) and 0.0 <= self.mouth_scale <= 3.0):
             raise Avatar3DError(f"--mouth-scale {self.mouth_scale}: use a value between 0 and 3 (1 = as predicted)")
 
@@ -67,6 +79,15 @@ class DriveConfig:
     def pose_video(self) -> Path | None:
         """The driving video when ``pose`` is a path, else None."""
         return None if self.pose in POSE_MODES else Path(self.pose)
+
+    @property
+    def idle_source(self) -> str:
+        """Where the upper face comes from: subject, generated, static, or video (``auto`` resolved)."""
+        if self.idle != "auto":
+            return self.idle
+        if self.pose in ("generated", "static"):
+            return self.pose
+        return "subject" if self.pose_video is None else "video"
 
 
 @dataclass
@@ -77,10 +98,11 @@ class DriveTracks:
     t: np.ndarray  # [T, 3] metres
     expression: np.ndarray  # [T, Ke] in the avatar's tracked coefficient scale
     blink: np.ndarray  # [T, 2]
-    source_frames: np.ndarray  # [T] training frame each pose (subject/static) or the upper face (generated) came from
+    source_frames: np.ndarray  # [T] training frame each pose (subject/static) came from, or played for a generated one
     expression_names: list[str]
     pose_clamped: int = 0  # frames a generated or video pose was held inside the trained range
     pose_note: str = ""  # one line on where the pose came from (empty for subject/static)
+    idle_note: str = ""  # one line on the generated upper face (empty otherwise)
 
     @property
     def motion(self) -> np.ndarray:
@@ -162,8 +184,9 @@ def build_tracks(
 
     ``expression``/``blink``/``R``/``t`` are the subject's tracked per-frame values (the avatar
     bundle's), ``train_ids`` the frames the avatar trained on -- the only ones drawn from.
-    A generated or video pose is announced through ``log`` (with the number of clamped frames);
-    a driving video is tracked here (minutes for a long video; cached, see pose_sources).
+    A generated or video pose is announced through ``log`` (with the number of clamped frames),
+    then a generated upper face (``DriveTracks.idle_note``); a driving video is tracked here (minutes
+    for a long video; cached, see pose_sources).
     """
     from avatar3d.render.pose_sources import generated_pose, track_driving_video, video_pose
 
@@ -185,9 +208,18 @@ def build_tracks(
     median = np.median(expression[train_ids], axis=0)
     expr = np.repeat(median[None], n_frames, axis=0).astype(np.float32)
     upper = [j for j, name in enumerate(names) if name.startswith(UPPER_FACE_PREFIXES)]
-    if config.pose != "static" and upper:
-        expr[:, upper] = expression[source][:, upper]
-    if pose is not None:
+    idle, idle_note = config.idle_source, ""
+    if idle in ("subject", "video") and upper:  # a video's own channels replace these below
+        played = source if config.pose == "subject" else ping_pong(train_ids, n_frames)
+        expr[:, upper] = expression[played][:, upper]
+    if idle == "generated" and upper:
+        from avatar3d.render.idle_motion import generated_idle
+
+        curves, idle_note = generated_idle(expression, names, train_ids, n_frames, config.seed)
+        log(f"[render] {idle_note}")
+        for name, curve in curves.items():
+            expr[:, names.index(name)] = curve
+    elif idle == "video" and pose is not None:
         for name, curve in pose.upper.items():
             expr[:, names.index(name)] = curve
     unknown = sorted(set(mouth) - set(names))
@@ -209,6 +241,6 @@ def build_tracks(
         blinks = blink[source].astype(np.float32)
     if pose is None:
         return DriveTracks(R=R[source], t=t[source], expression=expr, blink=blinks, source_frames=source,
-                           expression_names=names)  # fmt: skip
+                           expression_names=names, idle_note=idle_note)  # fmt: skip
     return DriveTracks(R=pose.R, t=pose.t, expression=expr, blink=blinks, source_frames=source, expression_names=names,
-                       pose_clamped=pose.clamped, pose_note=pose.description)  # fmt: skip
+                       pose_clamped=pose.clamped, pose_note=pose.description, idle_note=idle_note)  # fmt: skip

@@ -17,9 +17,10 @@ training poses cover (:func:`pose_range`).
   depth / clip depth, so the head moves the same fraction of the picture); resampled to the
   avatar's fps (slerp), played forward and back when the video is shorter than the speech;
   frames outside the trained range are clamped to it and counted.
-* **Generated**: a stationary vector AR(2) on the 6-D offsets of the training poses from
-  their mean (yaw, pitch, roll, translation), fitted by Yule-Walker from step statistics
-  (:func:`fit_head_motion`), sampled with the render's seed from a real pair of consecutive
+* **Generated**: a stationary AR(2) per axis of the 6-D offsets of the training poses from
+  their mean (yaw, pitch, roll, translation), matched to each axis's variance and mean squared
+  step (:func:`fit_head_motion`, on the process shared with ``--idle generated``:
+  :mod:`avatar3d.render.ar2`), sampled with the render's seed from a real pair of consecutive
   training poses (no jump at frame 0).  It does not react to speech: nothing measured here
   ties the synthetic subjects' head motion to their speech, so a speech-energy modulation
   could not be checked and is left out.
@@ -44,6 +45,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.render.ar2 import StationaryAR2, consecutive_runs, critically_damped
 from avatar3d.render.camera import RANGE_PERCENTILES
 from avatar3d.render.drive import UPPER_FACE_PREFIXES, ping_pong
 from data_prep.track import TrackConfig
@@ -351,16 +353,9 @@ def poses_from_offsets(x: np.ndarray, R_ref: np.ndarray, t_ref: np.ndarray) -> t
     return from_relative_angles(x[:, :3], R_ref), t_ref + np.asarray(x[:, 3:], np.float64) / 1000.0
 
 
-def _runs(ids: np.ndarray) -> list[np.ndarray]:
-    """Runs of consecutive frame indices in ``ids``."""
-    ids = np.asarray(ids, dtype=np.int64)
-    cuts = np.flatnonzero(np.diff(ids) != 1) + 1
-    return [r for r in np.split(ids, cuts) if len(r)]
-
-
 @dataclass(frozen=True)
 class HeadMotionModel:
-    """A stationary AR(2) on 6-D pose offsets: x_t = m + A1 (x_{t-1} - m) + A2 (x_{t-2} - m) + L e_t.
+    """A stationary AR(2) on 6-D pose offsets (:class:`avatar3d.render.ar2.StationaryAR2`, one latent per axis).
 
     Offsets are :func:`pose_offsets` (degrees, millimetres) from ``R_ref``/``t_ref``.  While
     sampling, each frame's step is limited to the largest step the subject made (rotation and
@@ -374,42 +369,27 @@ class HeadMotionModel:
 
     R_ref: np.ndarray  # [3, 3]
     t_ref: np.ndarray  # [3]
-    mean: np.ndarray  # [6]
-    A1: np.ndarray  # [6, 6]
-    A2: np.ndarray  # [6, 6]
-    noise_chol: np.ndarray  # [6, 6] lower Cholesky factor of the innovation covariance
-    max_step: tuple[float, float]  # largest per-frame step of the subject: degrees (angle norm), millimetres
-    low: np.ndarray  # [6] trained range of the offsets (1st percentile)
-    high: np.ndarray  # [6] (99th percentile)
-    starts: np.ndarray  # [M, 2, 6] consecutive training offset pairs a sample may start from
+    process: StationaryAR2  # on the offsets; max_step: degrees (angle norm), millimetres (translation norm)
+
+    @property
+    def low(self) -> np.ndarray:
+        """[6] trained range of the offsets (1st percentile)."""
+        return self.process.low
+
+    @property
+    def high(self) -> np.ndarray:
+        """[6] (99th percentile)."""
+        return self.process.high
 
     @property
     def spectral_radius(self) -> float:
         """Largest |eigenvalue| of the companion matrix: < 1 means stationary (no drift, no blow-up)."""
-        k = len(self.mean)
-        companion = np.block([[self.A1, self.A2], [np.eye(k), np.zeros((k, k))]])
-        return float(np.abs(np.linalg.eigvals(companion)).max())
+        return self.process.spectral_radius
 
     def sample_offsets(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """[n, 6] offsets continuing a randomly chosen real pair of consecutive training frames, and the
         [n] mask of frames where an axis was held at the trained range."""
-        start = np.clip(self.starts[rng.integers(len(self.starts))], self.low, self.high) - self.mean
-        prev2, prev1 = start[0], start[1]
-        low, high = self.low - self.mean, self.high - self.mean
-        noise = rng.standard_normal((n, len(self.mean))) @ self.noise_chol.T
-        out = np.empty((n, len(self.mean)))
-        held = np.zeros(n, dtype=bool)
-        for i in range(n):
-            x = self.A1 @ prev1 + self.A2 @ prev2 + noise[i]
-            step = x - prev1
-            for part, limit in ((slice(0, 3), self.max_step[0]), (slice(3, 6), self.max_step[1])):
-                size = float(np.linalg.norm(step[part]))
-                if size > limit:
-                    step[part] *= limit / size
-            x = np.clip(prev1 + step, low, high)
-            held[i] = bool(((x <= low) | (x >= high)).any())
-            out[i], prev2, prev1 = x, prev1, x
-        return out + self.mean, held
+        return self.process.sample(n, rng)
 
     def sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``n`` head poses (R [n, 3, 3], t [n, 3]) and the held mask; the same seed gives the same poses."""
@@ -421,19 +401,17 @@ class HeadMotionModel:
 
 def fit_head_motion(R: np.ndarray, t: np.ndarray, train_ids: np.ndarray, *,
                     max_radius: float = 0.999) -> HeadMotionModel:  # fmt: skip
-    """A critically damped AR(2) per axis, x_t = 2ρ x_{t-1} - ρ² x_{t-2} + σ e_t, fitted to two moments.
+    """A critically damped AR(2) per axis (:func:`avatar3d.render.ar2.critically_damped`), fitted to two moments.
 
-    Per axis of the training poses' offsets from their mean pose, ρ is solved so that the
-    process's mean squared step over its variance equals the subject's (inside runs of
-    consecutive training frames: E[Δ²] / Var = 2 (1 - r1), r1 = 2ρ / (1 + ρ²)), then σ so that
-    its variance equals the subject's.  So the spread and the RMS speed are the subject's by
-    construction, and the double pole gives smooth, non-oscillating sway.  Why not a full
-    Yule–Walker VAR(2): on a 15 s clip its lag covariances are fragile (two trackings of the
-    same test clip gave heads moving 1.0x and 1.5-2x the subject's speed); axes are
-    independent here (cross-axis correlation is not modelled).
+    Per axis of the training poses' offsets from their mean pose, the process's variance and
+    mean squared step (inside runs of consecutive training frames) equal the subject's, so the
+    spread and the RMS speed are the subject's by construction, and the double pole gives
+    smooth, non-oscillating sway.  Why not a full Yule–Walker VAR(2): on a 15 s clip its lag
+    covariances are fragile (two trackings of the same test clip gave heads moving 1.0x and
+    1.5-2x the subject's speed); axes are independent here (cross-axis correlation is not modelled).
     """
     R, t = np.asarray(R, np.float64), np.asarray(t, np.float64)
-    runs = [r for r in _runs(np.asarray(train_ids)) if len(r) >= 3]
+    runs = [r for r in consecutive_runs(np.asarray(train_ids)) if len(r) >= 3]
     total = sum(len(r) for r in runs)
     if total < MIN_MODEL_FRAMES:
         raise Avatar3DError(f"--pose generated: the avatar has only {total} consecutive training frames; the "
@@ -441,22 +419,15 @@ def fit_head_motion(R: np.ndarray, t: np.ndarray, train_ids: np.ndarray, *,
     trained = pose_range(R, t, train_ids)
     xs = [pose_offsets(R[r], t[r], trained.R_ref, trained.t_ref) for r in runs]
     allx = np.concatenate(xs)
-    mean = allx.mean(axis=0)
-    var = np.maximum(allx.var(axis=0), 1e-12)
     raw_steps = np.concatenate([np.diff(x, axis=0) for x in xs])
-    step_ms = (raw_steps ** 2).mean(axis=0)
-    r1 = np.clip(1.0 - 0.5 * step_ms / var, 0.01, 1.0 - 1e-6)  # lag-1 autocorrelation to reproduce
-    rho = np.minimum((1.0 - np.sqrt(1.0 - r1 ** 2)) / r1, max_radius)
-    phi1, phi2 = 2.0 * rho, -rho ** 2
-    gain = (1.0 + phi2) * ((1.0 - phi2) ** 2 - phi1 ** 2) / (1.0 - phi2)  # Var = σ² / gain
-    sigma = np.sqrt(var * np.maximum(gain, 1e-12))
-    max_step = (float(np.linalg.norm(raw_steps[:, :3], axis=1).max()),
-                float(np.linalg.norm(raw_steps[:, 3:], axis=1).max()))
+    phi1, phi2, sigma = critically_damped(allx.var(axis=0), (raw_steps ** 2).mean(axis=0), max_radius)
+    max_step = np.array([np.linalg.norm(raw_steps[:, part], axis=1).max() for part in (slice(0, 3), slice(3, 6))])
     starts = np.concatenate([np.stack([x[:-1], x[1:]], axis=1) for x in xs])
     low = np.concatenate([trained.angles[0], 1000.0 * trained.offsets[0]])
     high = np.concatenate([trained.angles[1], 1000.0 * trained.offsets[1]])
-    return HeadMotionModel(trained.R_ref, trained.t_ref, mean, np.diag(phi1), np.diag(phi2), np.diag(sigma),
-                           max_step, low, high, starts)  # fmt: skip
+    process = StationaryAR2(allx.mean(axis=0), phi1, phi2, sigma, low, high, max_step, starts,
+                            groups=((0, 1, 2), (3, 4, 5)))  # fmt: skip
+    return HeadMotionModel(trained.R_ref, trained.t_ref, process)
 
 
 def generated_pose(R: np.ndarray, t: np.ndarray, train_ids: np.ndarray, n: int, seed: int) -> PoseTrack:
