@@ -172,7 +172,7 @@ def personalize_speech(speech: SubjectSpeech, base_model: MotionModel, base_name
 
     table = {m: {"val_l1": _l1(preds[m], y, val_rows), "holdout_l1": _l1(preds[m], y, hold_rows)} for m in METHODS}
     report = {
-        "subject": str(speech.root), "base": base_name, "fps": speech.fps,
+        "subject": str(speech.root), "base": base_name, "fps": speech.fps, "signature": dict(speech.signature),
         "frames": {"train": int(len(inner_rows)), "holdout": int(len(hold_rows)), "val": int(len(val_rows))},
         "val_seconds": round(len(val_rows) / speech.fps, 2), "table": table,
         "best_step": history["best_step"], "steps_run": history["steps_run"], "history": history["evals"],

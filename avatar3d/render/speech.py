@@ -494,6 +494,21 @@ def render_tracks(model, bundle: dict, tracks: DriveTracks, out: Path | None,  #
     return len(views) / max(seconds, 1e-9)
 
 
+def _stale(model, subject: Path) -> bool:  # type: ignore[no-untyped-def]
+    """True when ``model`` was personalised on another tracking of ``subject`` than the one on disk now.
+
+    Why: a re-tracked subject (new tracker, new expression scale) would otherwise keep driving the avatar
+    with the old scale.  A subject folder that is gone cannot be checked: the model is kept.
+    """
+    tracking = subject / "tracking.npz"
+    if not tracking.is_file():
+        return False
+    from avatar3d.io.hashing import file_sha256
+
+    made_from = model.info.get("personalization", {}).get("signature", {}).get("tracking_sha256")
+    return made_from != file_sha256(tracking)
+
+
 def mouth_model_for(avatar: Path, bundle: dict, path: Path | None = None, *, progress: bool = True,  # type: ignore[no-untyped-def]
                     log: Callable[[str], None] = print):
     """The motion model that drives ``avatar``: ``path`` if given, else the avatar's personalised one.
@@ -508,9 +523,12 @@ def mouth_model_for(avatar: Path, bundle: dict, path: Path | None = None, *, pro
     if path is not None:
         return load(path)
     own = avatar / PERSONAL_MODEL_NAME
-    if own.is_file():
-        return load(own)
     subject = Path(str(bundle.get("subject", "")))
+    if own.is_file():
+        model = load(own)
+        if not _stale(model, subject):
+            return model
+        log(f"[render] {subject} was re-tracked since {own} was made; personalising again")
     if not (subject / "manifest.json").is_file():
         raise Avatar3DError(f"{avatar}: no personalised motion model ({PERSONAL_MODEL_NAME}) and its subject folder "
                             f"{subject} is gone; run `avatar3d motion personalize SUBJECT -o {own}` or pass "

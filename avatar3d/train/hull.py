@@ -19,10 +19,11 @@ from avatar3d.nerf.occupancy import OccupancyGrid
 
 def carve_head_hull(
     grid: OccupancyGrid, R: np.ndarray, t: np.ndarray, K: np.ndarray, labels: np.ndarray, frame_ids: np.ndarray,
-    *, max_frames: int = 96, dilate_px: int = 2, carve_fraction: float = 0.5,
+    *, max_frames: int = 96, dilate_px: int = 2, carve_fraction: float = 0.5, neck_px: int = 0,
 ) -> torch.Tensor:  # fmt: skip
     """Bool [n_cells]: True where the head may be. A cell is carved when, among the frames in which its
-    centre projects inside the image, more than ``carve_fraction`` put it outside the dilated head mask."""
+    centre projects inside the image, more than ``carve_fraction`` put it outside the dilated head mask
+    (widened by :func:`neck_band` of ``neck_px``, where the head field may own the neck)."""
     ids = frame_ids[np.linspace(0, len(frame_ids) - 1, min(max_frames, len(frame_ids))).round().astype(int)]
     centres = grid.cell_points(torch.arange(grid.geometry.n_cells)).double().numpy()  # [C, 3]
     outside = np.zeros(len(centres), np.int32)
@@ -30,7 +31,7 @@ def carve_head_hull(
     kernel = np.ones((2 * dilate_px + 1, 2 * dilate_px + 1), np.uint8)
     for i in ids:
         lab = np.asarray(labels[int(i)])
-        head = cv2.dilate(((lab == 1) | (lab == 3)).astype(np.uint8), kernel) > 0
+        head = (cv2.dilate(((lab == 1) | (lab == 3)).astype(np.uint8), kernel) > 0) | neck_band(lab, neck_px)
         cam = centres @ R[i].T + t[i]
         z = np.maximum(cam[:, 2], 1e-6)
         u = np.floor(K[0, 0] * cam[:, 0] / z + K[0, 2]).astype(np.int64)
@@ -41,3 +42,16 @@ def carve_head_hull(
         outside[inside] += ~head[v[inside], u[inside]]
     keep = outside <= carve_fraction * np.maximum(seen, 1)
     return torch.from_numpy(keep)
+
+
+def neck_band(labels: np.ndarray, px: int) -> np.ndarray:
+    """Bool [H, W]: neck/torso pixels within ``px`` of the head label; none if px=0.
+
+    Why: the parsing calls the neck "torso", but the neck turns with the head; inside this band the
+    head field may own it (it is neither carved from the hull nor pushed to zero opacity).
+    """
+    if px <= 0:
+        return np.zeros(labels.shape, bool)
+    head = ((labels == 1) | (labels == 3)).astype(np.uint8)
+    near = cv2.dilate(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))) > 0
+    return near & (labels == 2)

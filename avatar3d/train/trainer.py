@@ -34,7 +34,7 @@ from avatar3d.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from avatar3d.nerf.model import AvatarConfig, AvatarModel, RayBatch, pixel_dirs, to_head_space
 from avatar3d.train.checkpoint import AVATAR_NAME, CHECKPOINT_NAME, FORMAT_VERSION, load_state, restore, save_checkpoint
 from avatar3d.train.data import LIP_IDS, SubjectData, load_subject
-from avatar3d.train.hull import carve_head_hull
+from avatar3d.train.hull import carve_head_hull, neck_band
 from avatar3d.train.pose_fit import PoseFitConfig, fit_poses
 
 CONFIG_NAME = "config.yaml"
@@ -75,13 +75,17 @@ class TrainConfig:
     channels); empty = all.  Why: most tracked channels are landmark noise on a short clip (on the 60 s
     synthetic subject only jawOpen correlates > 0.5 with the truth) and a noisy per-frame code lets the
     field memorise training frames instead of learning motion."""
+    motion_std_floor: float = 0.02
+    """> 0: the head field sees each motion channel standardised by the training frames' mean and std
+    (std floored here, so a channel the tracker holds still is not blown up into noise); 0: the raw vector."""
     torso_clearance_px: int = 0
     """> 0: head-labelled pixels farther than this many pixels (at training resolution) from the neck/torso
     label supervise the torso alpha to 0 -- the torso layer may not paint behind the head, where it can
     only hide head-silhouette errors per training pose (and fails on held-out poses). 0: unsupervised there."""
     neck_band_px: int = 0
-    """Neck/torso pixels within this many pixels (at training resolution) of the head label are not
-    forced to zero head opacity, so the head field may own the neck where it moves with the head."""
+    """Neck/torso pixels within this many pixels (at training resolution) of the head label are neither
+    carved from the head's hull nor forced to zero head opacity, so the head field may own the neck where
+    it moves with the head (train/hull.py: neck_band)."""
     grid_update_every: int = 16
     grid_warmup_steps: int = 64
     grid_threshold: float = 5.0  # occupancy: density (1/m) above min(mean, this); 5/m = 5% opacity per cm
@@ -202,15 +206,6 @@ def label_edges(labels: np.ndarray, radius: int = 1) -> np.ndarray:
     """Bool [H, W]: pixels within ``radius`` of a change of parsing label."""
     kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
     return cv2.dilate(labels, kernel) != cv2.erode(labels, kernel)
-
-
-def neck_band(labels: np.ndarray, px: int) -> np.ndarray:
-    """Bool [H, W]: neck/torso pixels within ``px`` of the head (the head field may own them); none if px=0."""
-    if px <= 0:
-        return np.zeros(labels.shape, bool)
-    head = ((labels == 1) | (labels == 3)).astype(np.uint8)
-    near = cv2.dilate(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))) > 0
-    return near & (labels == 2)
 
 
 def behind_head(labels: np.ndarray, px: int) -> np.ndarray:
@@ -343,11 +338,15 @@ def train(
     model = AvatarModel(config.avatar, data.motion(np.array([0])).shape[1], data.n_frames).to(dev)
     model.head.motion_mask.copy_(torch.from_numpy(motion_mask(list(data.expression_names), data.blink.shape[1],
                                                               config.motion_channels)).to(dev))  # fmt: skip
+    if config.motion_std_floor > 0:
+        model.head.set_motion_statistics(torch.from_numpy(data.motion(data.train_ids)).float().to(dev),
+                                         config.motion_std_floor)
     opt = _optimizer(model, config)
     torch_gen, np_gen = torch.Generator(device=dev).manual_seed(config.seed), np.random.default_rng(config.seed)
     step, elapsed, history = 0, 0.0, []
     if state is None:
-        hull = carve_head_hull(model.grid, data.R, data.t, data.K, data.labels, data.train_ids)
+        hull = carve_head_hull(model.grid, data.R, data.t, data.K, data.labels, data.train_ids,
+                               neck_px=config.neck_band_px)
         model.set_hull(hull)
         if model.pose is not None:
             model.pose.set_gauge(data.train_ids)

@@ -108,6 +108,27 @@ def test_bad_speech_input_is_a_one_line_error_and_writes_nothing(spoken, tmp_pat
     assert "directory" in capsys.readouterr().err
 
 
+def test_a_personalised_model_of_an_older_tracking_is_made_again(spoken, tmp_path) -> None:
+    """A re-tracked subject must not keep driving the avatar with the old tracking's coefficient scale."""
+    from avatar3d.motion.model import load
+    from avatar3d.render.speech import mouth_model_for
+
+    avatar = spoken[0]
+    bundle = torch.load(avatar / "avatar.pt", weights_only=False)
+    kept = mouth_model_for(avatar, bundle, progress=False, log=lambda s: None)
+    assert kept.info["personalization"]["signature"]["tracking_sha256"]  # the first render personalised it
+    copy = tmp_path / "avatar"
+    copy.mkdir()
+    stale = load(avatar / "motion.pt")
+    stale.info["personalization"]["signature"]["tracking_sha256"] = "0" * 64  # "made from another tracking"
+    stale.save(copy / "motion.pt")
+    said: list[str] = []
+    fresh = mouth_model_for(copy, bundle, progress=False, log=said.append)
+    assert any("re-tracked" in line for line in said)
+    assert fresh.info["personalization"]["signature"] == kept.info["personalization"]["signature"]
+    assert load(copy / "motion.pt").info["personalization"]["signature"] == kept.info["personalization"]["signature"]
+
+
 def test_an_avatar_whose_subject_is_gone_says_how_to_personalise(tiny_avatar_run, tmp_path, capsys) -> None:
     avatar = tmp_path / "moved"
     shutil.copytree(tiny_avatar_run[0], avatar, ignore=shutil.ignore_patterns("tensorboard", "checkpoint.pt"))
