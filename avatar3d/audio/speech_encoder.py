@@ -38,6 +38,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from avatar3d.audio.features import _as_audio  # the one validation of mono float audio
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.hashing import file_sha256
 
@@ -214,7 +215,7 @@ class SpeechEncoder:
         (polyphase, as everywhere in avatar3d); the waveform is then normalised
         per utterance (zero mean, unit variance) when the checkpoint asks for it.
         """
-        x = _as_mono(audio)
+        x = _as_audio(audio)
         rate = int(sample_rate)
         if rate <= 0:
             raise Avatar3DError(f"sample_rate={sample_rate} must be a positive number of Hz")
@@ -330,20 +331,6 @@ def _combined_sha256(files: list[Path]) -> str:
     for f in files:
         h.update(f.name.encode() + b"\0" + file_sha256(f).encode() + b"\n")
     return h.hexdigest()
-
-
-def _as_mono(audio: np.ndarray) -> np.ndarray:
-    x = np.asarray(audio)
-    if x.ndim != 1:
-        raise Avatar3DError(f"audio must be mono, shape [samples]; got shape {x.shape} (average the channels)")
-    if x.size == 0:
-        raise Avatar3DError("audio has no samples")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise Avatar3DError(f"audio must be float in [-1, 1], got {x.dtype}; divide int16 PCM by 32768")
-    x = x.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(x)):
-        raise Avatar3DError("audio contains NaN or inf samples; fix the audio source")
-    return x
 
 
 def _to_grid(centres: np.ndarray, feats: np.ndarray, n_rows: int, hop: int) -> np.ndarray:

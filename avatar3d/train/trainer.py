@@ -75,7 +75,7 @@ class TrainConfig:
     channels); empty = all.  Why: most tracked channels are landmark noise on a short clip (on the 60 s
     synthetic subject only jawOpen correlates > 0.5 with the truth) and a noisy per-frame code lets the
     field memorise training frames instead of learning motion."""
-    motion_std_floor: float = 0.02
+    motion_std_floor: float = 0.05
     """> 0: the head field sees each motion channel standardised by the training frames' mean and std
     (std floored here, so a channel the tracker holds still is not blown up into noise); 0: the raw vector."""
     torso_clearance_px: int = 0
