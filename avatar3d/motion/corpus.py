@@ -471,6 +471,11 @@ def load_split(corpus_dir: str | Path, split: str) -> list[dict[str, np.ndarray]
     return out
 
 
+def corpus_config(index: dict) -> CorpusConfig:
+    """The CorpusConfig a corpus was built with, from its index (JSON lists back to tuples)."""
+    return CorpusConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in index["config"].items()})
+
+
 def corpus_fps(corpus_dir: str | Path) -> float:
     """Frame rate the corpus curves were made at."""
     return float(read_index(corpus_dir)["config"]["fps"])
@@ -526,8 +531,7 @@ def encoder_streams(corpus_dir: str | Path, split: str, encoder: Any, *, progres
     if split not in SPLITS:
         raise Avatar3DError(f"split {split!r} is not one of {SPLITS}")
     index = read_index(corpus_dir)
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in index["config"].items()}
-    config = CorpusConfig(**cfg)
+    config = corpus_config(index)
     spec_fields = {f.name for f in dataclasses.fields(UtteranceSpec)}
     out: list[np.ndarray] = []
     shards = [sh for sh in index["shards"] if sh["split"] == split]

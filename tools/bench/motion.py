@@ -49,7 +49,8 @@ import numpy as np
 import torch
 
 from avatar3d.face.default_model import load_face_model
-from avatar3d.motion.corpus import CorpusConfig, UtteranceSpec, build_corpus, generate_sentences, load_split, make_utterance
+from avatar3d.motion.corpus import (CorpusConfig, UtteranceSpec, build_corpus, corpus_config, generate_sentences,
+                                    load_split, make_utterance)
 from avatar3d.motion.model import MotionModelConfig, load
 from avatar3d.motion.personalize import PersonalizeConfig, personalize_speech
 from avatar3d.motion.subject_corpus import SubjectSpeech
@@ -203,11 +204,6 @@ def personalisation_rows(model, config: CorpusConfig, seed: int) -> dict[str, di
             rows[key]["frames"] = {"personalize": int(speech.train[1]), "eval": int(len(y) - lo),
                                    "best_step": int(report["best_step"])}
     return rows
-
-
-def corpus_config(index: dict) -> CorpusConfig:
-    """The CorpusConfig a corpus was built with (from its index)."""
-    return CorpusConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in index["config"].items()})
 
 
 def _timed(model, audio: np.ndarray, n: int) -> float:
