@@ -49,3 +49,32 @@ def still_jitter_deg(r_est: np.ndarray, still: np.ndarray) -> float:
     if not pairs.any():
         return float("nan")
     return float(rotation_angle_deg(r_est[1:], r_est[:-1])[pairs].mean())
+
+
+def gt_poses_in_tracked_frame(R_gt: np.ndarray, t_gt: np.ndarray, R_tr: np.ndarray, t_tr: np.ndarray):
+    """Ground-truth poses re-expressed in the tracker's canonical head frame (one constant similarity).
+
+    Rotation: R_gt @ O with the constant offset O. Translation: t = R_gt u + s t_gt, with (u, s)
+    the least-squares fit to the tracked translations (u = s * the tracked origin in the true
+    head frame; s the monocular scale, which rescales the scene and leaves the images unchanged).
+    """
+    O = constant_rotation_offset(R_gt, R_tr)
+    A = np.concatenate([R_gt, t_gt[:, :, None]], axis=2).reshape(-1, 4)  # rows: [R_gt_i | t_gt_i]
+    sol, *_ = np.linalg.lstsq(A, t_tr.reshape(-1), rcond=None)
+    u, s = sol[:3], sol[3]
+    return R_gt @ O, np.einsum("nij,j->ni", R_gt, u) + s * t_gt, float(s)
+
+
+def true_intrinsics(gt_K: np.ndarray, decode: dict, resolution: int) -> np.ndarray:
+    """The generator's camera matrix mapped through prep's square crop and resize to ``resolution``.
+
+    Why: the tracker's focal is only weakly observed (553 px against the true 614 on the 60 s
+    subject) and its poses compensate; true poses are only meaningful with the true focal.
+    """
+    crop = decode["crop"]
+    s = crop["scale"] * resolution / decode["size"]
+    K = gt_K.astype(np.float64).copy()
+    K[0, 2] -= crop["x0"]
+    K[1, 2] -= crop["y0"]
+    K[:2] *= s
+    return K
