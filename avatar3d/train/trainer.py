@@ -34,7 +34,7 @@ from avatar3d.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from avatar3d.nerf.model import AvatarConfig, AvatarModel, RayBatch, pixel_dirs, to_head_space
 from avatar3d.train.checkpoint import AVATAR_NAME, CHECKPOINT_NAME, FORMAT_VERSION, load_state, restore, save_checkpoint
 from avatar3d.train.data import LIP_IDS, SubjectData, load_subject
-from avatar3d.train.hull import carve_head_hull, neck_band
+from avatar3d.train.hull import carve_head_hull, neck_band, within_px
 from avatar3d.train.pose_fit import PoseFitConfig, fit_poses
 
 CONFIG_NAME = "config.yaml"
@@ -162,8 +162,8 @@ class RaySampler:
         rgb = np.stack([np.asarray(data.frames[int(f)]).reshape(-1, 3)[i] for f, i in zip(frames, idx)])
         lab = np.stack([m.reshape(-1)[i] for m, i in zip(maps, idx)])
         edge = np.stack([label_edges(m).reshape(-1)[i] for m, i in zip(maps, idx)])
-        band = np.stack([neck_band(m, cfg.neck_band_px).reshape(-1)[i] for m, i in zip(maps, idx)])
-        clear = np.stack([behind_head(m, cfg.torso_clearance_px).reshape(-1)[i] for m, i in zip(maps, idx)])
+        band = np.stack([neck_band(m, cfg.neck_band_px, at=i) for m, i in zip(maps, idx)])
+        clear = np.stack([behind_head(m, cfg.torso_clearance_px, at=i) for m, i in zip(maps, idx)])
         idx_t = torch.from_numpy(idx.reshape(-1))
         local = torch.arange(len(frames)).repeat_interleave(per)
         fr = torch.from_numpy(frames.astype(np.int64))
@@ -208,14 +208,13 @@ def label_edges(labels: np.ndarray, radius: int = 1) -> np.ndarray:
     return cv2.dilate(labels, kernel) != cv2.erode(labels, kernel)
 
 
-def behind_head(labels: np.ndarray, px: int) -> np.ndarray:
-    """Bool [H, W]: head pixels farther than ``px`` from the neck/torso label (nothing of the torso shows
-    there); none if px=0."""
+def behind_head(labels: np.ndarray, px: int, at: np.ndarray | None = None) -> np.ndarray:
+    """Bool [H, W] (or [len(at)] at flat pixel indices ``at``): head pixels farther than ``px`` from the
+    neck/torso label (nothing of the torso shows there); none if px=0."""
     if px <= 0:
-        return np.zeros(labels.shape, bool)
-    torso = (labels == 2).astype(np.uint8)
-    near = cv2.dilate(torso, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))) > 0
-    return ((labels == 1) | (labels == 3)) & ~near
+        return np.zeros(labels.shape if at is None else len(at), bool)
+    head = (labels == 1) | (labels == 3)
+    return (head if at is None else head.reshape(-1)[at]) & ~within_px(labels == 2, px, at)
 
 
 def _bce(alpha: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
