@@ -252,12 +252,20 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to-ernerf", type=Path, metavar="DIR",
                    help="write the prepared SUBJECT as a RAD-NeRF / ER-NeRF data folder (new or empty DIR)")
     p.add_argument("--frames", type=_positive_int, help="with --to-ernerf: convert only the first N frames")
+    p.add_argument("--speech-encoder", type=Path, metavar="HUBERT_DIR",
+                   help="with --to-ernerf: also write aud_hu.npy ([N, 2, D], 50 Hz) from this local HuBERT checkpoint "
+                        "folder (config.json + weights, e.g. hubert-large-ls960-ft; never downloaded)")
+    p.add_argument("--encoder-layer", type=int, default=-1, metavar="N",
+                   help="with --speech-encoder: hidden state N (default -1 = the last, what ER-NeRF uses)")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     if args.to_ernerf is not None:
         return _cmd_export_ernerf(args)
+    if args.speech_encoder is not None or args.encoder_layer != -1:
+        raise Avatar3DError("--speech-encoder / --encoder-layer write ER-NeRF audio features: use them with "
+                            "--to-ernerf DIR")
     if args.mesh is None and args.blendshapes is None:
         raise Avatar3DError("nothing to export: pass --mesh OUT.glb|ply|obj and/or --blendshapes OUT.csv "
                             "(avatar folder), or --to-ernerf DIR (subject folder)")
@@ -291,12 +299,17 @@ def _cmd_export_ernerf(args: argparse.Namespace) -> int:
     if args.mesh is not None or args.blendshapes is not None:
         raise Avatar3DError("--to-ernerf takes a subject folder and --mesh / --blendshapes an avatar folder: "
                             "run them as two commands")
-    report = export_ernerf(args.avatar, args.to_ernerf, ErnerfExportConfig(max_frames=args.frames))
+    if args.speech_encoder is None and args.encoder_layer != -1:
+        raise Avatar3DError("--encoder-layer needs --speech-encoder HUBERT_DIR")
+    report = export_ernerf(args.avatar, args.to_ernerf, ErnerfExportConfig(
+        max_frames=args.frames, speech_encoder=args.speech_encoder, encoder_layer=args.encoder_layer))
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    audio = (f"audio features in {report.audio_features} (train ER-NeRF with --asr_model hubert)"
+             if report.audio_features else "audio features (aud_*.npy) are not included: run their extractor on "
+             "aud.wav or pass --speech-encoder HUBERT_DIR")
     print(f"ER-NeRF data folder {report.path}: {report.n_frames} frames ({report.n_train} train, {report.n_val} "
-          f"val), {report.n_landmark_files} .lms files, {report.seconds:.1f} s; audio features (aud_*.npy) are not "
-          "included: run their extractor on aud.wav")
+          f"val), {report.n_landmark_files} .lms files, {report.seconds:.1f} s; {audio}")
     return 0
 
 

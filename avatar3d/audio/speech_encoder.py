@@ -193,6 +193,11 @@ class SpeechEncoder:
                 f"{self.n_layers})")
 
     @property
+    def frame_rate(self) -> float:
+        """The encoder's own frames per second (sample rate / conv stride: 50 for every standard checkpoint)."""
+        return self.sample_rate / self.stride
+
+    @property
     def name(self) -> str:
         """One line naming the front-end (stored in model files and shown in messages)."""
         return f"speech-encoder {self.model_type} layer {self.layer}/{self.n_layers} dim {self.dim}"
@@ -215,6 +220,15 @@ class SpeechEncoder:
         (polyphase, as everywhere in avatar3d); the waveform is then normalised
         per utterance (zero mean, unit variance) when the checkpoint asks for it.
         """
+        x = self._prepare(audio, sample_rate)
+        n = len(x)
+        if n < self.receptive_field:  # at least one encoder frame (the conv stack needs a full field)
+            x = np.pad(x, (0, self.receptive_field - n))
+        centres, feats = self._frames(x)
+        return _to_grid(centres, feats, self.frame_count(n), self.hop)
+
+    def _prepare(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Mono float audio at the encoder's rate, normalised per utterance when the checkpoint asks for it."""
         x = _as_audio(audio)
         rate = int(sample_rate)
         if rate <= 0:
@@ -223,15 +237,39 @@ class SpeechEncoder:
             from avatar3d.io.audio import resample
 
             x = resample(x, rate, self.sample_rate).astype(np.float32)
-        n = len(x)
         if self.do_normalize:  # Wav2Vec2FeatureExtractor's zero_mean_unit_var_norm, over the whole utterance
             mean = float(np.mean(x, dtype=np.float64))
             var = float(np.var(x, dtype=np.float64))
             x = ((x - mean) / math.sqrt(var + 1e-7)).astype(np.float32)
-        if n < self.receptive_field:  # at least one encoder frame (the conv stack needs a full field)
-            x = np.pad(x, (0, self.receptive_field - n))
-        centres, feats = self._frames(x)
-        return _to_grid(centres, feats, self.frame_count(n), self.hop)
+        return x
+
+    def encode_native(self, audio: np.ndarray, sample_rate: int, final_norm: bool = False) -> np.ndarray:
+        """float32 [ceil(n16k / stride), dim]: the chosen hidden state at the encoder's own frame rate (50 Hz).
+
+        Why: tools that consume encoder frames directly (ER-NeRF's ``aud_hu.npy``: two 20 ms frames per
+        25 fps video frame) need the frames themselves, not the 100 Hz interpolation of :meth:`encode`.
+        Frame ``j`` reads samples ``[stride j, stride j + receptive_field)`` of the (resampled, normalised)
+        audio; the end is zero-padded by ``receptive_field - stride`` samples so every started stride of
+        audio gets one frame (``640 N`` samples -> ``2 N`` frames).  Same chunking as :meth:`encode`.
+        ``final_norm``: when the chosen state is the last one, return transformers' ``last_hidden_state``,
+        i.e. apply the closing LayerNorm of pre-norm ("stable layer norm", the *large*) checkpoints, which
+        ``hidden_states[-1]`` lacks; per frame, so exact after chunking.  No effect on other layers / layouts.
+        """
+        x = self._prepare(audio, sample_rate)
+        n_frames = max(1, -(-len(x) // self.stride))
+        x = np.pad(x, (0, (n_frames - 1) * self.stride + self.receptive_field - len(x)))
+        _, feats = self._frames(x)
+        if len(feats) != n_frames:  # the conv lattice is fixed by the padding above; guard the chunk logic
+            raise AssertionError(f"speech encoder gave {len(feats)} frames for {n_frames} strides")
+        if final_norm and self.has_final_norm:
+            with torch.inference_mode():
+                feats = self.model.encoder.layer_norm(torch.from_numpy(np.ascontiguousarray(feats))).numpy()
+        return np.ascontiguousarray(feats, np.float32)
+
+    @property
+    def has_final_norm(self) -> bool:
+        """Whether the chosen state is the last of a pre-norm checkpoint, whose last_hidden_state adds a LayerNorm."""
+        return self.layer == self.n_layers and bool(getattr(self.model.config, "do_stable_layer_norm", False))
 
     def _frames(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(centre sample [F], hidden state [F, dim]) of every encoder frame, chunk by chunk.

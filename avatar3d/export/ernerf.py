@@ -12,6 +12,10 @@ The ER-NeRF folder (what their ``data_utils/process.py`` writes and ``nerf_tripl
 * ``torso_imgs/<i>.png`` BGRA: neck + torso (head removed), the neck's top edge extended upward
   behind the chin, alpha 0 elsewhere;
 * ``bc.jpg`` background plate, ``aud.wav`` 16 kHz mono, ``au.csv`` (OpenFace; ER-NeRF reads ``" AU45_r"``);
+* ``aud_hu.npy`` (optional, ``--speech-encoder``): float32 ``[N, 2, D]``, a HuBERT hidden state at its own
+  50 Hz; row ``i`` holds encoder frames ``2i, 2i+1``, which read samples ``[640 i, 640 i + 720)`` of
+  ``aud.wav`` (their ``data_utils/hubert.py`` + GeneFace's ``make_even_first_dim`` convention; ER-NeRF picks the
+  file with ``--asr_model`` containing "hubert" and indexes it by ``aud_id``);
 * ``transforms_{train,val}.json``: ``focal_len``, ``cx``, ``cy``, frames of ``img_id``/``aud_id``/
   ``transform_matrix`` (camera-to-head, OpenGL camera axes).
 
@@ -34,7 +38,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Union
+from typing import TYPE_CHECKING, Iterator, Literal, Optional, Union
 
 import cv2
 import numpy as np
@@ -50,10 +54,13 @@ from data_prep.landmarks import EXCLUDED, LandmarkConfig
 from data_prep.track import TrackConfig
 from data_prep.transforms import c2w_to_head_pose, head_pose_to_c2w
 
+if TYPE_CHECKING:
+    from avatar3d.audio.speech_encoder import SpeechEncoder
+
 PathLike = Union[str, Path]
 
 __all__ = [
-    "BGR_HEAD", "BGR_NECK", "BGR_TORSO", "BGR_BACKGROUND", "MEDIAPIPE_TO_68", "AU45_PER_BLINK",
+    "BGR_HEAD", "BGR_NECK", "BGR_TORSO", "BGR_BACKGROUND", "MEDIAPIPE_TO_68", "AU45_PER_BLINK", "AUDIO_FEATURE_NAME",
     "ErnerfExportConfig", "ErnerfImportConfig", "ExportReport", "ImportReport",
     "folder_kind", "labels_to_parsing", "parsing_to_labels", "landmarks_68", "gt_image", "torso_image",
     "blink_to_au45", "au45_to_blink", "export_ernerf", "import_ernerf",
@@ -108,6 +115,11 @@ class ErnerfExportConfig:
     """Neck/torso pixels above chin + this many face widths, between the jaw angles, are "neck"."""
     neck_extend_px: int = 48
     """How far torso_imgs extends the neck's top edge upward behind the chin (ER-NeRF: 48)."""
+    speech_encoder: Optional[Path] = None
+    """Local HuBERT checkpoint folder (wav2vec 2.0 / WavLM / data2vec-audio load too): write aud_hu.npy from
+    it.  None: no audio features (ER-NeRF's own extractor has to be run on aud.wav)."""
+    encoder_layer: int = -1
+    """Hidden state written to aud_hu.npy (-1 = the last, what ER-NeRF uses)."""
 
 
 @dataclass
@@ -140,6 +152,8 @@ class ExportReport:
     n_val: int
     seconds: float
     warnings: list[str]
+    audio_features: Optional[str] = None
+    """Name of the audio-feature file written (``aud_hu.npy``), None without a speech encoder."""
 
 
 @dataclass
@@ -400,7 +414,58 @@ def _write_au_csv(path: Path, au45: np.ndarray, has_face: np.ndarray, fps: float
     path.write_text("\n".join(lines) + "\n")
 
 
-def _info_text(subject: Path, n: int, fps: float, config: ErnerfExportConfig, warnings: list[str]) -> str:
+ERNERF_HUBERT_DIM = 1024
+"""Width ER-NeRF's network assumes for ``--asr_model`` *hubert* (hubert-large-ls960-ft's hidden size)."""
+AUDIO_FEATURE_NAME = "aud_hu.npy"
+
+
+def _load_encoder(config: ErnerfExportConfig, fps: float, warnings: list[str]) -> SpeechEncoder:
+    """The encoder for aud_hu.npy, checked before anything is written: two of its frames per video frame."""
+    from avatar3d.audio.speech_encoder import load_speech_encoder
+
+    enc = load_speech_encoder(config.speech_encoder, config.encoder_layer)
+    if abs(enc.frame_rate - 2.0 * fps) > 1e-6:
+        raise Avatar3DError(f"--speech-encoder {enc.folder}: {AUDIO_FEATURE_NAME} holds two encoder frames per video "
+                            f"frame, but the encoder gives {enc.frame_rate:g} frames/s and the subject is {fps:g} fps; "
+                            "re-run `avatar3d prep --fps 25` (standard checkpoints give 50 frames/s)")
+    if enc.model_type != "hubert":
+        warnings.append(f"{AUDIO_FEATURE_NAME} is written from a {enc.model_type} checkpoint; ER-NeRF loads it with "
+                        "--asr_model hubert all the same (it picks the file by name)")
+    if enc.dim != ERNERF_HUBERT_DIM:
+        warnings.append(f"{AUDIO_FEATURE_NAME} is {enc.dim}-d; ER-NeRF's network assumes {ERNERF_HUBERT_DIM} for "
+                        f"--asr_model hubert (hubert-large): set its audio_in_dim to {enc.dim} or use a large "
+                        "checkpoint")
+    return enc
+
+
+def _write_audio_features(tmp: Path, enc: SpeechEncoder, n: int, fps: float) -> None:
+    """aud_hu.npy from the aud.wav just written (its 16-bit samples, what ER-NeRF's extractor would read)."""
+    audio, rate = read_wav(tmp / "aud.wav")
+    want = int(round(n / fps * rate))
+    audio = np.pad(audio[:want], (0, max(0, want - len(audio))))  # a subject whose audio ends early: silence
+    frames = enc.encode_native(audio, rate, final_norm=True)  # = last_hidden_state, what ER-NeRF reads
+    if len(frames) != 2 * n:
+        raise AssertionError(f"{len(frames)} encoder frames for {n} video frames")
+    np.save(tmp / AUDIO_FEATURE_NAME, frames.reshape(n, 2, enc.dim).astype(np.float32))
+
+
+def _encoder_info(enc: SpeechEncoder) -> list[str]:
+    """info.txt lines naming the encoder exactly (a re-export with another checkpoint is told apart)."""
+    fp = enc.fingerprint
+    return [
+        f"{AUDIO_FEATURE_NAME}: float32 [N, 2, {enc.dim}], {enc.name}"
+        f"{' (last_hidden_state: after the final LayerNorm)' if enc.has_final_norm else ''}, "
+        f"from {Path(enc.folder).resolve()} "
+        f"(config sha256 {fp['config_sha256']}, weights sha256 {fp['weights_sha256']}, "
+        f"normalised: {fp['do_normalize']})",
+        f"{AUDIO_FEATURE_NAME}: row i = encoder frames 2i, 2i+1 at {enc.frame_rate:g} Hz, reading samples "
+        f"[{2 * enc.stride} i, {2 * enc.stride} i + {enc.stride + enc.receptive_field}) of aud.wav at "
+        f"{enc.sample_rate} Hz (the end zero-padded); ER-NeRF: --asr_model hubert",
+    ]
+
+
+def _info_text(subject: Path, n: int, fps: float, config: ErnerfExportConfig, warnings: list[str],
+               encoder_lines: Optional[list[str]] = None) -> str:
     """What the folder is and how it was converted, for whoever opens it later."""
     lines = [
         f"written by avatar3d from {subject.resolve()}: first {n} frames at {fps:g} fps",
@@ -410,8 +475,12 @@ def _info_text(subject: Path, n: int, fps: float, config: ErnerfExportConfig, wa
         "ori_imgs/*.lms: MediaPipe vertices standing in for the 68 iBUG points "
         "(avatar3d.export.ernerf.MEDIAPIPE_TO_68)",
         f"au.csv: AU45_r = {AU45_PER_BLINK:g} x mean eye closure (ER-NeRF reads clip(AU45_r, 0, 2) / 2)",
-        "not included: aud_ds.npy / aud_hu.npy / aud_eo.npy -- run ER-NeRF's audio feature extractor on aud.wav",
     ]
+    if encoder_lines:
+        lines += encoder_lines + ["not included: aud_ds.npy / aud_eo.npy (DeepSpeech / Esperanto features)"]
+    else:
+        lines.append("not included: aud_ds.npy / aud_hu.npy / aud_eo.npy -- run ER-NeRF's audio feature extractor "
+                     "on aud.wav, or export again with --speech-encoder HUBERT_DIR")
     return "\n".join(lines + [f"warning: {w}" for w in warnings]) + "\n"
 
 
@@ -452,6 +521,7 @@ def export_ernerf(subject_dir: PathLike, out_dir: PathLike, config: Optional[Ern
     flags = np.load(subject / "landmark_flags.npy")[:n]
     with np.load(subject / "tracking.npz") as z:
         R, t, blink = z["R"][:n].astype(np.float64), z["t"][:n].astype(np.float64), z["blink"][:n]
+    encoder = None if config.speech_encoder is None else _load_encoder(config, fps, warnings)
     plate = cv2.imread(str(subject / "background.png"), cv2.IMREAD_COLOR)  # BGR, as ER-NeRF's images
     if plate is None:
         raise Avatar3DError(f"{subject / 'background.png'} is unreadable; re-run `avatar3d prep`")
@@ -478,6 +548,8 @@ def export_ernerf(subject_dir: PathLike, out_dir: PathLike, config: Optional[Ern
                 n_lms += 1
         audio, rate = read_wav(subject / "audio.wav", 16000)
         write_wav(tmp / "aud.wav", audio[: int(round(n / fps * rate))], rate)
+        if encoder is not None:
+            _write_audio_features(tmp, encoder, n, fps)
         _write_au_csv(tmp / "au.csv", blink_to_au45(blink), flags != EXCLUDED, fps)
         c2w = head_pose_to_c2w(R, t)
         train_end, val_end = _export_split(manifest, n)
@@ -487,9 +559,11 @@ def export_ernerf(subject_dir: PathLike, out_dir: PathLike, config: Optional[Ern
             ids = [i for i in range(a, b) if flags[i] != EXCLUDED]
             counts[split] = len(ids)
             write_json_atomic(tmp / name, _transforms_json(c2w, ids, manifest["intrinsics"], size, split, (a, b), fps))
-        (tmp / INFO_NAME).write_text(_info_text(subject, n, fps, config, warnings))
+        (tmp / INFO_NAME).write_text(_info_text(subject, n, fps, config, warnings,
+                                                None if encoder is None else _encoder_info(encoder)))
     return ExportReport(path=out, n_frames=n, n_landmark_files=n_lms, n_train=counts["train"], n_val=counts["val"],
-                        seconds=time.perf_counter() - started, warnings=warnings)
+                        seconds=time.perf_counter() - started, warnings=warnings,
+                        audio_features=None if encoder is None else AUDIO_FEATURE_NAME)
 
 
 # ---------------------------------------------------------------------------
