@@ -36,8 +36,9 @@ def _train_config(fast: bool):  # type: ignore[no-untyped-def]
     config = load_config(TrainConfig, CPU_SMALL if CPU_SMALL.is_file() else None)
     if fast:
         fit = config.held_out_pose_fit and dataclasses.replace(config.held_out_pose_fit, steps=100, rays_per_step=1024)
+        px = config.neck_band_px * 64 // config.resolution  # the band is in training pixels
         return dataclasses.replace(config, resolution=64, time_budget_s=120.0, rays_per_step=1024, eval_every=0,
-                                   held_out_pose_fit=fit)  # fmt: skip
+                                   held_out_pose_fit=fit, neck_band_px=px)  # fmt: skip
     return dataclasses.replace(config, time_budget_s=DEMO_TRAIN_MINUTES * 60.0)
 
 
