@@ -21,18 +21,8 @@ import torch
 from avatar3d.audio.features import AudioFeatureConfig, analysis_frame_count
 from avatar3d.audio.speech_encoder import SpeechEncoderConfig, load_speech_encoder
 from avatar3d.errors import Avatar3DError
+from tests.speech_encoders import TINY, one_torch_thread  # noqa: F401  (autouse fixture)
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
-            num_conv_pos_embeddings=16)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():  # type: ignore[no-untyped-def]
-    """Tiny models on short clips: one torch thread is far cheaper than two fighting a loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -21,19 +21,9 @@ from avatar3d.cli import main
 from avatar3d.errors import Avatar3DError
 from avatar3d.export.ernerf import ErnerfExportConfig, ErnerfImportConfig, export_ernerf, import_ernerf
 from data_prep.track import TrackConfig
+from tests.speech_encoders import TINY, one_torch_thread  # noqa: F401  (autouse fixture)
 
 N = 24  # frames exported: the first 0.96 s of the 16 s fixture
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
-            num_conv_pos_embeddings=16)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():  # type: ignore[no-untyped-def]
-    """Tiny models on short clips: one torch thread is far cheaper than two fighting a loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
