@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     config = load_config(TrainConfig, args.config)
-    config = dataclasses.replace(config, steps=args.steps, time_budget_s=0.0, eval_every=0, eval_frames=1,
+    config = dataclasses.replace(config, steps=max(1, args.steps), time_budget_s=0.0, eval_every=0, eval_frames=1,
                                  checkpoint_every=10**9, held_out_pose_fit=None, device=args.device)  # fmt: skip
     cache_built = not (args.subject / "cache" / f"r{config.resolution}" / "cache.json").is_file()
     t0 = time.perf_counter()
