@@ -78,3 +78,20 @@ def true_intrinsics(gt_K: np.ndarray, decode: dict, resolution: int) -> np.ndarr
     K[1, 2] -= crop["y0"]
     K[:2] *= s
     return K
+
+
+def median_rotation_errors(r_true: np.ndarray, r_est: np.ndarray, splits: dict[str, np.ndarray]) -> dict[str, float]:
+    """``{"rot_<split>_deg": median error}`` (degrees, after the constant frame offset) per frame-id split."""
+    return {f"rot_{name}_deg": round(float(np.median(rotation_errors_deg(r_true[ids], r_est[ids]))), 3)
+            for name, ids in splits.items()}
+
+
+def true_camera(truth: dict, R_tr: np.ndarray, t_tr: np.ndarray, decode: dict, resolution: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(R, t, K, scale): the generator's poses in the tracked frame and its camera at ``resolution``.
+
+    ``truth`` holds the generator's ``rotation``, ``translation`` and ``intrinsics``; ``decode`` is prep's
+    decode.json (its crop). Why one function: benchmarks train on true poses only together with the true focal.
+    """
+    R, t, scale = gt_poses_in_tracked_frame(truth["rotation"], truth["translation"], R_tr, t_tr)
+    return R, t, true_intrinsics(truth["intrinsics"], decode, resolution), scale

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 from avatar3d.config import load_config
-from avatar3d.eval.pose import gt_poses_in_tracked_frame, rotation_errors_deg, true_intrinsics
+from avatar3d.eval.pose import median_rotation_errors, true_camera
 from avatar3d.train.data import load_subject
 from avatar3d.train.trainer import (TrainConfig, evaluate_frames, load_avatar, render_subject_frame, train,
                                     use_refined_poses)
@@ -43,8 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 def pose_errors(synth: Path, data) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Median rotation error (deg, after the constant frame offset) of the poses used, train and val frames."""
     gt = np.load(synth / "groundtruth.npz")
-    return {f"rot_{split}_deg": round(float(np.median(rotation_errors_deg(gt["rotation"][ids], data.R[ids]))), 3)
-            for split, ids in (("train", data.train_ids), ("val", data.val_ids))}
+    return median_rotation_errors(gt["rotation"], data.R, {"train": data.train_ids, "val": data.val_ids})
 
 
 def ensure_subject(work: Path, duration: float, seed: int) -> tuple[Path, Path]:
@@ -131,9 +130,8 @@ def main() -> None:
         data = load_subject(subject, base.resolution)
         if use_gt:
             gt = np.load(synth / "groundtruth.npz")
-            data.R, data.t, scale = gt_poses_in_tracked_frame(gt["rotation"], gt["translation"], data.R, data.t)
             decode = json.loads((subject / "decode.json").read_text())
-            data.K = true_intrinsics(gt["intrinsics"], decode, base.resolution)
+            data.R, data.t, data.K, scale = true_camera(gt, data.R, data.t, decode, base.resolution)
             print(f"[bench] ground-truth poses in the tracked frame (scale {scale:.4f}) and the true focal "
                   f"{data.K[0, 0]:.1f} px at {base.resolution}²")
         if (out / "avatar.pt").is_file():

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 from avatar3d.config import load_config
-from avatar3d.eval.pose import gt_poses_in_tracked_frame, rotation_errors_deg, true_intrinsics
+from avatar3d.eval.pose import median_rotation_errors, true_camera
 from avatar3d.train.data import load_subject
 from avatar3d.train.trainer import TrainConfig, load_avatar, render_subject_frame, train
 
@@ -50,8 +50,7 @@ def render_fps(model, data, ids, budget: int) -> float:  # type: ignore[no-untyp
 
 def rotation_errors(truth: dict[str, np.ndarray], data, R: np.ndarray) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Median rotation error (deg, after the constant frame offset) of poses ``R``, training and held-out frames."""
-    return {f"rot_{split}_deg": round(float(np.median(rotation_errors_deg(truth["rotation"][ids], R[ids]))), 3)
-            for split, ids in (("train", data.train_ids), ("val", data.val_ids))}
+    return median_rotation_errors(truth["rotation"], R, {"train": data.train_ids, "val": data.val_ids})
 
 
 def main() -> None:
@@ -79,9 +78,8 @@ def main() -> None:
     data = load_subject(args.subject, config.resolution, progress=False)
     load_s = time.perf_counter() - t0
     if args.train_on_truth:
-        data.R, data.t, _ = gt_poses_in_tracked_frame(truth["rotation"], truth["translation"], data.R, data.t)
         decode = json.loads((args.subject / "decode.json").read_text(encoding="utf-8"))
-        data.K = true_intrinsics(truth["intrinsics"], decode, config.resolution)
+        data.R, data.t, data.K, _ = true_camera(truth, data.R, data.t, decode, config.resolution)
     pose_errors_tracked = rotation_errors(truth, data, data.R) if truth and not args.train_on_truth else None
     result = train(args.subject, args.out, config, data=data, progress=False)
     history = json.loads((args.out / "history.json").read_text())
