@@ -373,7 +373,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                    "prepare it, train the avatar, re-render its held-out frames, make it say a new "
                                    "sentence, evaluate it, and print where every output is.")
     p.add_argument("-o", "--out", type=Path, default=Path("avatar3d_demo"), help="output folder (default ./avatar3d_demo)")
-    p.add_argument("--fast", action="store_true", help="an 8 s clip and 2 minutes of training at 64² (~5 min in all) "
+    p.add_argument("--fast", action="store_true", help="an 8 s clip and 90 s of training at 64² (~3 min in all) "
                    "instead of 60 s and 16 minutes at 128² (~30 min)")
     p.set_defaults(func=_cmd_demo)
 
