@@ -17,7 +17,8 @@ import dataclasses
 
 import numpy as np
 
-from avatar3d.io.atomic import write_json_atomic
+from avatar3d.errors import Avatar3DError
+from avatar3d.io.atomic import check_parent_writable, write_json_atomic
 from avatar3d.eval.pose import rotation_errors_deg, still_jitter_deg, translation_errors_mm
 from avatar3d.synth.check import check_clip, load_groundtruth
 from avatar3d.synth.generate import SynthConfig, generate
@@ -54,9 +55,18 @@ def _train_config(fast: bool):  # type: ignore[no-untyped-def]
                                neck_band_px=px)  # fmt: skip
 
 
+def _check_out(out: Path) -> None:
+    """A fresh, writable folder, checked before minutes of work (a second demo would stop at training)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise Avatar3DError(f"{out}: already exists and is not an empty folder (a previous demo?); "
+                            "pass -o NEW_FOLDER or remove it")  # fmt: skip
+    check_parent_writable(out / "demo.json", "-o")
+
+
 def run_demo(out: Path, fast: bool = False) -> dict:
     """Run the demo into ``out`` and print where everything is."""
     started = time.time()
+    _check_out(Path(out))
     subject_dir = Path(out) / "subject"
     print(f"[1/{STEPS}] synthesising a {'8' if fast else '60'} s talking subject into {subject_dir}")
     report = generate(SynthConfig(duration_s=8.0 if fast else 60.0, seed=0), subject_dir)

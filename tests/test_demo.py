@@ -76,3 +76,14 @@ def test_fast_demo_end_to_end(tmp_path: Path) -> None:
     assert metrics["image"] == summary["eval"]["image"]
     html = Path(summary["files"]["report"]).read_text()
     assert "<img" in html and "http://" not in html and "https://" not in html  # self-contained
+
+
+def test_demo_refuses_a_used_folder_at_once(tmp_path: Path) -> None:
+    """A second demo into the same folder would stop after a minute, at training: say so before any work."""
+    used = tmp_path / "used"
+    (used / "avatar").mkdir(parents=True)
+    proc = subprocess.run([sys.executable, "-m", "avatar3d", "demo", "--fast", "-o", str(used)], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode != 0 and "already exists" in proc.stderr and str(used) in proc.stderr, proc.stderr[-800:]
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert [p.name for p in used.iterdir()] == ["avatar"]
