@@ -28,6 +28,8 @@ setup(
         "matplotlib>=3.7",
         # Mesh export (`avatar3d export --mesh`): .glb/.ply/.obj writing, components, hole filling.
         "trimesh>=4.0,<6",
+        # quadric decimation for `export --mesh --max-faces` (a 0.3 MB wheel; what trimesh's own simplify calls)
+        "fast-simplification==0.2.0",
     ],
     extras_require={
         # Optional speech-encoder front-end (local wav2vec 2.0 / HuBERT folders only; never downloads).

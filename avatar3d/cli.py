@@ -245,6 +245,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mesh", type=Path, help="output mesh: .glb, .ply or .obj (vertex colours)")
     p.add_argument("--mesh-resolution", type=_positive_int, default=192,
                    help="grid cells along the longest side of the head box (default 192, ~2 mm)")
+    p.add_argument("--max-faces", type=_positive_int, metavar="N",
+                   help="decimate the mesh to at most N triangles (quadric edge collapse; default: keep all, ~80k)")
     p.add_argument("--threshold", type=_positive_float,
                    help="density iso-level in 1/m (default ln2/dt_min: one finest marching step is 50%% opaque)")
     p.add_argument("--blendshapes", type=Path, help="output .csv: per-frame ARKit weights + head rotation "
@@ -285,7 +287,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"  blendshapes  {info['path']} ({info['frames']} frames at {info['fps']:g} fps)")
     if args.mesh is not None:
         report = export_mesh(args.avatar, args.mesh, MeshExportConfig(resolution=args.mesh_resolution,
-                                                                      threshold=args.threshold))  # fmt: skip
+                                                                      threshold=args.threshold,
+                                                                      max_faces=args.max_faces))  # fmt: skip
         ex = report.extent_m
         print(f"  mesh         {report.path}: {report.n_vertices} vertices, {report.n_faces} faces, "
               f"{ex[0]:.3f} x {ex[1]:.3f} x {ex[2]:.3f} m, {'watertight' if report.watertight else 'NOT watertight'}, "

@@ -90,7 +90,10 @@ class TrainConfig:
     grid_warmup_steps: int = 64
     grid_threshold: float = 5.0  # occupancy: density (1/m) above min(mean, this); 5/m = 5% opacity per cm
     eval_every: int = 250  # held-out PSNR and TensorBoard images every this many steps (0: only at the end)
-    eval_frames: int = 2
+    eval_frames: int = 2  # frames of those periodic checks (history.json, TensorBoard): a cheap trend, not the score
+    final_eval_frames: int = 40
+    """Held-out frames (evenly spaced; 0 = all) scored once training ends: the figure the log and the result
+    report.  Two frames read 39.2 dB where 40 read 39.0, and 35.4 where 40 read 33.8."""
     checkpoint_every: int = 250
     seed: int = 0
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
@@ -419,18 +422,23 @@ def train(
     finished = step >= config.steps or budget_hit
     result: dict[str, Any] = {"step": step, "elapsed_s": round(elapsed, 1), "finished": finished}
     if finished:
-        result["val"] = evaluate()
+        evaluate()  # the history's last point
         checkpoint()
+        model.eval()
+        final_ids = _eval_ids(data, config.final_eval_frames or len(data.val_ids) or len(data.train_ids))
+        result["val"] = evaluate_frames(model, data, final_ids)[0]
         R, t = _training_poses(model, data)
         if config.held_out_pose_fit is not None and len(data.val_ids):
             log(f"[train] re-tracking the {len(data.val_ids)} held-out frames' head poses photometrically")
             R[data.val_ids], t[data.val_ids] = fit_poses(model, data, data.val_ids, config, config.held_out_pose_fit)
             result["val_tracked"] = result["val"]
-            result["val"] = evaluate_frames(model, dataclasses.replace(data, R=R, t=t), eval_ids)[0]
+            result["val"] = evaluate_frames(model, dataclasses.replace(data, R=R, t=t), final_ids)[0]
+        model.train()
+        result["val_frames"] = len(final_ids)
         save_avatar(out / AVATAR_NAME, model, data, config, poses=(R, t))
         val = result["val"]
-        log(f"[train] {step} steps in {elapsed:.0f} s; held-out PSNR full {val['psnr_full']:.2f} / head "
-            f"{val['psnr_head']:.2f} / mouth {val['psnr_mouth']:.2f} dB"
+        log(f"[train] {step} steps in {elapsed:.0f} s; held-out PSNR ({len(final_ids)} frames) full "
+            f"{val['psnr_full']:.2f} / head {val['psnr_head']:.2f} / mouth {val['psnr_mouth']:.2f} dB"
             + (f" (re-tracked poses; landmark-tracked: head {result['val_tracked']['psnr_head']:.2f} dB)"
                if "val_tracked" in result else "") + f" -> {out / AVATAR_NAME}")
     if writer is not None:

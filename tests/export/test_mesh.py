@@ -127,3 +127,28 @@ def test_cli_mesh_and_bad_outputs(tiny_avatar_run, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "small.ply"]
     with pytest.raises(Avatar3DError, match="resolution"):
         export_mesh(avatar, tmp_path / "x.glb", MeshExportConfig(resolution=4))
+
+
+def test_max_faces_decimates_and_keeps_the_head(exported, tmp_path):
+    """`--max-faces`: at most N triangles, still over the issue's 5k, the same head (box, surface, colours)."""
+    from scipy.spatial import cKDTree
+
+    avatar, full_path, full_report = exported
+    out = tmp_path / "light.glb"
+    assert main(["export", str(avatar), "--mesh", str(out), "--mesh-resolution", str(RESOLUTION),
+                 "--max-faces", "6000"]) == 0  # fmt: skip
+    full, light = load(full_path), load(out)
+    assert full_report.n_faces > 2 * 6000, "the test needs a mesh worth decimating"
+    assert 5000 < len(light.faces) <= 6000
+    # closed: no hole (every edge has faces on both sides); a collapse may pinch two sheets on a few edges
+    _, uses = np.unique(np.sort(light.edges, axis=1), axis=0, return_counts=True)
+    assert uses.min() >= 2 and np.mean(uses != 2) < 0.002, np.bincount(uses)
+    np.testing.assert_allclose(light.extents, full.extents, rtol=0.05)
+    # every kept vertex lies on the full surface (its vertices are ~1.5 mm apart at 128 cells)
+    gap_mm = 1000 * cKDTree(np.asarray(full.vertices)).query(np.asarray(light.vertices))[0]
+    assert np.median(gap_mm) < 1.5 and np.percentile(gap_mm, 99) < 4.0, (np.median(gap_mm), gap_mm.max())
+    # and is coloured like the full mesh's nearest vertex
+    near = cKDTree(np.asarray(full.vertices)).query(np.asarray(light.vertices))[1]
+    diff = np.abs(np.asarray(light.visual.vertex_colors)[:, :3].astype(float)
+                  - np.asarray(full.visual.vertex_colors)[near, :3].astype(float))  # fmt: skip
+    assert np.median(diff) < 12, np.median(diff)
