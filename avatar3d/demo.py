@@ -3,9 +3,10 @@
 Synthesise a 60 s talking subject (speech, head motion, blinks, ground truth), check it
 with MediaPipe, prepare it as a dataset and measure the tracking against the ground truth,
 train the avatar (configs/cpu_small.yaml at 128², 16 min here so the whole demo stays within
-30 min on 2 cores; ``--fast``: an 8 s clip, 64², 90 s with the tiny network, ~3 min in all), re-render its held-out frames with
-their audio, make it say a sentence the subject never said (text -> espeak-ng -> the motion
-model personalised on first use), orbit the camera around it, and evaluate it with an HTML report.
+30 min on 2 cores; ``--fast``: an 8 s clip, 64², 90 s with the tiny network, ~3 min in all),
+re-render its held-out frames with their audio, make it say a sentence the subject never said
+(text -> espeak-ng -> the motion model personalised on first use), orbit the camera around it,
+and evaluate it with an HTML report.
 Every figure it prints and every output path are also written to ``OUT/demo.json``.
 """
 from __future__ import annotations
