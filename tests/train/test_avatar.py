@@ -164,7 +164,7 @@ def test_resume_continues_exactly(subject_copy, tmp_path) -> None:
 
 
 def test_sigkill_mid_checkpoint_leaves_a_loadable_checkpoint(subject_copy, tmp_path) -> None:
-    cfg = tiny_config(steps=120, checkpoint_every=5)
+    cfg = tiny_config(steps=60, checkpoint_every=5)
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(config_to_yaml(cfg))
     run = tmp_path / "run"
@@ -187,9 +187,9 @@ def test_sigkill_mid_checkpoint_leaves_a_loadable_checkpoint(subject_copy, tmp_p
         proc.wait()
     assert killed_mid_write, "never caught a checkpoint being written"
     state = load_state(run / CHECKPOINT_NAME)
-    assert 5 <= state["step"] < 120
+    assert 5 <= state["step"] < 60
     result = train(subject_copy, run, None, resume=True, progress=False, log=lambda s: None)
-    assert result["finished"] and result["step"] == 120 and (run / "avatar.pt").is_file()
+    assert result["finished"] and result["step"] == 60 and (run / "avatar.pt").is_file()
 
 
 def test_render_held_out_frames_with_their_audio(tiny_avatar, subject_copy, tmp_path) -> None:
