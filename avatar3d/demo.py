@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from avatar3d.errors import Avatar3DError
-from avatar3d.io.atomic import check_parent_writable, write_json_atomic
+from avatar3d.io.atomic import check_parent_writable, json_safe, write_json_atomic
 from avatar3d.eval.pose import rotation_errors_deg, still_jitter_deg, translation_errors_mm
 from avatar3d.synth.check import check_clip, load_groundtruth
 from avatar3d.synth.generate import SynthConfig, generate
@@ -140,15 +140,7 @@ def run_demo(out: Path, fast: bool = False) -> dict:
                   "new_sentence_curves": str(new_curves), "orbit_video": str(orbit_video),
                   "report": str(report_dir / "report.html"), "metrics": str(report_dir / "metrics.json")},
     }  # fmt: skip
-    write_json_atomic(Path(out) / "demo.json", summary, default=_plain)
+    write_json_atomic(Path(out) / "demo.json", json_safe(summary), default=str)
     print(f"  {'summary':12s} {Path(out) / 'demo.json'} (every figure above, as JSON)")
     return summary
 
-
-def _plain(value: object) -> object:
-    """JSON for the numpy scalars and arrays inside the stage reports."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)

@@ -12,7 +12,6 @@ frames, no LPIPS weights) is reported as unavailable with the reason -- never fi
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from avatar3d.errors import Avatar3DError
 from avatar3d.eval.image_metrics import frame_metrics, head_mask, mean_metrics
 from avatar3d.eval.landmark_metrics import blink_rate, detect_landmarks, eye_aspect_ratio, landmark_distance
 from avatar3d.eval.sync import MIN_PAIRS, audio_envelope, mouth_opening_from_landmarks, sync_offset
-from avatar3d.io.atomic import write_json_atomic, write_text_atomic
+from avatar3d.io.atomic import json_safe, write_json_atomic, write_text_atomic
 
 __all__ = ["EvalConfig", "EvalRun", "evaluate", "LPIPS_UNAVAILABLE"]
 
@@ -230,7 +229,7 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     )
     page = render_html(run)  # built before anything is written: a plotting failure leaves no partial report
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "metrics.json", _json_safe(metrics))
+    write_json_atomic(out_dir / "metrics.json", json_safe(metrics))
     write_text_atomic(out_dir / "report.html", page)
     log(f"[eval] {len(ids)} held-out frames at {size}²: PSNR {_fmt(image['psnr_full'])} dB "
         f"(head {_fmt(image['psnr_head'])}, mouth {_fmt(image['psnr_mouth'])}), mouth LMD {_fmt(lmd.mouth)} px, "
@@ -266,16 +265,3 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}" if x is not None and np.isfinite(x) else "n/a"
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf -> None (JSON has no NaN); numpy scalars -> Python."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    return obj

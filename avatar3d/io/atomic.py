@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import zipfile
@@ -27,6 +28,7 @@ __all__ = [
     "write_bytes_atomic",
     "write_text_atomic",
     "write_json_atomic",
+    "json_safe",
     "save_npz_atomic",
 ]
 
@@ -134,6 +136,23 @@ def write_json_atomic(path: PathLike, obj: Any, *, indent: int | None = 2, **dum
             json.dump(obj, f, indent=indent, **dump_kwargs)
             f.write("\n")
     return Path(path)
+
+
+def json_safe(obj: Any) -> Any:
+    """Plain JSON values: NaN/inf -> None (JSON has no NaN), numpy scalars and arrays -> Python, paths -> str."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def save_npz_atomic(path: PathLike, *, compress: bool = False, **arrays: Any) -> Path:
