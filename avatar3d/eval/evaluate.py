@@ -178,6 +178,7 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     lm_pred = detect_landmarks(rendered, min_size=config.detect_min_size, video=False)
     lm_ref = detect_landmarks(reference, min_size=config.detect_min_size, video=False)
     lmd = landmark_distance(lm_pred, lm_ref, size)
+    lmd_dlib = _dlib_lmd_entry(rendered, reference, size, config.detect_min_size)
     fps = float(data.fps)
     blinks_pred = blink_rate(eye_aspect_ratio(lm_pred), fps)
     blinks_ref = blink_rate(eye_aspect_ratio(lm_ref), fps)
@@ -214,6 +215,7 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
         "lmd": {**lmd.to_dict(), "unit": "px at 512x512",
                 **({"unavailable": "no frame with a face detected in both rendered and reference"}
                    if lmd.n_both == 0 else {})},
+        "lmd_dlib": lmd_dlib,
         "blink": {"rendered": blinks_pred.to_dict(), "reference": blinks_ref.to_dict()},
         "sync": {"rendered": _sync_entry(sync_pred, envelope), "reference": _sync_entry(sync_ref, envelope),
                  "lag_rendered_minus_reference": relative, "max_lag_frames": max_lag,
@@ -232,12 +234,30 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     write_json_atomic(out_dir / "metrics.json", json_safe(metrics))
     write_text_atomic(out_dir / "report.html", page)
     log(f"[eval] {len(ids)} held-out frames at {size}²: PSNR {_fmt(image['psnr_full'])} dB "
-        f"(head {_fmt(image['psnr_head'])}, mouth {_fmt(image['psnr_mouth'])}), mouth LMD {_fmt(lmd.mouth)} px, "
+        f"(head {_fmt(image['psnr_head'])}, mouth {_fmt(image['psnr_mouth'])}), mouth LMD {_fmt(lmd.mouth)} px"
+        + (f" (dlib 68-point: {_fmt(lmd_dlib['mouth'])})" if "unavailable" not in lmd_dlib else "") + ", "
         f"face detected in {lmd.detection_rate_pred:.0%} rendered / {lmd.detection_rate_ref:.0%} reference frames, "
         f"sync lag {sync_pred.lag_frames if sync_pred.valid else 'n/a'}"
         + (f", LPIPS {_fmt(lpips_entry['full'])}" if "unavailable" not in lpips_entry else "")
         + f" -> {out_dir / 'report.html'}")
     return run
+
+
+def _dlib_lmd_entry(rendered: np.ndarray, reference: np.ndarray, size: int, min_size: int) -> dict[str, Any]:
+    """metrics.json's ``lmd_dlib``: LMD from dlib's 68 points (mouth = points 48-67, the anchors' mouth LMD),
+    or None means and ``unavailable``: why (dlib is optional; see avatar3d.eval.dlib_landmarks)."""
+    from avatar3d.eval.dlib_landmarks import MOUTH_68, N_68, detect_landmarks_68, dlib_unavailable_reason
+
+    reason = dlib_unavailable_reason()
+    if reason is not None:
+        return {"mouth": None, "face": None, "unavailable": reason}
+    result = landmark_distance(detect_landmarks_68(rendered, min_size=min_size),
+                               detect_landmarks_68(reference, min_size=min_size), size,
+                               mouth_ids=MOUTH_68, n_points=N_68)  # fmt: skip
+    return {**result.to_dict(), "unit": "px at 512x512", "detector": "dlib 68-point shape predictor (iBUG 300-W)",
+            **({"unavailable": f"no frame with a face found by dlib in both rendered and reference (found in "
+                               f"{result.detection_rate_pred:.0%} / {result.detection_rate_ref:.0%}; its HOG detector "
+                               "misses blurred faces)"} if result.n_both == 0 else {})}  # fmt: skip
 
 
 def _lpips_entry(metric: Any, files: Any, rendered: np.ndarray, reference: np.ndarray,

@@ -88,14 +88,16 @@ def _found(lm: np.ndarray) -> np.ndarray:
     return np.isfinite(lm).all(axis=(1, 2))
 
 
-def landmark_distance(pred: np.ndarray, ref: np.ndarray, frame_size: int) -> LMDResult:
-    """LMD of ``pred`` vs ``ref`` landmarks ``[n, 468, 2]`` detected on ``frame_size``² frames.
+def landmark_distance(pred: np.ndarray, ref: np.ndarray, frame_size: int, *, mouth_ids: np.ndarray = MOUTH_IDS,
+                      n_points: int = N_MESH) -> LMDResult:
+    """LMD of ``pred`` vs ``ref`` landmarks ``[n, n_points, 2]`` detected on ``frame_size``² frames.
 
     Distances are scaled to 512² pixels. Frames missing a face on either side are skipped
-    (their share is the detection rate); no common frame -> nan.
+    (their share is the detection rate); no common frame -> nan. The defaults are MediaPipe's
+    468-point mesh and its lips; dlib's 68 points pass ``n_points=68`` and their mouth points 48-67.
     """
-    p = np.asarray(pred, dtype=np.float64)[:, :N_MESH, :2]
-    r = np.asarray(ref, dtype=np.float64)[:, :N_MESH, :2]
+    p = np.asarray(pred, dtype=np.float64)[:, :n_points, :2]
+    r = np.asarray(ref, dtype=np.float64)[:, :n_points, :2]
     if p.shape != r.shape:
         raise ValueError(f"pred and ref landmarks differ in shape: {p.shape} vs {r.shape}")
     n = len(p)
@@ -104,7 +106,7 @@ def landmark_distance(pred: np.ndarray, ref: np.ndarray, frame_size: int) -> LMD
     scale = LMD_SIZE / float(frame_size)
     if both.any():
         dist = np.linalg.norm(p[both] - r[both], axis=-1) * scale  # [m, 468]
-        mouth, face = float(dist[:, MOUTH_IDS].mean()), float(dist.mean())
+        mouth, face = float(dist[:, mouth_ids].mean()), float(dist.mean())
     else:
         mouth = face = float("nan")
     rate = (lambda f: float(f.mean()) if n else float("nan"))

@@ -132,6 +132,17 @@ def _lpips_row(entry: dict[str, Any]) -> tuple[str, str, str]:
             f"{entry['weights']}")
 
 
+def _dlib_row(entry: dict[str, Any] | None) -> tuple[str, str, str]:
+    """LMD from the second, independent detector (dlib, 68 points), or why it is unavailable."""
+    if entry is None:  # a metrics.json written before the entry existed
+        entry = {"unavailable": "not computed by the avatar3d that wrote these metrics"}
+    if entry.get("mouth") is None:
+        return ("LMD mouth / face (dlib 68-point)", "unavailable", entry.get("unavailable", ""))
+    return ("LMD mouth / face (dlib 68-point)", f"{fmt(entry['mouth'])} / {fmt(entry['face'])}",
+            f"px at 512², mouth = points 48-67 (the anchors' mouth LMD), over {entry['n_both']} of "
+            f"{entry['n_frames']} frames with a face found by dlib in both; an independent second detector")
+
+
 def _metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
     img, lmd, sync, blink = m["image"], m["lmd"], m["sync"], m["blink"]
     rows = [
@@ -144,6 +155,7 @@ def _metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("LMD mouth / face", f"{fmt(lmd['mouth'])} / {fmt(lmd['face'])}",
          f"px at 512², over {lmd['n_both']} of {lmd['n_frames']} frames with a face in both"
          + (f" ({lmd['unavailable']})" if "unavailable" in lmd else "")),
+        _dlib_row(m.get("lmd_dlib")),
         ("face detection rate rendered / reference",
          f"{fmt(lmd['detection_rate_pred'] * 100 if lmd['detection_rate_pred'] is not None else None, 0, '%')} / "
          f"{fmt(lmd['detection_rate_ref'] * 100 if lmd['detection_rate_ref'] is not None else None, 0, '%')}",

@@ -523,16 +523,17 @@ def mouth_model_for(avatar: Path, bundle: dict, path: Path | None = None, *, pro
     if path is not None:
         return load(path)
     own = avatar / PERSONAL_MODEL_NAME
-    subject = Path(str(bundle.get("subject", "")))
+    recorded = str(bundle.get("subject", ""))  # "" in a shipped avatar (tests/assets): no subject to check or use
+    subject = Path(recorded) if recorded else None
     if own.is_file():
         model = load(own)
-        if not _stale(model, subject):
+        if subject is None or not _stale(model, subject):
             return model
         log(f"[render] {subject} was re-tracked since {own} was made; personalising again")
-    if not (subject / "manifest.json").is_file():
+    if subject is None or not (subject / "manifest.json").is_file():
         raise Avatar3DError(f"{avatar}: no personalised motion model ({PERSONAL_MODEL_NAME}) and its subject folder "
-                            f"{subject} is gone; run `avatar3d motion personalize SUBJECT -o {own}` or pass "
-                            "--motion-model FILE")  # fmt: skip
+                            f"{subject or '(not recorded)'} is gone; run `avatar3d motion personalize SUBJECT -o {own}` "
+                            "or pass --motion-model FILE")  # fmt: skip
     from avatar3d.motion.personalize import personalize
 
     log(f"[render] personalising the motion model to {subject} (first use; kept as {own})")

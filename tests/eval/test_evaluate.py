@@ -57,6 +57,11 @@ def test_unmeasurable_metrics_are_reported_not_invented(tiny_eval) -> None:
         assert lmd["mouth"] is None and lmd["face"] is None and "unavailable" in lmd
     else:
         assert lmd["mouth"] > 0 and lmd["face"] > 0
+    second = m["lmd_dlib"]  # dlib's 68 points: numbers backed by frames, or None and why (not installed too)
+    if second["mouth"] is None:
+        assert second["face"] is None and second["unavailable"]
+    else:
+        assert second["mouth"] > 0 and 0 < second["n_both"] <= n and second["detector"].startswith("dlib")
     for side in ("rendered", "reference"):
         sync = m["sync"][side]
         assert (sync["lag_frames"] is None) == ("unavailable" in sync)
@@ -83,6 +88,21 @@ def test_no_face_found_is_reported_as_such(tiny_avatar_run, avatar_subject: Path
     assert m["image"]["psnr_full"] is not None and m["size"] == 16
     html = (tmp_path / "report.html").read_text()
     assert "n/a / n/a" in html and "no frame with a face detected" in html
+
+
+def test_without_dlib_its_lmd_is_unavailable_with_the_install_line(monkeypatch) -> None:
+    """dlib is optional: missing, the second detector's LMD is None with how to install it, and the report says so."""
+    import avatar3d.eval.dlib_landmarks as dlib_landmarks
+    from avatar3d.eval.evaluate import _dlib_lmd_entry
+    from avatar3d.eval.report import _dlib_row
+
+    reason = f"dlib is not installed ({dlib_landmarks.DLIB_INSTALL})"
+    monkeypatch.setattr(dlib_landmarks, "dlib_unavailable_reason", lambda: reason)
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    entry = _dlib_lmd_entry(frames, frames, 64, 256)
+    assert entry["mouth"] is None and entry["face"] is None and "pip install dlib-bin" in entry["unavailable"]
+    label, value, note = _dlib_row(entry)
+    assert value == "unavailable" and "pip install" in note
 
 
 def test_cli_eval_errors(tiny_avatar_run, avatar_subject: Path, tmp_path: Path, capsys) -> None:
