@@ -35,7 +35,7 @@ from avatar3d.errors import Avatar3DError
 __all__ = [
     "AudioFeatureConfig", "FRONTEND_VERSION", "frontend_name", "hop_samples", "analysis_frame_count",
     "mel_filterbank", "mel_center_frequencies", "hz_to_mel", "mel_to_hz",
-    "log_mel", "pitch", "energy", "frame_features",
+    "log_mel", "pitch", "energy", "frame_features", "as_mono_audio",
 ]
 
 FRONTEND_VERSION = "weightfree-v1"
@@ -106,7 +106,7 @@ def _check_config(config: AudioFeatureConfig) -> None:
         raise Avatar3DError(f"context_frames={config.context_frames} must be at least 1 (16 is typical)")
 
 
-def _as_audio(audio: np.ndarray) -> np.ndarray:
+def as_mono_audio(audio: np.ndarray) -> np.ndarray:
     """Validate mono float audio; one-line errors for the shapes and values that break the maths."""
     x = np.asarray(audio)
     if x.ndim != 1:
@@ -197,7 +197,7 @@ def log_mel(audio: np.ndarray, config: AudioFeatureConfig = AudioFeatureConfig()
     1e-10 so digital silence is a finite -23.03 instead of -inf.
     """
     _check_config(config)
-    x = torch.from_numpy(_as_audio(audio))
+    x = torch.from_numpy(as_mono_audio(audio))
     hop, win, n_fft = hop_samples(config), _window_samples(config), _n_fft(config)
     t = analysis_frame_count(x.shape[0], config)
     # torch.stft centres the win-long window inside each n_fft frame; pad so that
@@ -220,7 +220,7 @@ def energy(audio: np.ndarray, config: AudioFeatureConfig = AudioFeatureConfig())
     centres as :func:`log_mel`.
     """
     _check_config(config)
-    x = torch.from_numpy(_as_audio(audio)).double()
+    x = torch.from_numpy(as_mono_audio(audio)).double()
     t = analysis_frame_count(x.shape[0], config)
     frames = _frames(x, _window_samples(config), hop_samples(config), t)
     power = frames.square().mean(dim=1)
@@ -260,7 +260,7 @@ def pitch(audio: np.ndarray, config: AudioFeatureConfig = AudioFeatureConfig()) 
     vowel frames (the f0 glides within it) against 83 % for 17 ms.
     """
     _check_config(config)
-    x = torch.from_numpy(_as_audio(audio))
+    x = torch.from_numpy(as_mono_audio(audio))
     t = analysis_frame_count(x.shape[0], config)
     lag_max = _yin_lags(config)[1]
     frames = _frames(x, 2 * lag_max, hop_samples(config), t)  # [T, W + L], W = L
@@ -353,7 +353,7 @@ def frame_features(audio: np.ndarray, fps: float, n_frames: int,
     if int(n_frames) < 1:
         raise Avatar3DError(f"n_frames={n_frames} must be at least 1")
     fps, n_frames = float(fps), int(n_frames)
-    x = _as_audio(audio)
+    x = as_mono_audio(audio)
     mel = log_mel(x, config)
     f0, voiced = pitch(x, config)
     level = energy(x, config)

@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from avatar3d.audio.features import _as_audio  # the one validation of mono float audio
+from avatar3d.audio.features import as_mono_audio  # the one validation of mono float audio
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.hashing import file_sha256
 
@@ -229,7 +229,7 @@ class SpeechEncoder:
 
     def _prepare(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """Mono float audio at the encoder's rate, normalised per utterance when the checkpoint asks for it."""
-        x = _as_audio(audio)
+        x = as_mono_audio(audio)
         rate = int(sample_rate)
         if rate <= 0:
             raise Avatar3DError(f"sample_rate={sample_rate} must be a positive number of Hz")
