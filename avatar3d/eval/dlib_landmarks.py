@@ -13,6 +13,7 @@ install line -- never a number from anything else.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Any, Iterable
@@ -46,21 +47,15 @@ def dlib_unavailable_reason() -> str | None:
     return None
 
 
-class _Detector:
-    """dlib's frontal face detector + 68-point predictor, loaded once (the model file is ~100 MB)."""
+@functools.lru_cache(maxsize=1)
+def _detector() -> tuple[Any, Any]:
+    """dlib's frontal face detector + 68-point predictor, loaded once per process (the model file is ~100 MB)."""
+    reason = dlib_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(reason)
+    import dlib
 
-    _loaded: tuple[Any, Any] | None = None
-
-    @classmethod
-    def get(cls) -> tuple[Any, Any]:
-        if cls._loaded is None:
-            reason = dlib_unavailable_reason()
-            if reason is not None:
-                raise RuntimeError(reason)
-            import dlib
-
-            cls._loaded = (dlib.get_frontal_face_detector(), dlib.shape_predictor(str(_model_path())))
-        return cls._loaded
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(_model_path()))
 
 
 def detect_landmarks_68(frames: Iterable[np.ndarray], *, min_size: int = 256) -> np.ndarray:
@@ -72,7 +67,7 @@ def detect_landmarks_68(frames: Iterable[np.ndarray], *, min_size: int = 256) ->
     """
     import cv2
 
-    detect, predict = _Detector.get()
+    detect, predict = _detector()
     out: list[np.ndarray] = []
     for frame in frames:
         img = np.asarray(frame)

@@ -26,7 +26,8 @@ SIZE = 160  # 19 s to render on 2 cores; at 256² 46 s and the same lag (0 / 1 f
 
 @pytest.fixture(scope="module")
 def said(tmp_path_factory):
-    """(mp4, JawOpen column of the Live Link CSV): the shipped avatar saying SENTENCE, head still, no blinks."""
+    """(mp4, JawOpen column of the Live Link CSV, its sync measure (result, mouth curve, envelope)): the shipped
+    avatar saying SENTENCE, head still, no blinks."""
     folder = tmp_path_factory.mktemp("lip-sync")
     avatar = folder / "avatar"
     shutil.copytree(ASSET, avatar)  # a render may write beside the avatar; never into the repository
@@ -35,18 +36,17 @@ def said(tmp_path_factory):
                  "--size", str(SIZE), "--blendshapes", str(table)]) == 0  # fmt: skip
     header = table.read_text().splitlines()[0].split(",")
     jaw = np.loadtxt(table, delimiter=",", skiprows=1, usecols=header.index("JawOpen"))
-    return mp4, jaw
+    return mp4, jaw, measure_video_sync(mp4)  # MediaPipe over every frame: once for all tests
 
 
 def test_the_shipped_avatar_renders_the_size_asked(said) -> None:
-    mp4, jaw = said
+    mp4, jaw, _ = said
     info = probe_video(mp4)
     assert (info.width, info.height) == (SIZE, SIZE) and info.n_frames == len(jaw)
 
 
 def test_rendered_mouth_follows_the_speech_within_one_frame(said) -> None:
-    mp4, _ = said
-    result, mouth, _ = measure_video_sync(mp4)
+    _, _, (result, mouth, _) = said
     found = float(np.isfinite(mouth).mean())
     print(f"rendered mouth (MediaPipe) vs speech envelope: lag {result.lag_frames} frames "
           f"(refined {result.lag_refined:+.2f}), confidence {result.confidence:.2f}, face found in {found:.0%}")
@@ -58,8 +58,7 @@ def test_rendered_mouth_is_the_driving_curve_made_visible(said) -> None:
     """The render adds no delay of its own and really moves the lips: the mouth MediaPipe measures on the
     frames follows the JawOpen curve that drove them, at lag 0, closely (the speech envelope is a looser
     target: /m/ and /b/ are voiced with closed lips)."""
-    mp4, jaw = said
-    result, mouth, envelope = measure_video_sync(mp4)
+    mp4, jaw, (result, mouth, _) = said
     own = sync_offset(mouth, jaw)
     driving = sync_offset(jaw, audio_envelope(read_audio(mp4, 16000), 16000, 25.0, len(jaw)))
     print(f"rendered vs driving JawOpen: lag {own.lag_frames}, confidence {own.confidence:.2f}; "
