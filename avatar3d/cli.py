@@ -139,7 +139,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from avatar3d.config import load_config
-    from avatar3d.train.trainer import TrainConfig, train
+    from avatar3d.train.config import TrainConfig
+    from avatar3d.train.trainer import train
 
     config = None
     if args.config is not None or args.steps or args.minutes:

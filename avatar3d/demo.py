@@ -18,6 +18,7 @@ import dataclasses
 
 import numpy as np
 
+from avatar3d.dataset.contract import TRACKING
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import check_parent_writable, json_safe, write_json_atomic
 from avatar3d.eval.pose import rotation_errors_deg, still_jitter_deg, translation_errors_mm
@@ -42,18 +43,20 @@ def _train_config(fast: bool):  # type: ignore[no-untyped-def]
     the held-out head came out 27.7-28.6 dB against 21.9-24.4 dB (two runs each, 8 s clip).
     """
     from avatar3d.config import load_config
-    from avatar3d.train.trainer import TrainConfig
+    from avatar3d.train.config import TrainConfig
 
     config = load_config(TrainConfig, CPU_SMALL if CPU_SMALL.is_file() else None)
     if not fast:
         return dataclasses.replace(config, time_budget_s=DEMO_TRAIN_MINUTES * 60.0)
-    fit = config.held_out_pose_fit and dataclasses.replace(config.held_out_pose_fit, steps=60, rays_per_step=1024)
+    fit = config.eval.held_out_pose_fit and dataclasses.replace(config.eval.held_out_pose_fit, steps=60,
+                                                                rays_per_step=1024)
     avatar = load_config(TrainConfig, TINY if TINY.is_file() else None).avatar
     avatar = dataclasses.replace(avatar, pose_knot_frames=config.avatar.pose_knot_frames)
-    px = config.neck_band_px * 64 // config.resolution  # the band is in training pixels
+    px = config.sampler.neck_band_px * 64 // config.resolution  # the band is in training pixels
     return dataclasses.replace(config, avatar=avatar, resolution=64, time_budget_s=FAST_TRAIN_SECONDS,
-                               rays_per_step=1024, eval_every=0, pose_refine_start=200, held_out_pose_fit=fit,
-                               neck_band_px=px)  # fmt: skip
+                               sampler=dataclasses.replace(config.sampler, rays_per_step=1024, neck_band_px=px),
+                               optim=dataclasses.replace(config.optim, pose_refine_start=200),
+                               eval=dataclasses.replace(config.eval, every=0, held_out_pose_fit=fit))  # fmt: skip
 
 
 def _check_out(out: Path) -> None:
@@ -80,7 +83,7 @@ def run_demo(out: Path, fast: bool = False) -> dict:
     print(f"[3/{STEPS}] preparing the clip as a subject dataset in {prepared_dir}")
     manifest = prepare(subject_dir / "video.mp4", prepared_dir)
     truth = load_groundtruth(subject_dir / "groundtruth.npz")
-    with np.load(prepared_dir / "tracking.npz") as tracking:
+    with np.load(prepared_dir / TRACKING) as tracking:
         rot_err = rotation_errors_deg(truth["rotation"], tracking["R"])
         trans_err = translation_errors_mm(truth["translation"], tracking["t"])
         jitter = still_jitter_deg(tracking["R"], truth["head_still"])

@@ -22,6 +22,7 @@ from typing import Union
 
 import numpy as np
 
+from avatar3d.dataset.contract import AUDIO, AUDIO_FEATURES
 from avatar3d.audio.features import AudioFeatureConfig, frame_features, frontend_name
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.hashing import file_sha256
@@ -30,8 +31,8 @@ from avatar3d.io.audio import read_wav
 
 __all__ = ["extract_audio_features", "AUDIO_NAME", "FEATURES_NAME"]
 
-AUDIO_NAME = "audio.wav"
-FEATURES_NAME = "audio_features.npz"
+AUDIO_NAME = AUDIO
+FEATURES_NAME = AUDIO_FEATURES
 SILENT_PEAK_DBFS = -60.0
 """A wav whose loudest sample is below this is treated as silent (no speech to drive a face)."""
 

@@ -31,17 +31,19 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from avatar3d.dataset.contract import FRAMES, PLATE, PLATE_UNSEEN
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path, write_json_atomic
 from avatar3d.io.video import read_video
-from data_prep.segment import BACKGROUND, PARSING_NAME, iter_labels
+from avatar3d.dataset.contract import iter_labels
+from data_prep.segment import BACKGROUND, PARSING_NAME
 
 PathLike = Union[str, Path]
 
 __all__ = ["BackgroundConfig", "BackgroundResult", "robust_plate", "push_pull_fill", "estimate_background"]
 
-PLATE_NAME = "background.png"
-UNSEEN_NAME = "background_unseen.png"
+PLATE_NAME = PLATE
+UNSEEN_NAME = PLATE_UNSEEN
 REPORT_NAME = "background.json"
 
 
@@ -147,7 +149,7 @@ def estimate_background(
     if config.method not in ("pushpull", "telea"):
         raise Avatar3DError(f"background: unknown fill method {config.method!r}; use 'pushpull' or 'telea'")
     out = Path(out_dir)
-    frames_path = Path(frames_path) if frames_path is not None else out / "frames.mp4"
+    frames_path = Path(frames_path) if frames_path is not None else out / FRAMES
     parsing_path = Path(parsing_path) if parsing_path is not None else out / PARSING_NAME
     if not frames_path.is_file():
         raise Avatar3DError(f"{frames_path}: not found; run the decode stage (avatar3d prep) first")

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from avatar3d.dataset.contract import AUDIO, FRAMES
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import write_json_atomic
 from avatar3d.io.audio import write_wav
@@ -48,8 +49,8 @@ PathLike = Union[str, Path]
 
 __all__ = ["DecodeConfig", "Orientation", "CropBox", "DecodeResult", "decode", "plan_crop", "frame_map"]
 
-FRAMES_NAME = "frames.mp4"
-AUDIO_NAME = "audio.wav"
+FRAMES_NAME = FRAMES
+AUDIO_NAME = AUDIO
 RECORD_NAME = "decode.json"
 
 

@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from avatar3d.dataset.contract import TRACKING
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.model import MorphableModel
 
@@ -22,7 +23,7 @@ PathLike = Union[str, Path]
 
 __all__ = ["Tracking", "load_tracking", "fitted_vertices", "project_points", "fitted_projection"]
 
-TRACKING_NAME = "tracking.npz"
+TRACKING_NAME = TRACKING
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from typing import Iterable, Optional, Union
 import numpy as np
 from tqdm import tqdm
 
+from avatar3d.dataset.contract import DETECTED, EXCLUDED, FRAMES, INTERPOLATED, LANDMARK_FLAGS, LANDMARKS
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path, write_json_atomic
 from avatar3d.io.video import probe_video, read_video
@@ -50,9 +51,8 @@ __all__ = [
     "LandmarkConfig", "LandmarkResult", "track_subject", "fill_gaps", "detect_landmarks",
 ]
 
-EXCLUDED, DETECTED, INTERPOLATED = 0, 1, 2
-LANDMARKS_NAME = "landmarks.npy"
-FLAGS_NAME = "landmark_flags.npy"
+LANDMARKS_NAME = LANDMARKS
+FLAGS_NAME = LANDMARK_FLAGS
 REPORT_NAME = "landmarks.json"
 
 
@@ -200,7 +200,7 @@ def detect_landmarks(
     """Run the stage on ``out_dir/frames.mp4`` (or ``frames_path``) and write the outputs to ``out_dir``."""
     config = config or LandmarkConfig()
     out = Path(out_dir)
-    frames_path = Path(frames_path) if frames_path is not None else out / "frames.mp4"
+    frames_path = Path(frames_path) if frames_path is not None else out / FRAMES
     if not frames_path.exists():
         raise Avatar3DError(f"{frames_path}: not found; run the decode stage (avatar3d prep) first")
     info = probe_video(frames_path)

@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from avatar3d.dataset.contract import FORMAT_VERSION, AUDIO, AUDIO_FEATURES, FRAMES, LANDMARKS, LANDMARK_FLAGS, MANIFEST, PARSING, TRACKING, PLATE, TRANSFORMS_TRAIN, TRANSFORMS_VAL
 from avatar3d.audio.features import AudioFeatureConfig
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import save_npz_atomic, write_json_atomic
@@ -28,7 +29,6 @@ from data_prep.landmarks import LandmarkConfig, detect_landmarks
 from data_prep.segment import SegmentConfig, segment
 from data_prep.track import TrackConfig, track
 
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -77,10 +77,10 @@ def _run_track(source: Path, out: Path, config: PrepConfig, progress: bool) -> N
     from avatar3d.face.default_model import load_face_model
 
     info = DecodeResult.load(out)
-    landmarks = np.load(out / "landmarks.npy")
+    landmarks = np.load(out / LANDMARKS)
     size = config.decode.size
     result = track(landmarks, size, size, load_face_model(config.face_model), config.track, progress=progress)
-    save_npz_atomic(out / "tracking.npz", R=result.rotation, t=result.translation, identity=result.identity,
+    save_npz_atomic(out / TRACKING, R=result.rotation, t=result.translation, identity=result.identity,
                     expression=result.expression, expression_names=np.array(result.expression_names),
                     blink=result.blink, focal=np.float64(result.focal), depth_scale=np.float64(result.depth_scale),
                     residual_px=result.residual_px, fps=np.float64(float(Fraction(info.fps_fraction))))
@@ -103,22 +103,22 @@ def _run_background(source: Path, out: Path, config: PrepConfig, progress: bool)
 def _run_audio(source: Path, out: Path, config: PrepConfig, progress: bool) -> None:
     from data_prep.audio_features import extract_audio_features
 
-    n_frames = len(np.load(out / "landmarks.npy", mmap_mode="r"))
+    n_frames = len(np.load(out / LANDMARKS, mmap_mode="r"))
     extract_audio_features(out, config.decode.fps, n_frames, config.audio, force=True)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("decode", 1, ("@source",), ("frames.mp4", "audio.wav", "decode.json"), _run_decode, lambda c: c.decode),
-    Stage("landmarks", 1, ("frames.mp4",), ("landmarks.npy", "landmark_flags.npy", "landmarks.json"),
+    Stage("decode", 1, ("@source",), (FRAMES, AUDIO, "decode.json"), _run_decode, lambda c: c.decode),
+    Stage("landmarks", 1, (FRAMES,), (LANDMARKS, LANDMARK_FLAGS, "landmarks.json"),
           _run_landmarks, lambda c: c.landmarks),
-    Stage("track", 2, ("landmarks.npy",), ("tracking.npz",), _run_track,
+    Stage("track", 2, (LANDMARKS,), (TRACKING,), _run_track,
           lambda c: (c.track, c.face_model, c.decode.size)),
-    Stage("transforms", 1, ("tracking.npz", "landmark_flags.npy"), ("transforms_train.json", "transforms_val.json"),
+    Stage("transforms", 1, (TRACKING, LANDMARK_FLAGS), (TRANSFORMS_TRAIN, TRANSFORMS_VAL),
           _run_transforms, lambda c: (c.val_fraction, c.decode.size, c.decode.fps)),
-    Stage("segment", 1, ("frames.mp4", "landmarks.npy"), ("parsing.npz",), _run_segment, lambda c: c.segment),
-    Stage("background", 1, ("frames.mp4", "parsing.npz"), ("background.png",), _run_background,
+    Stage("segment", 1, (FRAMES, LANDMARKS), (PARSING,), _run_segment, lambda c: c.segment),
+    Stage("background", 1, (FRAMES, PARSING), (PLATE,), _run_background,
           lambda c: c.background),
-    Stage("audio_features", 1, ("audio.wav", "landmarks.npy"), ("audio_features.npz",), _run_audio,
+    Stage("audio_features", 1, (AUDIO, LANDMARKS), (AUDIO_FEATURES,), _run_audio,
           lambda c: (c.audio, c.decode.fps)),
 )
 
@@ -149,7 +149,7 @@ def _input_hashes(stage: Stage, source: Path, out: Path, source_hash: str) -> di
 
 
 def _load_manifest(out: Path) -> dict:
-    path = out / "manifest.json"
+    path = out / MANIFEST
     if not path.is_file():
         return {}
     try:
@@ -188,9 +188,9 @@ def prepare(clip: str | Path, out_dir: str | Path, config: PrepConfig | None = N
         stage.run(source, out, config, progress)
         records[stage.name] = {"version": stage.version, "config_hash": settings, "input_hashes": inputs,
                                "outputs": list(stage.outputs), "wall_s": round(time.time() - started, 2)}
-        write_json_atomic(out / "manifest.json", manifest)  # after every stage: a kill resumes here
+        write_json_atomic(out / MANIFEST, manifest)  # after every stage: a kill resumes here
     manifest.update(_summary(out, config))
-    write_json_atomic(out / "manifest.json", manifest)
+    write_json_atomic(out / MANIFEST, manifest)
     if config.preview:
         _write_preview(out, config, log)
     return manifest
@@ -207,9 +207,9 @@ def _write_preview(out: Path, config: PrepConfig, log: Callable[[str], None]) ->
 
 def _summary(out: Path, config: PrepConfig) -> dict:
     """Frame count, size, intrinsics and the train/val split, for the contract's readers."""
-    landmarks_flags = np.load(out / "landmark_flags.npy")
+    landmarks_flags = np.load(out / LANDMARK_FLAGS)
     n = int(len(landmarks_flags))
-    with np.load(out / "tracking.npz") as tracking:
+    with np.load(out / TRACKING) as tracking:
         focal = float(tracking["focal"])
     size = config.decode.size
     n_val = max(1, int(round(n * config.val_fraction)))

@@ -24,17 +24,19 @@ from typing import Iterator, Optional, Union
 import cv2
 import numpy as np
 
+from avatar3d.dataset.contract import AUDIO, FRAMES, LANDMARKS, LANDMARK_FLAGS, MANIFEST, PARSING, PREVIEW, TRACKING
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.model import MorphableModel
 from avatar3d.io.video import VideoWriter, read_video
 from data_prep.fitted import fitted_projection, load_tracking
-from data_prep.segment import HEAD, MOUTH, TORSO, iter_labels
+from avatar3d.dataset.contract import iter_labels
+from data_prep.segment import HEAD, MOUTH, TORSO
 
 PathLike = Union[str, Path]
 
 __all__ = ["PREVIEW_NAME", "write_preview", "draw_frame", "mesh_edges"]
 
-PREVIEW_NAME = "preview.mp4"
+PREVIEW_NAME = PREVIEW
 _LABEL_RGB = {HEAD: (70, 110, 255), TORSO: (255, 150, 40), MOUTH: (255, 40, 200)}
 _LABEL_ALPHA = 0.35
 _MESH_RGB = (0, 230, 255)
@@ -84,7 +86,7 @@ def draw_frame(frame: np.ndarray, labels: Optional[np.ndarray], landmarks: Optio
 
 
 def _read_manifest(subject: Path) -> dict:
-    path = subject / "manifest.json"
+    path = subject / MANIFEST
     if not path.is_file():
         raise Avatar3DError(f"{path}: not found; run `avatar3d prep` on the clip first")
     return json.loads(path.read_text())
@@ -113,9 +115,9 @@ def write_preview(subject_dir: PathLike, out_path: PathLike, max_seconds: float 
     subject = Path(subject_dir)
     manifest = _read_manifest(subject)
     fps = _fps(subject, manifest)
-    frames_path = _require(subject / "frames.mp4", "decode")
-    landmarks = np.load(_require(subject / "landmarks.npy", "landmarks"), mmap_mode="r")
-    flags = np.load(_require(subject / "landmark_flags.npy", "landmarks"))
+    frames_path = _require(subject / FRAMES, "decode")
+    landmarks = np.load(_require(subject / LANDMARKS, "landmarks"), mmap_mode="r")
+    flags = np.load(_require(subject / LANDMARK_FLAGS, "landmarks"))
     tracking = load_tracking(subject)
     if model is None:
         from avatar3d.face.default_model import load_face_model
@@ -129,13 +131,13 @@ def write_preview(subject_dir: PathLike, out_path: PathLike, max_seconds: float 
     edges = mesh_edges(model.triangles)
 
     audio, rate = None, None
-    if (subject / "audio.wav").is_file():
+    if (subject / AUDIO).is_file():
         from avatar3d.io.audio import read_wav
 
-        audio, rate = read_wav(subject / "audio.wav")
+        audio, rate = read_wav(subject / AUDIO)
         audio = audio[: int(round(n / fps * rate))]
     label_iter: Iterator[Optional[np.ndarray]] = (
-        iter_labels(subject / "parsing.npz") if (subject / "parsing.npz").is_file() else _nones())
+        iter_labels(subject / PARSING) if (subject / PARSING).is_file() else _nones())
     frame_iter = read_video(frames_path)
     try:
         with VideoWriter(out_path, fps, audio=audio, sample_rate=rate) as writer:
@@ -158,7 +160,7 @@ def write_preview(subject_dir: PathLike, out_path: PathLike, max_seconds: float 
 
 
 def _residuals(subject: Path) -> np.ndarray:
-    with np.load(subject / "tracking.npz") as z:
+    with np.load(subject / TRACKING) as z:
         return z["residual_px"] if "residual_px" in z.files else np.full(len(z["R"]), np.nan)
 
 

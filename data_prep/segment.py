@@ -38,6 +38,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from avatar3d.dataset.contract import (BACKGROUND_LABEL, FRAMES, HEAD_LABEL, LABEL_NAMES, LABELS_MEMBER, LANDMARKS,
+                                       MOUTH_LABEL, PARSING, TORSO_LABEL, iter_labels, load_labels)
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path, write_json_atomic
 from avatar3d.io.video import probe_video, read_video
@@ -48,14 +50,12 @@ PathLike = Union[str, Path]
 
 __all__ = [
     "BACKGROUND", "HEAD", "TORSO", "MOUTH", "LABEL_NAMES",
-    "SegmentConfig", "SegmentResult", "PersonSegmenter", "parse_frame", "segment", "iter_labels", "load_labels",
+    "SegmentConfig", "SegmentResult", "PersonSegmenter", "parse_frame", "segment",
 ]
 
-BACKGROUND, HEAD, TORSO, MOUTH = 0, 1, 2, 3
-LABEL_NAMES = ("background", "head", "neck_torso", "mouth")
-PARSING_NAME = "parsing.npz"
+BACKGROUND, HEAD, TORSO, MOUTH = BACKGROUND_LABEL, HEAD_LABEL, TORSO_LABEL, MOUTH_LABEL
+PARSING_NAME = PARSING
 REPORT_NAME = "parsing.json"
-_LABELS_MEMBER = "labels.npy"
 
 # Lower face contour from the subject's left jaw angle (image right) through the chin to the right one.
 _JAW = [288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58]
@@ -150,7 +150,7 @@ class _LabelWriter:
     """Streams label maps into ``labels.npy`` of a deflated npz, one frame at a time."""
 
     def __init__(self, zf: zipfile.ZipFile, n: int, height: int, width: int) -> None:
-        self._member = zf.open(_LABELS_MEMBER, "w", force_zip64=True)
+        self._member = zf.open(LABELS_MEMBER, "w", force_zip64=True)
         header = {"descr": "|u1", "fortran_order": False, "shape": (n, height, width)}
         np.lib.format.write_array_header_2_0(self._member, header)
         self.expected, self.written, self.shape = n, 0, (height, width)
@@ -172,55 +172,6 @@ class _LabelWriter:
 def _write_member(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
     with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
         np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
-
-
-def iter_labels(path: PathLike) -> Iterator[np.ndarray]:
-    """Yield the label maps of ``parsing.npz`` one frame at a time (uint8 [H, W]) without loading the clip."""
-    path = Path(path)
-    if not path.is_file():
-        raise Avatar3DError(f"{path}: not found; run the segment stage (avatar3d prep) first")
-    try:
-        zf = zipfile.ZipFile(path)
-        member = zf.open(_LABELS_MEMBER)
-    except (zipfile.BadZipFile, KeyError, OSError) as exc:
-        raise Avatar3DError(f"{path}: not a parsing file ({exc}); re-run the segment stage") from exc
-    return _iter_member(zf, member, path)
-
-
-def _iter_member(zf: zipfile.ZipFile, member, path: Path) -> Iterator[np.ndarray]:  # type: ignore[no-untyped-def]
-    try:
-        version = np.lib.format.read_magic(member)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(member)
-        if dtype != np.uint8 or fortran or len(shape) != 3:
-            raise Avatar3DError(f"{path}: labels have dtype {dtype} shape {shape}; re-run the segment stage")
-        size = int(shape[1] * shape[2])
-        for _ in range(int(shape[0])):
-            buf = member.read(size)
-            if len(buf) != size:
-                raise Avatar3DError(f"{path}: truncated label array; re-run the segment stage")
-            yield np.frombuffer(buf, np.uint8).reshape(shape[1], shape[2])
-    finally:
-        member.close()
-        zf.close()
-
-
-def load_labels(path: PathLike, frames: Optional[np.ndarray] = None) -> np.ndarray:
-    """Label maps [len(frames) or N, H, W] for the given frame indices (all if None), read in one stream."""
-    if frames is None:
-        return np.stack([lab.copy() for lab in iter_labels(path)])
-    wanted = [int(i) for i in np.asarray(frames).ravel()]
-    got: dict[int, np.ndarray] = {}
-    last = max(wanted, default=-1)
-    for i, lab in enumerate(iter_labels(path)):
-        if i > last:
-            break
-        if i in wanted:
-            got[i] = lab.copy()
-    missing = [i for i in wanted if i not in got]
-    if missing:
-        raise Avatar3DError(f"{path}: has no frame {missing[0]}; re-run the segment stage or ask for fewer frames")
-    return np.stack([got[i] for i in wanted]) if wanted else np.zeros((0, 0, 0), np.uint8)
 
 
 def _load_landmarks(path: Path) -> np.ndarray:
@@ -245,8 +196,8 @@ def segment(
     """Parse every frame of ``out_dir/frames.mp4`` with ``out_dir/landmarks.npy``; write ``parsing.npz``."""
     config = config or SegmentConfig()
     out = Path(out_dir)
-    frames_path = Path(frames_path) if frames_path is not None else out / "frames.mp4"
-    landmarks_path = Path(landmarks_path) if landmarks_path is not None else out / "landmarks.npy"
+    frames_path = Path(frames_path) if frames_path is not None else out / FRAMES
+    landmarks_path = Path(landmarks_path) if landmarks_path is not None else out / LANDMARKS
     if not frames_path.is_file():
         raise Avatar3DError(f"{frames_path}: not found; run the decode stage (avatar3d prep) first")
     landmarks = _load_landmarks(landmarks_path)

@@ -23,6 +23,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from avatar3d.dataset.contract import LANDMARK_FLAGS, MANIFEST, TRANSFORMS_TRAIN, TRANSFORMS_VAL
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import write_json_atomic
 from data_prep.fitted import load_tracking
@@ -33,7 +34,7 @@ __all__ = ["TRANSFORMS_FORMAT", "OPENCV_TO_OPENGL", "head_pose_to_c2w", "c2w_to_
            "read_transforms"]
 
 TRANSFORMS_FORMAT = 1
-TRAIN_NAME, VAL_NAME = "transforms_train.json", "transforms_val.json"
+TRAIN_NAME, VAL_NAME = TRANSFORMS_TRAIN, TRANSFORMS_VAL
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
 """Right-multiplied onto a camera-to-world matrix: flips the camera's y and z axes (its own inverse)."""
 
@@ -59,7 +60,7 @@ def c2w_to_head_pose(c2w_gl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _split_and_intrinsics(subject: Path) -> tuple[dict, dict, dict]:
     """Split, intrinsics and size from ``manifest.json`` (standalone use on a finished subject)."""
-    path = subject / "manifest.json"
+    path = subject / MANIFEST
     if not path.is_file():
         raise Avatar3DError(f"{path}: not found; run `avatar3d prep` on the clip to make the subject folder")
     manifest = json.loads(path.read_text())
@@ -83,7 +84,7 @@ def write_transforms(subject_dir: PathLike, summary: Optional[dict] = None) -> t
         split, intrinsics = summary["split"], summary["intrinsics"]
         extra = {k: summary.get(k) for k in ("width", "height", "fps")}
     tracking = load_tracking(subject)
-    flags_path = subject / "landmark_flags.npy"
+    flags_path = subject / LANDMARK_FLAGS
     if not flags_path.is_file():
         raise Avatar3DError(f"{flags_path}: not found; run the landmarks stage (`avatar3d prep`) first")
     flags = np.load(flags_path, allow_pickle=False)

@@ -86,7 +86,8 @@ def tiny_avatar_run(avatar_subject: Path, tmp_path_factory: pytest.TempPathFacto
     Shared read-only by every test that needs a trained avatar (render, eval, export).
     """
     from avatar3d.config import load_config
-    from avatar3d.train.trainer import TrainConfig, train
+    from avatar3d.train.config import TrainConfig
+    from avatar3d.train.trainer import train
 
     parent, built = _fixture_dir(tmp_path_factory, "avatar")
     out = parent / "run"

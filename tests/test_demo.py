@@ -17,7 +17,7 @@ import numpy as np
 
 from avatar3d.eval.image_metrics import head_mask, psnr
 from avatar3d.io.video import probe_video, read_audio, read_video
-from avatar3d.train.data import load_subject
+from avatar3d.dataset.reader import load_subject
 
 
 def test_fast_demo_end_to_end(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from avatar3d.motion.personalize import personalize  # noqa: E402
 from avatar3d.render.speech import PERSONAL_MODEL_NAME  # noqa: E402
-from avatar3d.train.checkpoint import AVATAR_NAME, load_state  # noqa: E402
+from avatar3d.avatar.bundle import AVATAR_FILE, AvatarBundle  # noqa: E402
 
 
 def half(tree: Any) -> Any:
@@ -51,15 +51,15 @@ def main() -> None:
     motion = args.avatar / PERSONAL_MODEL_NAME
     if not motion.is_file():
         personalize(args.subject, motion, progress=True)
-    bundle = load_state(args.avatar / AVATAR_NAME)
-    bundle["model"] = half(bundle["model"])
-    bundle["subject"] = ""
+    bundle = AvatarBundle.load(args.avatar)
+    bundle.state = half(bundle.state)
+    bundle.subject = ""
     blob = torch.load(motion, map_location="cpu", weights_only=False)
     blob["weights"] = half(blob["weights"])
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:  # the asset is replaced whole or not at all
         staged = Path(tmp) / "asset"
         staged.mkdir()
-        torch.save(bundle, staged / AVATAR_NAME)
+        bundle.save(staged / AVATAR_FILE)
         torch.save(blob, staged / PERSONAL_MODEL_NAME)
         shutil.copy2(args.avatar / "config.yaml", staged / "config.yaml")
         if args.out.exists():

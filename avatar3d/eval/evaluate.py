@@ -19,6 +19,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from avatar3d.dataset.contract import FRAMES
+from avatar3d.avatar.loading import load_avatar
+from avatar3d.dataset.reader import LIP_IDS, load_subject
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.image_metrics import frame_metrics, head_mask, mean_metrics
 from avatar3d.eval.landmark_metrics import blink_rate, detect_landmarks, eye_aspect_ratio, landmark_distance
@@ -74,7 +77,7 @@ def _reference_frames(data: Any, ids: np.ndarray, size: int) -> np.ndarray:
     wanted = {int(i): k for k, i in enumerate(ids)}
     out = np.zeros((len(ids), size, size, 3), np.uint8)
     last = int(ids[-1])
-    for j, frame in enumerate(read_video(data.root / "frames.mp4")):
+    for j, frame in enumerate(read_video(data.root / FRAMES)):
         if j in wanted:
             interp = cv2.INTER_AREA if size < frame.shape[0] else cv2.INTER_CUBIC
             out[wanted[j]] = cv2.resize(frame, (size, size), interpolation=interp)
@@ -111,8 +114,6 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     from avatar3d import __version__
     from avatar3d.eval.report import render_html
     from avatar3d.io.audio import read_wav
-    from avatar3d.train.data import LIP_IDS, load_subject
-    from avatar3d.train.trainer import load_avatar, render_subject_frame, use_refined_poses
 
     config = config or EvalConfig()
     lpips_metric, lpips_files = None, None
@@ -124,10 +125,11 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     avatar, subject, out_dir = Path(avatar), Path(subject), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise Avatar3DError(f"{out_dir} is a file: give a folder for the report (-o REPORT_DIR)")
-    model, meta = load_avatar(avatar)
-    r = int(meta["resolution"])
+    loaded = load_avatar(avatar)
+    meta = loaded.bundle
+    r = int(meta.resolution)
     data = load_subject(subject, r, progress=progress)
-    if n_refined := use_refined_poses(data, meta):
+    if n_refined := loaded.use_refined_poses(data):
         log(f"[eval] {subject} is the avatar's own subject: using its refined head poses ({n_refined} frames "
             "differ from the landmark tracking: corrected in training or re-tracked photometrically)")
     ids = np.asarray(data.val_ids, dtype=np.int64)
@@ -151,7 +153,7 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     seconds = 0.0
     for k, i in enumerate(ids):
         t0 = time.perf_counter()
-        rgb = render_subject_frame(model, data, int(i), size)["rgb"].numpy()
+        rgb = loaded.render_subject_frame(data, int(i), size)["rgb"].numpy()
         seconds += time.perf_counter() - t0
         rendered[k] = (np.clip(rgb, 0.0, 1.0) * 255.0).round().astype(np.uint8)
         if bar is not None:
@@ -200,10 +202,11 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "avatar": str(avatar.resolve()),
         "subject": str(subject.resolve()),
-        "avatar_trained_on": str(meta.get("subject", "")),
+        "avatar_trained_on": str(meta.subject),
         "eval_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "train_config_yaml": train_cfg.read_text(encoding="utf-8") if train_cfg.is_file() else None,
-        "avatar_config": meta.get("avatar_config"),
+        "avatar_config": meta.config,
+        "avatar_backend": meta.backend,
         "training_resolution": r,
         "size": size,
         "fps": fps,

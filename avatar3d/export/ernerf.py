@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Iterator, Literal, Optional, Union
 import cv2
 import numpy as np
 
+from avatar3d.dataset.contract import (AUDIO, FRAMES, LABEL_NAMES, LANDMARK_FLAGS, LANDMARKS, MANIFEST, PARSING, PLATE,
+                                       TRACKING, TRANSFORMS_TRAIN, TRANSFORMS_VAL, iter_labels)
 from avatar3d.audio.features import AudioFeatureConfig
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path, save_npz_atomic, write_json_atomic
@@ -90,7 +92,7 @@ AU45_PER_BLINK = 2.0
 intensity runs 0..5, but ER-NeRF reads ``clip(AU45_r, 0, 2) / 2`` as its eye input, so 2 is
 "closed" there; this scale makes ER-NeRF see exactly our closure, and import inverts it."""
 
-TRAIN_JSON, VAL_JSON = "transforms_train.json", "transforms_val.json"
+TRAIN_JSON, VAL_JSON = TRANSFORMS_TRAIN, TRANSFORMS_VAL
 INFO_NAME = "avatar3d_export.txt"  # not .json: ER-NeRF's "all" split globs every *.json as transforms
 _COLOURS = np.array([BGR_BACKGROUND, BGR_HEAD, BGR_NECK, BGR_TORSO], np.int32)  # index -> colour
 _COLOUR_LABEL = np.array([0, 1, 2, 2], np.uint8)  # colour index -> our label (neck and torso are one class)
@@ -175,7 +177,7 @@ def folder_kind(path: PathLike) -> Optional[str]:
     p = Path(path)
     if (p / "avatar.pt").is_file():
         return "avatar"
-    if (p / "manifest.json").is_file() and (p / "frames.mp4").is_file():
+    if (p / MANIFEST).is_file() and (p / FRAMES).is_file():
         return "subject"
     if (p / TRAIN_JSON).is_file() and (p / "ori_imgs").is_dir():
         return "ernerf"
@@ -373,10 +375,10 @@ def _read_subject(subject: Path) -> dict:
     if kind != "subject":
         raise Avatar3DError(f"{subject} is not a prepared subject (no manifest.json + frames.mp4); "
                             "run `avatar3d prep CLIP -o SUBJECT` first")
-    for name in ("tracking.npz", "landmarks.npy", "landmark_flags.npy", "parsing.npz", "background.png", "audio.wav"):
+    for name in (TRACKING, LANDMARKS, LANDMARK_FLAGS, PARSING, PLATE, AUDIO):
         if not (subject / name).is_file():
             raise Avatar3DError(f"{subject / name} is missing; re-run `avatar3d prep` so the subject is complete")
-    manifest = json.loads((subject / "manifest.json").read_text())
+    manifest = json.loads((subject / MANIFEST).read_text())
     for key in ("fps", "width", "height", "n_frames", "intrinsics", "split"):
         if key not in manifest:
             raise Avatar3DError(f"{subject / 'manifest.json'} has no {key!r} (prep did not finish); re-run prep")
@@ -491,9 +493,8 @@ def _imwrite(path: Path, image: np.ndarray, params: Optional[list[int]] = None) 
 
 def _subject_frames(subject: Path, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(RGB frame, labels) pairs for the first ``n`` frames, streamed in step."""
-    from data_prep.segment import iter_labels
 
-    frames, labels = read_video(subject / "frames.mp4"), iter_labels(subject / "parsing.npz")
+    frames, labels = read_video(subject / FRAMES), iter_labels(subject / PARSING)
     for i in range(n):
         frame, label = next(frames, None), next(labels, None)
         if frame is None or label is None:
@@ -517,12 +518,12 @@ def export_ernerf(subject_dir: PathLike, out_dir: PathLike, config: Optional[Ern
         raise Avatar3DError(f"--frames {config.max_frames}: need at least 2 frames (one train, one val)")
     warnings = [] if abs(fps - 25.0) < 1e-6 else [f"the subject is {fps:g} fps; RAD-NeRF / ER-NeRF assume 25 fps "
                                                  "(audio features at 50 Hz): re-run `avatar3d prep --fps 25`"]
-    landmarks = np.load(subject / "landmarks.npy", mmap_mode="r")
-    flags = np.load(subject / "landmark_flags.npy")[:n]
-    with np.load(subject / "tracking.npz") as z:
+    landmarks = np.load(subject / LANDMARKS, mmap_mode="r")
+    flags = np.load(subject / LANDMARK_FLAGS)[:n]
+    with np.load(subject / TRACKING) as z:
         R, t, blink = z["R"][:n].astype(np.float64), z["t"][:n].astype(np.float64), z["blink"][:n]
     encoder = None if config.speech_encoder is None else _load_encoder(config, fps, warnings)
-    plate = cv2.imread(str(subject / "background.png"), cv2.IMREAD_COLOR)  # BGR, as ER-NeRF's images
+    plate = cv2.imread(str(subject / PLATE), cv2.IMREAD_COLOR)  # BGR, as ER-NeRF's images
     if plate is None:
         raise Avatar3DError(f"{subject / 'background.png'} is unreadable; re-run `avatar3d prep`")
     jpeg = [cv2.IMWRITE_JPEG_QUALITY, int(config.jpeg_quality)]
@@ -546,7 +547,7 @@ def export_ernerf(subject_dir: PathLike, out_dir: PathLike, config: Optional[Ern
             if face is not None:
                 np.savetxt(tmp / "ori_imgs" / f"{i}.lms", landmarks_68(face), "%f")
                 n_lms += 1
-        audio, rate = read_wav(subject / "audio.wav", 16000)
+        audio, rate = read_wav(subject / AUDIO, 16000)
         write_wav(tmp / "aud.wav", audio[: int(round(n / fps * rate))], rate)
         if encoder is not None:
             _write_audio_features(tmp, encoder, n, fps)
@@ -667,7 +668,7 @@ def _split_from(folder: ErnerfFolder) -> dict:
 def _write_frames(folder: ErnerfFolder, out: Path, fps: float, audio: np.ndarray, progress: bool) -> None:
     from tqdm import tqdm
 
-    with VideoWriter(out / "frames.mp4", fps, audio=audio, sample_rate=16000, crf=16,
+    with VideoWriter(out / FRAMES, fps, audio=audio, sample_rate=16000, crf=16,
                      size=(folder.size, folder.size)) as writer:
         for i in tqdm(range(folder.n_frames), desc="import: frames", unit="frame", disable=not progress):
             bgr = cv2.imread(str(folder.frame(i)), cv2.IMREAD_COLOR)
@@ -682,13 +683,13 @@ def _write_audio(folder: ErnerfFolder, out: Path, fps: float) -> np.ndarray:
     audio, rate = read_wav(folder.root / "aud.wav", 16000)
     want = int(round(folder.n_frames / fps * rate))
     audio = np.pad(audio[:want], (0, max(0, want - len(audio))))
-    write_wav(out / "audio.wav", audio, rate)
+    write_wav(out / AUDIO, audio, rate)
     return audio
 
 
 def _write_parsing(folder: ErnerfFolder, out: Path, landmarks: np.ndarray, min_mouth_area: float) -> None:
     """parsing/<i>.png -> parsing.npz (the segment stage's format), with the mouth interior from landmarks."""
-    from data_prep.segment import LABEL_NAMES, PARSING_NAME, _LabelWriter, _write_member
+    from data_prep.segment import PARSING_NAME, _LabelWriter, _write_member
 
     n, s = folder.n_frames, folder.size
     has_face = np.isfinite(landmarks[:, :468, :2]).all(axis=(1, 2))
@@ -715,7 +716,7 @@ def _write_background(folder: ErnerfFolder, out: Path) -> None:
         raise Avatar3DError(f"{folder.root / 'bc.jpg'} is unreadable; re-run their process.py task 5")
     if bgr.shape[:2] != (folder.size, folder.size):
         bgr = cv2.resize(bgr, (folder.size, folder.size), interpolation=cv2.INTER_AREA)
-    with atomic_path(out / "background.png") as tmp:  # the temp name keeps .png, so cv2 picks the format
+    with atomic_path(out / PLATE) as tmp:  # the temp name keeps .png, so cv2 picks the format
         _imwrite(tmp, bgr)
 
 
@@ -755,22 +756,22 @@ def _track_and_pose(folder: ErnerfFolder, out: Path, config: ErnerfImportConfig,
     from data_prep.track import track
 
     detect_landmarks(out, config.landmarks, progress=progress)
-    landmarks = np.load(out / "landmarks.npy")
+    landmarks = np.load(out / LANDMARKS)
     result = track(landmarks, folder.size, folder.size, load_face_model(config.face_model), config.track,
                    progress=progress)
     has_pose, R, t, focal, (cx, cy) = _folder_poses(folder)
     mode = config.poses
     if mode == "auto":
         mode = "transforms" if folder.written_by_avatar3d else "track"
-    flags = np.load(out / "landmark_flags.npy")
+    flags = np.load(out / LANDMARK_FLAGS)
     listed = has_pose
     agreement = _rotation_disagreement(R, result.rotation, listed & (flags != EXCLUDED))
     if mode == "track":
         R, t, focal, (cx, cy) = result.rotation, result.translation, float(result.focal), (folder.size / 2,) * 2
     flags = np.where(listed, flags, EXCLUDED).astype(flags.dtype)  # frames their split left out stay out
-    np.save(out / "landmark_flags.npy", flags)
+    np.save(out / LANDMARK_FLAGS, flags)
     extra = {} if (au45 := _read_au45(folder)) is None else {"au45": au45}
-    save_npz_atomic(out / "tracking.npz", R=R, t=t, identity=result.identity, expression=result.expression,
+    save_npz_atomic(out / TRACKING, R=R, t=t, identity=result.identity, expression=result.expression,
                     expression_names=np.array(result.expression_names), blink=result.blink,
                     focal=np.float64(focal), depth_scale=np.float64(result.depth_scale),
                     residual_px=result.residual_px, fps=np.float64(config.fps), pose_source=np.array(mode),
@@ -814,7 +815,7 @@ def import_ernerf(ernerf_dir: PathLike, subject_dir: PathLike, config: Optional[
                                "expressions": "our tracker on the imported frames", "blink": "our tracker "
                                "(eyelid landmarks); au.csv AU45_r kept as tracking.npz au45 when present"},
                     "stages": {}, **summary}
-        write_json_atomic(tmp / "manifest.json", manifest)
+        write_json_atomic(tmp / MANIFEST, manifest)
     return ImportReport(path=out, n_frames=folder.n_frames, pose_source=info["pose_source"],
                         n_excluded=info["n_excluded"], rotation_disagreement_deg=info["rotation_disagreement_deg"],
                         seconds=time.perf_counter() - started)

@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 import numpy as np
 
+from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.errors import Avatar3DError
-from avatar3d.io.atomic import atomic_path
+from avatar3d.io.atomic import atomic_path, check_writable
 
 # The 52 ARKit blendshapes in Live Link Face's column order.
 LLF_BLENDSHAPES: tuple[str, ...] = (
@@ -169,19 +170,17 @@ def write_livelink_csv(path: str | Path, weights: Mapping[str, np.ndarray], rota
     return path
 
 
-def avatar_curves(bundle: Mapping) -> tuple[dict[str, np.ndarray], np.ndarray, float]:  # type: ignore[type-arg]
+def avatar_curves(bundle: AvatarBundle) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
     """(ARKit weights, rotations [N, 3, 3], fps) of an avatar's own training clip, every frame in order.
 
     The tracked expression coefficients that carry ARKit names are passed through; the eyelid
     measure (blink, [N, 2] = subject's left, right) drives eyeBlinkLeft/Right, as it drives the avatar.
     """
-    from avatar3d.train.trainer import require_motion
-
-    require_motion(dict(bundle))
-    expression = np.asarray(bundle["expression"], dtype=np.float64)
-    blink = np.asarray(bundle.get("blink", np.zeros((len(expression), 0))), dtype=np.float64)
-    weights = arkit_weights([str(n) for n in bundle["expression_names"]], expression, blink)
-    return weights, np.asarray(bundle["R"], dtype=np.float64), float(bundle["fps"])
+    bundle.require_motion()
+    expression = np.asarray(bundle.expression, dtype=np.float64)
+    blink = np.asarray(bundle.blink, dtype=np.float64)
+    weights = arkit_weights([str(n) for n in bundle.expression_names], expression, blink)
+    return weights, np.asarray(bundle.R, dtype=np.float64), float(bundle.fps)
 
 
 def arkit_weights(names: list[str], expression: np.ndarray, blink: np.ndarray) -> dict[str, np.ndarray]:
@@ -196,14 +195,11 @@ def arkit_weights(names: list[str], expression: np.ndarray, blink: np.ndarray) -
 
 def export_blendshapes(avatar: str | Path, out: str | Path) -> dict[str, object]:
     """`avatar3d export AVATAR --blendshapes out.csv`: the training clip's tracked curves as an LLF CSV."""
-    from avatar3d.io.atomic import check_writable
-    from avatar3d.train.trainer import load_avatar
-
     out = Path(out)
     if out.suffix.lower() != ".csv":
         raise Avatar3DError(f"{out}: blendshape curves are written as .csv (the Live Link Face layout)")
     check_writable(out)
-    _, bundle = load_avatar(avatar)
+    bundle = AvatarBundle.load(avatar)
     weights, rotations, fps = avatar_curves(bundle)
     write_livelink_csv(out, weights, rotations, fps)
     return {"path": str(out), "frames": int(rotations.shape[0]), "fps": fps, "curves": len(weights)}

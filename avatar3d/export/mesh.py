@@ -35,7 +35,8 @@ import torch
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path, check_writable
 from avatar3d.nerf.occupancy import unpack_bits
-from avatar3d.train.trainer import require_motion
+from avatar3d.avatar.bundle import AvatarBundle
+from avatar3d.avatar.loading import load_avatar
 
 MESH_SUFFIXES = {".glb": "glb", ".ply": "ply", ".obj": "obj"}
 DECIMATION_AGGRESSION = 3
@@ -93,15 +94,15 @@ def check_mesh_path(path: Path) -> str:
     return file_type
 
 
-def neutral_motion(bundle: dict[str, Any]) -> np.ndarray:
+def neutral_motion(bundle: AvatarBundle) -> np.ndarray:
     """[motion_dim] float32: per-channel median of the training frames' expressions, blinks 0."""
-    require_motion(bundle)
-    expression = np.asarray(bundle["expression"], dtype=np.float32)
-    ids = np.asarray(bundle.get("train_ids", np.arange(len(expression))), dtype=np.int64)
+    bundle.require_motion()
+    expression = np.asarray(bundle.expression, dtype=np.float32)
+    ids = np.asarray(bundle.train_ids, dtype=np.int64)
     if ids.size == 0:
         ids = np.arange(len(expression))
     median = np.median(expression[ids], axis=0)
-    n_blink = int(bundle["motion_dim"]) - median.shape[0]
+    n_blink = int(bundle.motion_dim) - median.shape[0]
     return np.concatenate([median, np.zeros(max(n_blink, 0), np.float32)]).astype(np.float32)
 
 
@@ -207,7 +208,7 @@ def surface_colors(model: Any, code: torch.Tensor, vertices: np.ndarray, normals
     return rgba
 
 
-def extract_head_mesh(model: Any, bundle: dict[str, Any],
+def extract_head_mesh(model: Any, bundle: AvatarBundle,
                       config: MeshExportConfig = MeshExportConfig()) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """(trimesh.Trimesh in head space, metres, with vertex colours; info dict) at the neutral expression."""
     import trimesh
@@ -293,13 +294,13 @@ def write_mesh(mesh: Any, out: str | Path, file_type: str | None = None) -> Path
 
 def export_mesh(avatar: str | Path, out: str | Path, config: MeshExportConfig = MeshExportConfig()) -> MeshReport:
     """Extracts the neutral head of the avatar folder ``avatar`` and writes it atomically to ``out``."""
-    from avatar3d.train.trainer import load_avatar
 
     out = Path(out)
     file_type = check_mesh_path(out)
     start = time.perf_counter()
-    model, bundle = load_avatar(avatar)
-    mesh, info = extract_head_mesh(model, bundle, config)
+    loaded = load_avatar(avatar)
+    loaded.require_backend("nerf", "`export --mesh` (a density iso-surface)")
+    mesh, info = extract_head_mesh(loaded.model, loaded.bundle, config)
     write_mesh(mesh, out, file_type)
     extent = tuple(float(v) for v in mesh.extents)
     return MeshReport(path=str(out), n_vertices=len(mesh.vertices), n_faces=len(mesh.faces),

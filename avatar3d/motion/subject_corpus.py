@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from avatar3d.dataset.contract import AUDIO, LANDMARK_FLAGS, MANIFEST, TRACKING
 from avatar3d.audio.features import AudioFeatureConfig, frame_features
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.audio import read_wav
@@ -30,7 +31,7 @@ from avatar3d.io.hashing import file_sha256
 from avatar3d.motion.model import hops_per_frame
 from avatar3d.synth.visemes import BLENDSHAPES
 
-MARKER = "manifest.json"
+MARKER = MANIFEST
 """A folder holding this file is a prepared subject."""
 SILENCE_RMS = 1e-4
 """A subject's audio quieter than this (RMS, about -80 dB) counts as having no speech."""
@@ -107,11 +108,11 @@ def load_subject_speech(subject_dir: str | Path, fps: float = 25.0,
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise Avatar3DError(f"{root / MARKER} is unreadable or incomplete ({type(exc).__name__}: {exc}): "
                             f"re-run `avatar3d prep` into {root}") from exc
-    wav = root / "audio.wav"
+    wav = root / AUDIO
     if not wav.is_file():
         raise Avatar3DError(f"{wav} is missing: the subject has no speech to learn from; prepare a clip with "
                             "sound (without --no-audio)")
-    tracking = root / "tracking.npz"
+    tracking = root / TRACKING
     if not tracking.is_file():
         raise Avatar3DError(f"{tracking} is missing (tracking did not finish): re-run `avatar3d prep` into {root}")
     try:
@@ -127,7 +128,7 @@ def load_subject_speech(subject_dir: str | Path, fps: float = 25.0,
     if len(expression) != n_subj:
         raise Avatar3DError(f"{tracking} has {len(expression)} frames but the manifest says {n_subj}: re-run "
                             f"`avatar3d prep` into {root}")
-    flags_path = root / "landmark_flags.npy"
+    flags_path = root / LANDMARK_FLAGS
     flags = np.load(flags_path).astype(bool) if flags_path.is_file() else np.ones(n_subj, bool)
     if len(flags) != n_subj:
         flags = np.ones(n_subj, bool)

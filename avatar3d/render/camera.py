@@ -35,6 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from avatar3d.avatar.base import Avatar
+from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.errors import Avatar3DError
 
 CAMERA_MODES = ("training", "orbit")
@@ -122,12 +124,12 @@ class ViewRange:
                 & (dist <= self.distance[1] + 1e-6))  # fmt: skip
 
 
-def supported_range(bundle: dict) -> ViewRange:
+def supported_range(bundle: AvatarBundle) -> ViewRange:
     """The range of views the avatar's training frames cover (see the module docstring)."""
-    ids = np.asarray(bundle["train_ids"], dtype=np.int64)
+    ids = np.asarray(bundle.train_ids, dtype=np.int64)
     if len(ids) == 0:
         raise Avatar3DError("the avatar has no training frames; its view range is unknown -- retrain it")
-    yaw, pitch, dist = view_angles(np.asarray(bundle["R"], np.float64)[ids], np.asarray(bundle["t"], np.float64)[ids])
+    yaw, pitch, dist = view_angles(np.asarray(bundle.R, np.float64)[ids], np.asarray(bundle.t, np.float64)[ids])
     lo, hi = RANGE_PERCENTILES
     return ViewRange(yaw=(float(np.percentile(yaw, lo)), float(np.percentile(yaw, hi))),
                      pitch=(float(np.percentile(pitch, lo)), float(np.percentile(pitch, hi))),
@@ -243,11 +245,11 @@ def _path_frames(cam: CameraPath, n: int, fps: float) -> np.ndarray:
     return np.clip(k, 0, len(cam.c2w) - 1)
 
 
-def camera_track(spec: str | CameraPath, R: np.ndarray, t: np.ndarray, bundle: dict, *,
+def camera_track(spec: str | CameraPath, R: np.ndarray, t: np.ndarray, bundle: AvatarBundle, *,
                  warn: Callable[[str], None] = _stderr) -> CameraTrack:  # fmt: skip
     """The rendered camera for head poses R [T, 3, 3], t [T, 3] (head -> training camera)."""
     R, t = np.asarray(R, np.float64), np.asarray(t, np.float64)
-    n, fps = len(R), float(bundle["fps"])
+    n, fps = len(R), float(bundle.fps)
     ones = np.ones(n)
     if spec == "training":
         return CameraTrack(R.copy(), t.copy(), ones, 0, "training camera")
@@ -273,117 +275,10 @@ def camera_track(spec: str | CameraPath, R: np.ndarray, t: np.ndarray, bundle: d
              f"range this avatar was trained on ({view.describe()}); those views are clamped to it")  # fmt: skip
     focal = ones
     if spec.fov_deg is not None:
-        r = float(bundle["resolution"])
-        f_train = float(np.asarray(bundle["K"])[1, 1])
+        r = float(bundle.resolution)
+        f_train = float(np.asarray(bundle.K)[1, 1])
         focal = (r / 2.0) / np.tan(np.radians(spec.fov_deg[_path_frames(spec, n, fps)]) / 2.0) / f_train
     return CameraTrack(R2, t2, focal, int(moved.sum()), f"camera path {spec.source}")
-
-
-# ------------------------------------------------------------------ rendering a moved camera
-
-
-def plane_homography(K_view: np.ndarray, K_train: np.ndarray, Rc: np.ndarray, tc: np.ndarray,
-                     depth: float) -> np.ndarray | None:  # fmt: skip
-    """3x3 map from a view's pixels to the training image's pixels for a fronto-parallel plane at ``depth``
-    metres in front of the training camera, with the view camera X_view = Rc X_train + tc; None when it is
-    the identity (so the training camera renders exactly what the avatar renders).
-
-    A plane n.X = d maps by X_view = (Rc + tc n^T / d) X_train, so pixels map by
-    K_view (Rc + tc n^T / d) K_train^-1; this is its inverse.
-    """
-    n = np.array([0.0, 0.0, 1.0])
-    A = K_view @ (Rc + np.outer(tc, n) / max(depth, 1e-3)) @ np.linalg.inv(K_train)
-    H = np.linalg.inv(A)
-    H = H / H[2, 2]
-    if np.abs(H - np.eye(3)).max() < 1e-12:
-        return None
-    return H
-
-
-def _apply_homography(H: np.ndarray | None, pix: torch.Tensor) -> torch.Tensor:
-    """Pixel positions [P, 2] mapped by H (None: unchanged)."""
-    if H is None:
-        return pix
-    Ht = torch.as_tensor(H, dtype=torch.float32, device=pix.device)
-    q = pix @ Ht[:2, :2].T + Ht[:2, 2]
-    w = pix @ Ht[2, :2] + Ht[2, 2]
-    return q / w[:, None]
-
-
-@dataclass(frozen=True)
-class LayerPlanes:
-    """Where the two flat layers sit, for views away from the training camera.
-
-    The torso field and the background plate are images of the training view with no depth, so
-    a moved camera sees each as a plane: the torso just behind the head origin (shoulders sit
-    about that deep), the plate a fixed distance behind it.  Both depths are choices, not
-    measurements: the clip carries no depth for them.
-    """
-
-    torso_behind_head_m: float = 0.03
-    background_behind_head_m: float = 1.0
-
-
-@torch.no_grad()
-def render_view(
-    model, K: torch.Tensor, head_R: torch.Tensor, head_t: torch.Tensor, motion: torch.Tensor,  # type: ignore[no-untyped-def]
-    background: torch.Tensor, size: int, *, torso_R: torch.Tensor, torso_t: torch.Tensor, focal_scale: float = 1.0,
-    eye_offset_m: float = 0.0, planes: LayerPlanes = LayerPlanes(),
-) -> dict[str, torch.Tensor]:  # fmt: skip
-    """One view [size, size]: the head from the moved camera over the torso and plate seen as planes.
-
-    ``K`` is the training intrinsics at ``size``; the head is rendered with its focal times
-    ``focal_scale`` from pose ``head_R``/``head_t`` (minus ``eye_offset_m`` along x for a stereo
-    eye); ``torso_R``/``torso_t`` is the training-view pose, which gives the torso's pose code and,
-    with the head pose, the camera move (training camera -> this view).  The torso layer and the
-    plate are warped by that move as planes at the depths of ``planes`` (:class:`LayerPlanes`).
-    With the training camera (same poses, scale 1, no eye offset) this is exactly
-    :meth:`AvatarModel.render_image`.
-
-    Returns rgb [H, W, 3] over the plate, premult [H, W, 3] (head + torso colour times their
-    coverage, no plate), alpha [H, W] (that coverage), head_alpha [H, W] and depth_z [H, W]
-    (metres along the optical axis to the head surface, 0 where the head is transparent).
-    """
-    from avatar3d.nerf.model import image_pixels, pixel_dirs
-
-    dev = K.device
-    K = K.float()
-    pix = image_pixels(size, dev)
-    K_head = K.clone()
-    K_head[0, 0] *= focal_scale
-    K_head[1, 1] *= focal_scale
-    eye = torch.tensor([eye_offset_m, 0.0, 0.0], device=dev)
-    state = model.render_head(K_head, head_R, head_t - eye, motion, pix)
-    # The camera move, training camera -> this view: X_view = Rc X_train + tc.
-    R0, t0 = torso_R.double().cpu().numpy(), torso_t.double().cpu().numpy()
-    R1, t1 = head_R.double().cpu().numpy(), (head_t - eye).double().cpu().numpy()
-    Rc = R1 @ R0.T
-    tc = t1 - Rc @ t0
-    if focal_scale == 1.0 and eye_offset_m == 0.0 and torch.equal(head_R, torso_R) and torch.equal(head_t, torso_t):
-        Rc, tc = np.eye(3), np.zeros(3)  # the training camera itself (float32 R R^T is only ~1e-7 from I)
-    K_train, K_view = K.double().cpu().numpy(), K_head.double().cpu().numpy()
-    head_depth = float(t0[2])
-    layer_pix = _apply_homography(plane_homography(K_view, K_train, Rc, tc, head_depth + planes.torso_behind_head_m),
-                                  pix)  # fmt: skip
-    plate_H = plane_homography(K_view, K_train, Rc, tc, head_depth + planes.background_behind_head_m)
-    torso_code = model.torso.pose_code(torso_R[None].float(), torso_t[None].float(), K, size)
-    torso_rgb, torso_alpha, _ = model.torso(layer_pix / size, torso_code.expand(pix.shape[0], -1))
-    bg = background.float()
-    if plate_H is not None:
-        grid = (_apply_homography(plate_H, pix) / size * 2.0 - 1.0).view(1, size, size, 2)
-        bg = torch.nn.functional.grid_sample(bg.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border",
-                                             align_corners=False)[0].permute(1, 2, 0)  # fmt: skip
-    bg = bg.reshape(-1, 3)
-    under = torso_alpha[:, None] * torso_rgb
-    rgb = state.color + (1 - state.opacity[:, None]) * (under + (1 - torso_alpha[:, None]) * bg)
-    premult = state.color + (1 - state.opacity[:, None]) * under
-    alpha = state.opacity + (1 - state.opacity) * torso_alpha
-    dist = state.depth / state.opacity.clamp_min(1e-6)
-    depth_z = torch.where(state.opacity > 1e-4, dist * pixel_dirs(K_head, pix)[:, 2], torch.zeros_like(dist))
-    shape = (size, size)
-    return {"rgb": rgb.clamp(0, 1).view(*shape, 3), "premult": premult.clamp(0, 1).view(*shape, 3),
-            "alpha": alpha.clamp(0, 1).view(shape), "head_alpha": state.opacity.view(shape),
-            "depth_z": depth_z.view(shape)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -407,18 +302,12 @@ def stereo_eyes(ipd_mm: float | None) -> tuple[Eye, ...]:
 class ViewRenderer:
     """Renders frame i of a track through a camera track, one image per eye (side by side for stereo)."""
 
-    def __init__(self, model, bundle: dict, size: int, camera: CameraTrack, torso_R: np.ndarray,  # type: ignore[no-untyped-def]
+    def __init__(self, avatar: Avatar, size: int, camera: CameraTrack, torso_R: np.ndarray,
                  torso_t: np.ndarray, motion: np.ndarray, eyes: tuple[Eye, ...] = (Eye(),)):  # fmt: skip
-        r = int(bundle["resolution"])
-        dev = model.hull.device
-        self.model, self.size, self.eyes, self.camera = model, size, eyes, camera
-        self.K = (torch.as_tensor(np.asarray(bundle["K"]), dtype=torch.float32)
-                  * torch.tensor([[size / r], [size / r], [1.0]])).to(dev)  # fmt: skip
-        bg = torch.from_numpy(np.asarray(bundle["background"], np.float32) / 255.0)
-        if size != r:
-            bg = torch.nn.functional.interpolate(bg.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
-                                                 align_corners=False)[0].permute(1, 2, 0)  # fmt: skip
-        self.background = bg.to(dev)
+        dev = avatar.device
+        self.avatar, self.size, self.eyes, self.camera = avatar, size, eyes, camera
+        self.K = avatar.intrinsics(size)
+        self.background = avatar.background(size)
         self.motion = torch.from_numpy(np.asarray(motion, np.float32)).to(dev)
         self.head_R = torch.from_numpy(camera.R).float().to(dev)
         self.head_t = torch.from_numpy(camera.t).float().to(dev)
@@ -433,7 +322,8 @@ class ViewRenderer:
         views = []
         scale = float(self.camera.focal_scale[i])
         for eye in self.eyes:
-            views.append(render_view(self.model, self.K, self.head_R[i], self.head_t[i], self.motion[i],
-                                     self.background, self.size, torso_R=self.torso_R[i], torso_t=self.torso_t[i],
-                                     focal_scale=scale, eye_offset_m=eye.offset_m))  # fmt: skip
+            views.append(self.avatar.render_view(self.K, self.head_R[i], self.head_t[i], self.motion[i],
+                                                 self.background, self.size, torso_R=self.torso_R[i],
+                                                 torso_t=self.torso_t[i], focal_scale=scale,
+                                                 eye_offset_m=eye.offset_m))  # fmt: skip
         return views

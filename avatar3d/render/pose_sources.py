@@ -44,6 +44,7 @@ from typing import Callable
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
+from avatar3d.dataset.contract import LANDMARKS, LANDMARK_FLAGS
 from avatar3d.errors import Avatar3DError
 from avatar3d.render.ar2 import StationaryAR2, consecutive_runs, critically_damped
 from avatar3d.render.camera import RANGE_PERCENTILES
@@ -264,8 +265,8 @@ def track_driving_video(path: str | Path, config: VideoPoseConfig = VideoPoseCon
         with tempfile.TemporaryDirectory(prefix="avatar3d-pose-") as tmp:
             decode(path, tmp, DecodeConfig(fps=float(fps), size=config.size, audio=False), progress=progress)
             detect_landmarks(tmp, progress=progress)
-            landmarks = np.load(Path(tmp) / "landmarks.npy")
-            flags = np.load(Path(tmp) / "landmark_flags.npy")
+            landmarks = np.load(Path(tmp) / LANDMARKS)
+            flags = np.load(Path(tmp) / LANDMARK_FLAGS)
             result = track(landmarks, config.size, config.size, load_face_model("default"), config.track,
                            progress=progress)  # fmt: skip
     except Avatar3DError as exc:

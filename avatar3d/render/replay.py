@@ -16,8 +16,8 @@ from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import check_writable
 from avatar3d.io.audio import read_wav
 from avatar3d.io.video import VideoWriter
-from avatar3d.train.data import load_subject
-from avatar3d.train.trainer import load_avatar, render_subject_frame, use_refined_poses
+from avatar3d.avatar.loading import load_avatar
+from avatar3d.dataset.reader import load_subject
 
 
 def split_ids(data, split: str) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -39,9 +39,9 @@ def render_from_subject(
     import time
 
     check_writable(Path(out))
-    model, meta = load_avatar(avatar)
-    data = load_subject(subject, int(meta["resolution"]), progress=progress)
-    if n_refined := use_refined_poses(data, meta):
+    loaded = load_avatar(avatar)
+    data = load_subject(subject, int(loaded.bundle.resolution), progress=progress)
+    if n_refined := loaded.use_refined_poses(data):
         log(f"[render] using the avatar's refined head poses of {subject} ({n_refined} frames)")
     ids = split_ids(data, split)
     if len(ids) == 0:
@@ -61,7 +61,7 @@ def render_from_subject(
     with VideoWriter(out, data.fps, audio=audio[a0:a1], sample_rate=rate) as writer:
         for i in ids:
             t0 = time.perf_counter()
-            rgb = render_subject_frame(model, data, int(i), size)["rgb"]
+            rgb = loaded.render_subject_frame(data, int(i), size)["rgb"]
             seconds += time.perf_counter() - t0
             writer.write((rgb.numpy() * 255).round().astype(np.uint8))
             if bar is not None:

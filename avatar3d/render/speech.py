@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from avatar3d.dataset.contract import MANIFEST, TRACKING
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import check_writable
 from avatar3d.io.video import read_audio
@@ -27,7 +28,9 @@ from avatar3d.render.camera import CameraPath, ViewRenderer, camera_track, parse
 from avatar3d.render.drive import DriveConfig, DriveTracks, build_tracks
 from avatar3d.render.outputs import (DEPTH_PATTERN, RGBA_PATTERN, DepthSink, Frame, MatteConfig, Mp4Sink, Outputs,
                                      RgbaSink, check_output_dir)  # fmt: skip
-from avatar3d.train.trainer import load_avatar, require_motion
+from avatar3d.avatar.base import Avatar
+from avatar3d.avatar.bundle import AvatarBundle
+from avatar3d.avatar.loading import load_avatar
 
 SAMPLE_RATE = 16000
 PERSONAL_MODEL_NAME = "motion.pt"
@@ -375,25 +378,25 @@ def gated_mouth_curves(mouth_model, audio: np.ndarray, fps: float, n: int, phone
     return _at_frame_rate(mouth_model, own, fps, n, phones, constraints, window_s)
 
 
-def _speech_tracks(bundle: dict, speech: np.ndarray | SpeechAudio, mouth_model, config: DriveConfig,  # type: ignore[no-untyped-def]
+def _speech_tracks(bundle: AvatarBundle, speech: np.ndarray | SpeechAudio, mouth_model, config: DriveConfig,  # type: ignore[no-untyped-def]
                    phones, log: Callable[[str], None], stream: StreamConfig) -> tuple[DriveTracks, int]:
     """(per-frame tracks, samples of speech at 16 kHz); the speech is read in ``stream.chunk_s`` chunks."""
     source = speech if isinstance(speech, SpeechAudio) else SpeechAudio(array=np.asarray(speech, np.float32))
     rate = int(mouth_model.audio.sample_rate)
     own, n_own = _own_rate_curves(mouth_model, source.chunks(max(1, int(round(stream.chunk_s * rate))), rate))
     seconds = n_own / rate
-    fps = float(bundle["fps"])
+    fps = float(bundle.fps)
     n = max(1, int(round(seconds * fps)))
     mouth = _at_frame_rate(mouth_model, own, fps, n, phones, PhoneConstraintConfig(), stream.constraint_window_s)
-    tracks = build_tracks(mouth, n, fps, expression_names=list(bundle["expression_names"]),
-                          expression=np.asarray(bundle["expression"], np.float32),
-                          blink=np.asarray(bundle["blink"], np.float32), R=np.asarray(bundle["R"]),
-                          t=np.asarray(bundle["t"]), train_ids=np.asarray(bundle["train_ids"]), config=config,
+    tracks = build_tracks(mouth, n, fps, expression_names=list(bundle.expression_names),
+                          expression=np.asarray(bundle.expression, np.float32),
+                          blink=np.asarray(bundle.blink, np.float32), R=np.asarray(bundle.R),
+                          t=np.asarray(bundle.t), train_ids=np.asarray(bundle.train_ids), config=config,
                           log=log)  # fmt: skip
     return tracks, int(round(seconds * SAMPLE_RATE))
 
 
-def drive_from_speech(bundle: dict, audio: np.ndarray | SpeechAudio, mouth_model, config: DriveConfig,  # type: ignore[no-untyped-def]
+def drive_from_speech(bundle: AvatarBundle, audio: np.ndarray | SpeechAudio, mouth_model, config: DriveConfig,  # type: ignore[no-untyped-def]
                       phones=None, log: Callable[[str], None] = print,
                       stream: StreamConfig = StreamConfig()) -> DriveTracks:  # fmt: skip
     """Per-frame tracks for ``audio`` (16 kHz array, or :class:`SpeechAudio` read chunk by chunk) at the
@@ -440,7 +443,7 @@ def write_blendshapes_csv(path: Path, tracks: DriveTracks, fps: float, block: in
     return Path(path)
 
 
-def render_tracks(model, bundle: dict, tracks: DriveTracks, out: Path | None,  # type: ignore[no-untyped-def]
+def render_tracks(avatar: Avatar, tracks: DriveTracks, out: Path | None,
                   audio: np.ndarray | Iterator[np.ndarray] | None,
                   size: int, progress: bool = True, *, camera: str | CameraPath = "training",
                   stereo_ipd_mm: float | None = None, rgba: Path | None = None, depth: Path | None = None,
@@ -456,12 +459,13 @@ def render_tracks(model, bundle: dict, tracks: DriveTracks, out: Path | None,  #
     ``stereo_ipd_mm``: left|right eyes side by side in every output; ``rgba``/``depth``: folders
     (:mod:`avatar3d.render.outputs`).  ``out`` may be None when only folders are wanted.
     """
-    fps_out = float(bundle["fps"])
+    bundle = avatar.saved_bundle()
+    fps_out = float(bundle.fps)
     cam = camera_track(camera, tracks.R, tracks.t, bundle, **({"warn": warn} if warn is not None else {}))
     if cam.clamped and camera == "orbit":
         log(f"[render] orbit: {cam.clamped} of {len(cam.R)} frames where the head's own turn plus the orbit "
             "would leave the trained range are held at its edge")  # fmt: skip
-    views = ViewRenderer(model, bundle, size, cam, tracks.R, tracks.t, tracks.motion, stereo_eyes(stereo_ipd_mm))
+    views = ViewRenderer(avatar, size, cam, tracks.R, tracks.t, tracks.motion, stereo_eyes(stereo_ipd_mm))
     sinks: list = []
     try:
         if out is not None:
@@ -500,7 +504,7 @@ def _stale(model, subject: Path) -> bool:  # type: ignore[no-untyped-def]
     Why: a re-tracked subject (new tracker, new expression scale) would otherwise keep driving the avatar
     with the old scale.  A subject folder that is gone cannot be checked: the model is kept.
     """
-    tracking = subject / "tracking.npz"
+    tracking = subject / TRACKING
     if not tracking.is_file():
         return False
     from avatar3d.io.hashing import file_sha256
@@ -509,7 +513,7 @@ def _stale(model, subject: Path) -> bool:  # type: ignore[no-untyped-def]
     return made_from != file_sha256(tracking)
 
 
-def mouth_model_for(avatar: Path, bundle: dict, path: Path | None = None, *, progress: bool = True,  # type: ignore[no-untyped-def]
+def mouth_model_for(avatar: Path, bundle: AvatarBundle, path: Path | None = None, *, progress: bool = True,  # type: ignore[no-untyped-def]
                     log: Callable[[str], None] = print):
     """The motion model that drives ``avatar``: ``path`` if given, else the avatar's personalised one.
 
@@ -523,14 +527,14 @@ def mouth_model_for(avatar: Path, bundle: dict, path: Path | None = None, *, pro
     if path is not None:
         return load(path)
     own = avatar / PERSONAL_MODEL_NAME
-    recorded = str(bundle.get("subject", ""))  # "" in a shipped avatar (tests/assets): no subject to check or use
+    recorded = str(bundle.subject)  # "" in a shipped avatar (tests/assets): no subject to check or use
     subject = Path(recorded) if recorded else None
     if own.is_file():
         model = load(own)
         if subject is None or not _stale(model, subject):
             return model
         log(f"[render] {subject} was re-tracked since {own} was made; personalising again")
-    if subject is None or not (subject / "manifest.json").is_file():
+    if subject is None or not (subject / MANIFEST).is_file():
         raise Avatar3DError(f"{avatar}: no personalised motion model ({PERSONAL_MODEL_NAME}) and its subject folder "
                             f"{subject or '(not recorded)'} is gone; run `avatar3d motion personalize SUBJECT -o {own}` "
                             "or pass --motion-model FILE")  # fmt: skip
@@ -565,8 +569,9 @@ def render_from_speech(
     folders: see :func:`render_tracks`.
     """
     avatar, out = Path(avatar), Path(out)
-    model, bundle = load_avatar(avatar)
-    require_motion(bundle)
+    loaded = load_avatar(avatar)
+    bundle = loaded.saved_bundle()
+    bundle.require_motion()
     # Everything the user can get wrong about the camera and outputs fails here, before any work.
     camera_spec = parse_camera(camera)
     eyes = stereo_eyes(stereo_ipd_mm)
@@ -575,7 +580,7 @@ def render_from_speech(
     if depth is not None:
         check_output_dir(Path(depth), DEPTH_PATTERN, "--depth")
     check_writable(out)
-    size = int(size or bundle["resolution"])
+    size = int(size or bundle.resolution)
     if size % 2:
         raise Avatar3DError(f"--size {size}: H.264 needs an even frame size")
     speech = source.speech(log=log)  # a bad file, voice or text fails before minutes of personalising
@@ -588,10 +593,10 @@ def render_from_speech(
     tracks, n_samples = _speech_tracks(bundle, speech.source, mouth_model, config, speech.phones, log,
                                        source.stream)  # fmt: skip
     sound = _checked_chunks(speech.source, n_samples, source.stream.chunk_samples)
-    fps = render_tracks(model, bundle, tracks, out, sound, size, progress, camera=camera_spec,
+    fps = render_tracks(loaded, tracks, out, sound, size, progress, camera=camera_spec,
                         stereo_ipd_mm=stereo_ipd_mm, rgba=rgba, depth=depth, log=log)
     if blendshapes is not None:
-        write_blendshapes_csv(Path(blendshapes), tracks, float(bundle["fps"]))
+        write_blendshapes_csv(Path(blendshapes), tracks, float(bundle.fps))
     layout = f"{size}² per eye, side by side" if len(eyes) == 2 else f"{size}²"
     seconds = n_samples / SAMPLE_RATE
     log(f"[render] {len(tracks.motion)} frames ({seconds:.1f} s of speech) at {layout} -> {out} "

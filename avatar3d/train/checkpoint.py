@@ -20,7 +20,6 @@ from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.pt"
-AVATAR_NAME = "avatar.pt"
 FORMAT_VERSION = 1
 
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from avatar3d.dataset.reader import SubjectData
 from avatar3d.errors import Avatar3DError
 from avatar3d.nerf.model import AvatarModel
 from avatar3d.nerf.pose_correction import PoseCorrection
-from avatar3d.train.data import SubjectData
+from avatar3d.train.sampler import RaySampler, SamplerConfig
 
 
 @dataclass
@@ -38,14 +39,12 @@ class PoseFitConfig:
     seed: int = 0
 
 
-def fit_poses(model: AvatarModel, data: SubjectData, ids: np.ndarray, sampler_config,  # type: ignore[no-untyped-def]
+def fit_poses(model: AvatarModel, data: SubjectData, ids: np.ndarray, sampler_config: SamplerConfig,
               config: PoseFitConfig | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Corrected head -> camera poses (R [len(ids), 3, 3], t [len(ids), 3]) of frames ``ids``.
 
-    ``sampler_config`` is the avatar's TrainConfig (its label handling), with this fit's ray counts and shares.
+    ``sampler_config`` is the avatar's training sampler (its label handling), with this fit's ray counts and shares.
     """
-    from avatar3d.train.trainer import RaySampler  # the trainer imports this module's users, not the reverse
-
     config = config or PoseFitConfig()
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size == 0:

@@ -11,7 +11,7 @@ from avatar3d.synth import regions as rg
 from data_prep.fitted import fitted_projection, load_tracking
 from data_prep.pipeline import prepare
 from data_prep.preview import PREVIEW_NAME, write_preview
-from data_prep.segment import iter_labels
+from avatar3d.dataset.contract import iter_labels
 
 
 @pytest.fixture(scope="module")

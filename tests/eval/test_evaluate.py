@@ -23,16 +23,17 @@ def tiny_eval(tiny_avatar_run, avatar_subject: Path, tmp_path_factory: pytest.Te
 
 def test_metrics_json_matches_the_training_evaluator(tiny_eval, tiny_avatar_run, avatar_subject: Path) -> None:
     """The written PSNR/SSIM are the held-out figures the trainer's own evaluator computes."""
-    from avatar3d.train.data import load_subject
-    from avatar3d.train.trainer import evaluate_frames, load_avatar
+    from avatar3d.dataset.reader import load_subject
+    from avatar3d.avatar.loading import load_avatar
+    from avatar3d.train.trainer import evaluate_frames
 
     run, out = tiny_eval
     metrics = json.loads((out / "metrics.json").read_text())
-    model, meta = load_avatar(tiny_avatar_run[0])
-    data = load_subject(avatar_subject, int(meta["resolution"]), progress=False)
+    avatar = load_avatar(tiny_avatar_run[0])
+    data = load_subject(avatar_subject, int(avatar.bundle.resolution), progress=False)
     assert metrics["frames"]["n"] == 6 and np.array_equal(run.frame_ids, data.val_ids[:6])
     assert metrics["frames"]["val_total"] == len(data.val_ids)
-    expected, _ = evaluate_frames(model, data, data.val_ids[:2])
+    expected, _ = evaluate_frames(avatar, data, data.val_ids[:2])
     # the eval quantises renders to uint8 (what a viewer sees): agreement within that rounding
     assert np.mean(run.psnr_per_frame[:2]) == pytest.approx(expected["psnr_full"], abs=0.05)
     assert 10.0 < metrics["image"]["psnr_full"] < 60.0

@@ -38,7 +38,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _labels(subject: Path, n: int) -> np.ndarray:
-    from data_prep.segment import load_labels
+    from avatar3d.dataset.contract import load_labels
 
     return load_labels(subject / "parsing.npz", np.arange(n))
 
@@ -153,7 +153,7 @@ def test_export_layout_matches_what_ernerf_reads(exported) -> None:
 def test_import_round_trip_trains(imported) -> None:
     from avatar3d.io.audio import read_wav
     from avatar3d.io.video import read_video
-    from avatar3d.train.data import load_subject
+    from avatar3d.dataset.reader import load_subject
 
     subject, folder, out, report = imported
     assert report.pose_source == "transforms" and report.n_frames == N and report.n_excluded == 0

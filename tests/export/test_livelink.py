@@ -112,26 +112,26 @@ def test_bad_input_is_one_line_error_and_no_file(tmp_path):
 def test_cli_writes_the_training_clip(tiny_avatar_run, tmp_path, capsys):
     """`avatar3d export AVATAR --blendshapes`: one row per tracked frame, the tracked curves, real head yaw signs."""
     from avatar3d.face.default_model import load_face_model
-    from avatar3d.train.trainer import load_avatar
+    from avatar3d.avatar.loading import load_avatar
 
     avatar, _ = tiny_avatar_run
     out = tmp_path / "curves" / "take.csv"
     assert main(["export", str(avatar), "--blendshapes", str(out)]) == 0
-    _, bundle = load_avatar(avatar)
+    bundle = load_avatar(avatar).bundle
     header, rows = read_csv(out)
     assert header == RECORDED_HEADER
-    assert len(rows) == int(bundle["n_frames"]) == len(bundle["R"])
+    assert len(rows) == int(bundle.n_frames) == len(bundle.R)
     values = np.array([[float(v) for v in r[2:]] for r in rows])
     assert values[:, :52].min() >= 0 and values[:, :52].max() <= 1
     assert np.abs(values[:, 52:]).max() <= 1
-    names = list(bundle["expression_names"])
-    jaw = np.clip(np.asarray(bundle["expression"])[:, names.index("jawOpen")], 0, 1)
+    names = list(bundle.expression_names)
+    jaw = np.clip(np.asarray(bundle.expression)[:, names.index("jawOpen")], 0, 1)
     np.testing.assert_allclose(column(rows, "JawOpen"), jaw, atol=1e-6)
-    np.testing.assert_allclose(column(rows, "EyeBlinkLeft"), np.asarray(bundle["blink"])[:, 0], atol=1e-6)
+    np.testing.assert_allclose(column(rows, "EyeBlinkLeft"), np.asarray(bundle.blink)[:, 0], atol=1e-6)
     assert column(rows, "JawOpen").std() > 0.01  # the subject talks: the curve moves
     # The written yaw/pitch agree with where the tracked pose puts the nose tip in the image.
     nose = np.asarray(load_face_model().mean, dtype=np.float64).reshape(-1, 3)[NOSE_TIP]
-    R, t = np.asarray(bundle["R"], np.float64), np.asarray(bundle["t"], np.float64)
+    R, t = np.asarray(bundle.R, np.float64), np.asarray(bundle.t, np.float64)
     tip = np.einsum("nij,j->ni", R, nose) + t
     dx = tip[:, 0] / tip[:, 2] - t[:, 0] / t[:, 2]
     dy = tip[:, 1] / tip[:, 2] - t[:, 1] / t[:, 2]

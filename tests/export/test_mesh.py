@@ -53,16 +53,17 @@ def test_glb_is_a_coloured_head_in_metres(exported):
 def test_mesh_agrees_with_the_rendered_head(exported):
     """Seen from a training camera, the mesh's front surface lies where the NeRF renders its depth and colour."""
     from avatar3d.nerf.model import pixel_dirs
-    from avatar3d.train.trainer import load_avatar
+    from avatar3d.avatar.loading import load_avatar
 
     avatar, path, _ = exported
-    model, bundle = load_avatar(avatar)
-    size = int(bundle["resolution"])
-    K = torch.as_tensor(np.asarray(bundle["K"]), dtype=torch.float32)
-    i = int(np.asarray(bundle["train_ids"])[0])
-    R = torch.as_tensor(np.asarray(bundle["R"][i]), dtype=torch.float32)
-    t = torch.as_tensor(np.asarray(bundle["t"][i]), dtype=torch.float32)
-    background = torch.as_tensor(np.asarray(bundle["background"]), dtype=torch.float32) / 255.0
+    loaded = load_avatar(avatar)
+    model, bundle = loaded.model, loaded.bundle
+    size = int(bundle.resolution)
+    K = torch.as_tensor(np.asarray(bundle.K), dtype=torch.float32)
+    i = int(np.asarray(bundle.train_ids)[0])
+    R = torch.as_tensor(np.asarray(bundle.R[i]), dtype=torch.float32)
+    t = torch.as_tensor(np.asarray(bundle.t[i]), dtype=torch.float32)
+    background = torch.as_tensor(np.asarray(bundle.background), dtype=torch.float32) / 255.0
     out = model.render_image(K, R, t, torch.from_numpy(neutral_motion(bundle)), background, size)
     mesh = load(path)
     cam = np.asarray(mesh.vertices) @ R.numpy().T.astype(np.float64) + t.numpy()

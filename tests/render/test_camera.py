@@ -19,20 +19,22 @@ from avatar3d.render.camera import (ViewRenderer, camera_track, load_camera_path
                                     supported_range, view_angles)  # fmt: skip
 from avatar3d.render.drive import DriveConfig, build_tracks
 from avatar3d.synth.speech import synthesize
-from avatar3d.train.trainer import load_avatar
+from avatar3d.avatar.layers import LayerPlanes
+from avatar3d.avatar.loading import load_avatar
 
 
 @pytest.fixture(scope="module")
 def avatar(tiny_avatar_run):
-    return load_avatar(tiny_avatar_run[0])
+    loaded = load_avatar(tiny_avatar_run[0])
+    return loaded, loaded.bundle
 
 
-def _tracks(bundle: dict, n: int, pose: str):
+def _tracks(bundle: AvatarBundle, n: int, pose: str):
     """Head poses and motion for ``n`` frames as `avatar3d render` builds them (mouth at rest)."""
-    return build_tracks({}, n, float(bundle["fps"]), expression_names=list(bundle["expression_names"]),
-                        expression=np.asarray(bundle["expression"], np.float32),
-                        blink=np.asarray(bundle["blink"], np.float32), R=np.asarray(bundle["R"]),
-                        t=np.asarray(bundle["t"]), train_ids=np.asarray(bundle["train_ids"]),
+    return build_tracks({}, n, float(bundle.fps), expression_names=list(bundle.expression_names),
+                        expression=np.asarray(bundle.expression, np.float32),
+                        blink=np.asarray(bundle.blink, np.float32), R=np.asarray(bundle.R),
+                        t=np.asarray(bundle.t), train_ids=np.asarray(bundle.train_ids),
                         config=DriveConfig(pose=pose, blink="off"))  # fmt: skip
 
 
@@ -42,7 +44,7 @@ def _centres(R: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def test_moving_the_view_changes_exactly_the_view_angles(avatar) -> None:
     _, bundle = avatar
-    R, t = np.asarray(bundle["R"])[:20], np.asarray(bundle["t"])[:20]
+    R, t = np.asarray(bundle.R)[:20], np.asarray(bundle.t)[:20]
     yaw, pitch, dist = view_angles(R, t)
     R2, t2 = move_view(R, t, yaw + 7.0, pitch - 4.0, dist * 1.5)
     yaw2, pitch2, dist2 = view_angles(R2, t2)
@@ -56,8 +58,8 @@ def test_moving_the_view_changes_exactly_the_view_angles(avatar) -> None:
 def test_orbit_stays_within_the_trained_views_and_is_smooth(avatar, pose) -> None:
     _, bundle = avatar
     view = supported_range(bundle)
-    train_yaw, train_pitch, _ = view_angles(np.asarray(bundle["R"])[bundle["train_ids"]],
-                                            np.asarray(bundle["t"])[bundle["train_ids"]])  # fmt: skip
+    train_yaw, train_pitch, _ = view_angles(np.asarray(bundle.R)[bundle.train_ids],
+                                            np.asarray(bundle.t)[bundle.train_ids])  # fmt: skip
     print(f"tiny avatar: {view.describe()} (typical view yaw {view.typical_yaw:+.1f}°, pitch "
           f"{view.typical_pitch:+.1f}°)")  # fmt: skip
     inside = ((train_yaw >= view.yaw[0]) & (train_yaw <= view.yaw[1]) & (train_pitch >= view.pitch[0])
@@ -89,12 +91,12 @@ def test_orbit_stays_within_the_trained_views_and_is_smooth(avatar, pose) -> Non
 
 def test_the_training_camera_renders_what_the_avatar_renders(avatar) -> None:
     model, bundle = avatar
-    i = int(bundle["train_ids"][5])
-    R, t = np.asarray(bundle["R"])[[i]], np.asarray(bundle["t"])[[i]]
-    motion = np.concatenate([bundle["expression"], bundle["blink"]], axis=1).astype(np.float32)[[i]]
-    views = ViewRenderer(model, bundle, 32, camera_track("training", R, t, bundle), R, t, motion)
+    i = int(bundle.train_ids[5])
+    R, t = np.asarray(bundle.R)[[i]], np.asarray(bundle.t)[[i]]
+    motion = np.concatenate([bundle.expression, bundle.blink], axis=1).astype(np.float32)[[i]]
+    views = ViewRenderer(model, 32, camera_track("training", R, t, bundle), R, t, motion)
     ours = views.render(0)[0]
-    ref = model.render_image(views.K, torch.from_numpy(R[0]).float(), torch.from_numpy(t[0]).float(),
+    ref = model.render_frame(views.K, torch.from_numpy(R[0]).float(), torch.from_numpy(t[0]).float(),
                              torch.from_numpy(motion[0]), views.background, 32)  # fmt: skip
     assert torch.equal(ours["rgb"], ref["rgb"]) and torch.equal(ours["head_alpha"], ref["head_alpha"])
 
@@ -121,7 +123,7 @@ def test_camera_path_beyond_the_trained_views_warns_once_and_is_clamped(avatar, 
     view = supported_range(bundle)
     tracks = _tracks(bundle, 40, "static")
     centre = tracks.t[0]  # the head origin, in the training camera
-    fov = float(np.degrees(2 * np.arctan(32.0 / np.asarray(bundle["K"])[1, 1])))
+    fov = float(np.degrees(2 * np.arctan(32.0 / np.asarray(bundle.K)[1, 1])))
     cameras = [{"camera_to_world": _orbit_c2w(0.0, centre), "fov": fov, "aspect": 1.0},
                {"camera_to_world": _orbit_c2w(40.0, centre), "fov": fov / 2, "aspect": 1.0}]
     path = load_camera_path(_write_path(tmp_path / "path.json", cameras, fps=25.0, seconds=0.08))
@@ -222,19 +224,17 @@ def _best_shift(left: np.ndarray, right: np.ndarray, mask: np.ndarray, shifts: n
 def test_torso_and_plate_move_with_the_camera_as_planes_behind_the_head(avatar) -> None:
     """A sideways camera move shifts the flat layers with parallax: the torso like a plane just behind the
     head origin, the plate like one a metre behind (f * baseline / depth), measured on rendered pixels."""
-    from avatar3d.render.camera import LayerPlanes, render_view
-
     model, bundle = avatar
-    i = int(bundle["train_ids"][3])
+    i = int(bundle.train_ids[3])
     size, baseline = 64, 0.08
-    K = torch.as_tensor(np.asarray(bundle["K"]), dtype=torch.float32) * size / int(bundle["resolution"])
+    K = torch.as_tensor(np.asarray(bundle.K), dtype=torch.float32) * size / int(bundle.resolution)
     K[2, 2] = 1.0
-    bg = torch.from_numpy(np.asarray(bundle["background"], np.float32) / 255.0)
+    bg = torch.from_numpy(np.asarray(bundle.background, np.float32) / 255.0)
     bg = torch.nn.functional.interpolate(bg.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
                                          align_corners=False)[0].permute(1, 2, 0)  # fmt: skip
-    R, t = torch.from_numpy(np.asarray(bundle["R"])[i]).float(), torch.from_numpy(np.asarray(bundle["t"])[i]).float()
-    motion = torch.from_numpy(np.concatenate([bundle["expression"][i], bundle["blink"][i]]).astype(np.float32))
-    views = [render_view(model, K, R, t, motion, bg, size, torso_R=R, torso_t=t, eye_offset_m=off)
+    R, t = torch.from_numpy(np.asarray(bundle.R)[i]).float(), torch.from_numpy(np.asarray(bundle.t)[i]).float()
+    motion = torch.from_numpy(np.concatenate([bundle.expression[i], bundle.blink[i]]).astype(np.float32))
+    views = [model.render_view(K, R, t, motion, bg, size, torso_R=R, torso_t=t, eye_offset_m=off)
              for off in (-baseline / 2, baseline / 2)]  # fmt: skip
     left, right = (v["rgb"].numpy().astype(np.float64) for v in views)
     alpha, head = views[0]["alpha"].numpy(), views[0]["head_alpha"].numpy()

@@ -22,15 +22,15 @@ WINDOW = 25  # frames (1 s): a window this long equal to the training clip's wou
 
 @pytest.fixture(scope="module")
 def bundle(tiny_avatar_run) -> dict:
-    from avatar3d.train.trainer import load_avatar
+    from avatar3d.avatar.loading import load_avatar
 
-    return load_avatar(tiny_avatar_run[0])[1]
+    return load_avatar(tiny_avatar_run[0]).bundle
 
 
 @pytest.fixture(scope="module")
 def subject(bundle) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(expression [N, Ke], names, train ids) of the avatar's subject."""
-    return np.asarray(bundle["expression"]), list(bundle["expression_names"]), np.asarray(bundle["train_ids"])
+    return np.asarray(bundle.expression), list(bundle.expression_names), np.asarray(bundle.train_ids)
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +120,12 @@ def test_same_seed_same_motion_and_no_replay(samples, subject) -> None:
     assert _closest_window(played, trained) < 1e-9
 
 
-def _drive(bundle: dict, n: int = 200, **config) -> tuple:  # type: ignore[no-untyped-def]
+def _drive(bundle: AvatarBundle, n: int = 200, **config) -> tuple:  # type: ignore[no-untyped-def]
     lines: list[str] = []
-    tracks = build_tracks({}, n, float(bundle["fps"]), expression_names=list(bundle["expression_names"]),
-                          expression=np.asarray(bundle["expression"]), blink=np.asarray(bundle["blink"]),
-                          R=np.asarray(bundle["R"]), t=np.asarray(bundle["t"]),
-                          train_ids=np.asarray(bundle["train_ids"]), config=DriveConfig(**config),
+    tracks = build_tracks({}, n, float(bundle.fps), expression_names=list(bundle.expression_names),
+                          expression=np.asarray(bundle.expression), blink=np.asarray(bundle.blink),
+                          R=np.asarray(bundle.R), t=np.asarray(bundle.t),
+                          train_ids=np.asarray(bundle.train_ids), config=DriveConfig(**config),
                           log=lines.append)  # fmt: skip
     return tracks, lines
 

@@ -31,7 +31,7 @@ from avatar3d.render.speech import (SpeechAudio, StreamConfig, constrain_in_wind
                                     gated_mouth_curves, phone_loop_timeline, write_blendshapes_csv)  # fmt: skip
 from avatar3d.synth.phonemes import SIL, Phone, align_phones, reset_aligners
 from avatar3d.synth.speech import synthesize
-from avatar3d.train.trainer import load_avatar
+from avatar3d.avatar.loading import load_avatar
 
 SR = 16000
 SENTENCES = ("Peter bought a big bag of bread.", "Mama made a warm apple pie for Bob.",
@@ -229,7 +229,7 @@ def test_phone_constraints_in_windows_equal_one_pass() -> None:
 
 
 def test_blendshape_csv_is_written_in_blocks_byte_for_byte(tiny_avatar_run, tmp_path) -> None:
-    _, bundle = load_avatar(tiny_avatar_run[0])
+    bundle = load_avatar(tiny_avatar_run[0]).bundle
     model = load_default()
     tracks = drive_from_speech(bundle, synthesize("Bob and Mama.", sample_rate=SR), model, DriveConfig(),
                                log=lambda s: None)  # fmt: skip

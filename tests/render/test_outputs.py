@@ -20,25 +20,26 @@ from avatar3d.io.video import probe_video, read_video
 from avatar3d.render.drive import DriveTracks
 from avatar3d.render.outputs import RGBA_PATTERN, StagedDir
 from avatar3d.render.speech import render_tracks
-from avatar3d.train.data import load_subject
-from avatar3d.train.trainer import load_avatar
+from avatar3d.dataset.reader import load_subject
+from avatar3d.avatar.loading import load_avatar
 
 FRAMES = 3
 BG_MARGIN_PX = 8  # at 64²: the tiny avatar's soft edge reaches ~6 px beyond the labelled person
 FACE_ERODE_PX = 3
 
 
-def _own_tracks(bundle: dict, ids: np.ndarray) -> DriveTracks:
+def _own_tracks(bundle: AvatarBundle, ids: np.ndarray) -> DriveTracks:
     """The avatar's training frames ``ids`` with their own tracked pose and motion."""
-    return DriveTracks(R=np.asarray(bundle["R"])[ids], t=np.asarray(bundle["t"])[ids],
-                       expression=np.asarray(bundle["expression"], np.float32)[ids],
-                       blink=np.asarray(bundle["blink"], np.float32)[ids], source_frames=ids,
-                       expression_names=list(bundle["expression_names"]))  # fmt: skip
+    return DriveTracks(R=np.asarray(bundle.R)[ids], t=np.asarray(bundle.t)[ids],
+                       expression=np.asarray(bundle.expression, np.float32)[ids],
+                       blink=np.asarray(bundle.blink, np.float32)[ids], source_frames=ids,
+                       expression_names=list(bundle.expression_names))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def avatar(tiny_avatar_run):
-    model, bundle = load_avatar(tiny_avatar_run[0])
+    avatar = load_avatar(tiny_avatar_run[0])
+    model, bundle = avatar.model, avatar.bundle
     return model, bundle
 
 
@@ -46,10 +47,10 @@ def avatar(tiny_avatar_run):
 def composited(avatar, avatar_subject, tmp_path_factory):
     """(folder, ids, labels [3, 64, 64]): mp4, RGBA and depth of three training frames, training camera."""
     model, bundle = avatar
-    ids = np.asarray(bundle["train_ids"])[:FRAMES]
+    ids = np.asarray(bundle.train_ids)[:FRAMES]
     folder = tmp_path_factory.mktemp("outputs")
     logs: list[str] = []
-    render_tracks(model, bundle, _own_tracks(bundle, ids), folder / "out.mp4", None, 64, progress=False,
+    render_tracks(avatar, _own_tracks(bundle, ids), folder / "out.mp4", None, 64, progress=False,
                   rgba=folder / "rgba", depth=folder / "depth", log=logs.append)  # fmt: skip
     labels = np.asarray(load_subject(avatar_subject, 64, progress=False).labels)[ids]
     print("\n".join(logs))
@@ -110,7 +111,7 @@ def test_depth_is_16_bit_millimetres_at_the_distance_of_the_face(composited, ava
         assert depth.dtype == np.uint16 and depth.shape == (64, 64)
         far_bg = distance_transform_edt(labels[k] == 0) >= BG_MARGIN_PX
         face = binary_erosion(labels[k] == 1, iterations=FACE_ERODE_PX)
-        head_origin_mm = float(np.asarray(bundle["t"])[ids[k], 2]) * 1000.0
+        head_origin_mm = float(np.asarray(bundle.t)[ids[k], 2]) * 1000.0
         face_mm = np.median(depth[face])
         print(f"frame {ids[k]}: face depth {face_mm:.0f} mm, head origin {head_origin_mm:.0f} mm from the camera")
         assert (depth[far_bg] == 0).all()
@@ -121,9 +122,9 @@ def test_depth_is_16_bit_millimetres_at_the_distance_of_the_face(composited, ava
 
 def test_stereo_disparity_matches_focal_times_ipd_over_depth(avatar, tmp_path) -> None:
     model, bundle = avatar
-    ids = np.asarray(bundle["train_ids"])[:1]
+    ids = np.asarray(bundle.train_ids)[:1]
     ipd_mm = 64.0
-    render_tracks(model, bundle, _own_tracks(bundle, ids), tmp_path / "sbs.mp4", None, 64, progress=False,
+    render_tracks(avatar, _own_tracks(bundle, ids), tmp_path / "sbs.mp4", None, 64, progress=False,
                   stereo_ipd_mm=ipd_mm, rgba=tmp_path / "rgba", depth=tmp_path / "depth", log=lambda s: None)  # fmt: skip
     assert probe_video(tmp_path / "sbs.mp4").width == 128
     rgba = _png(tmp_path / "rgba" / "frame_00000.png").astype(np.float64) / 255.0
@@ -131,7 +132,7 @@ def test_stereo_disparity_matches_focal_times_ipd_over_depth(avatar, tmp_path) -
     left, right, z = rgba[:, :64, :3], rgba[:, 64:, :3], depth[:, :64]
     mask = binary_erosion(z > 0, iterations=2)
     yy, xx = np.nonzero(mask)
-    f = float(np.asarray(bundle["K"])[0, 0])
+    f = float(np.asarray(bundle.K)[0, 0])
     expected = f * ipd_mm / 1000.0 / z[mask]  # pixels, per face pixel of the left eye
 
     def error(scale: float) -> float:

@@ -33,9 +33,9 @@ def _steps(R: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def bundle(tiny_avatar_run) -> dict:
-    from avatar3d.train.trainer import load_avatar
+    from avatar3d.avatar.loading import load_avatar
 
-    return load_avatar(tiny_avatar_run[0])[1]
+    return load_avatar(tiny_avatar_run[0]).bundle
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +49,13 @@ def driving(synth_clip: Path) -> DrivingTrack:
     return track
 
 
-def _drive(bundle: dict, **config) -> tuple:  # type: ignore[no-untyped-def]
+def _drive(bundle: AvatarBundle, **config) -> tuple:  # type: ignore[no-untyped-def]
     lines: list[str] = []
-    tracks = build_tracks({}, config.pop("n", 300), float(bundle["fps"]),
-                          expression_names=list(bundle["expression_names"]),
-                          expression=np.asarray(bundle["expression"]), blink=np.asarray(bundle["blink"]),
-                          R=np.asarray(bundle["R"]), t=np.asarray(bundle["t"]),
-                          train_ids=np.asarray(bundle["train_ids"]), config=DriveConfig(**config),
+    tracks = build_tracks({}, config.pop("n", 300), float(bundle.fps),
+                          expression_names=list(bundle.expression_names),
+                          expression=np.asarray(bundle.expression), blink=np.asarray(bundle.blink),
+                          R=np.asarray(bundle.R), t=np.asarray(bundle.t),
+                          train_ids=np.asarray(bundle.train_ids), config=DriveConfig(**config),
                           log=lines.append)  # fmt: skip
     return tracks, lines
 
@@ -83,7 +83,7 @@ def test_driving_video_recovers_the_true_relative_rotations(driving: DrivingTrac
 
 
 def test_video_pose_moves_the_avatar_by_the_clips_relative_motion_inside_its_range(driving, bundle, synth_clip) -> None:
-    R, t, ids = np.asarray(bundle["R"]), np.asarray(bundle["t"]), np.asarray(bundle["train_ids"])
+    R, t, ids = np.asarray(bundle.R), np.asarray(bundle.t), np.asarray(bundle.train_ids)
     n = len(driving.R)
     pose = video_pose(driving, R, t, ids, 25.0, n)
     trained = pose_range(R, t, ids)
@@ -112,7 +112,7 @@ def test_video_pose_moves_the_avatar_by_the_clips_relative_motion_inside_its_ran
 
 
 def test_video_pose_is_resampled_to_the_avatars_fps_and_played_back_and_forth(driving, bundle) -> None:
-    R, t, ids = np.asarray(bundle["R"]), np.asarray(bundle["t"]), np.asarray(bundle["train_ids"])
+    R, t, ids = np.asarray(bundle.R), np.asarray(bundle.t), np.asarray(bundle.train_ids)
     n_src = len(driving.R)
     long = video_pose(driving, R, t, ids, 25.0, 1000)
     assert len(long.R) == 1000 and len(long.t) == 1000 and long.blink.shape == (1000, 2)
@@ -136,18 +136,18 @@ def test_video_pose_is_resampled_to_the_avatars_fps_and_played_back_and_forth(dr
 
 
 def test_video_drives_blinks_and_upper_face_in_the_avatars_scale(driving, bundle, synth_clip) -> None:
-    names = list(bundle["expression_names"])
+    names = list(bundle.expression_names)
     video = str(synth_clip / "video.mp4")
     tracks, lines = _drive(bundle, pose=video, blink="from-pose-source", n=len(driving.R))
     assert any("clamped to the trained range" in line for line in lines) and tracks.pose_note
     # Same clip, same person: its blinks and brows are the subject's own, frame for frame.
-    subject_blink = np.asarray(bundle["blink"])
+    subject_blink = np.asarray(bundle.blink)
     assert np.corrcoef(tracks.blink[:, 0], subject_blink[:, 0])[0, 1] > 0.9
-    train = np.asarray(bundle["expression"])[np.asarray(bundle["train_ids"])]
+    train = np.asarray(bundle.expression)[np.asarray(bundle.train_ids)]
     for name in ("browInnerUp", "browOuterUpLeft", "eyeWideLeft"):
         j = names.index(name)
         curve = tracks.expression[:, j]
-        assert np.corrcoef(curve, np.asarray(bundle["expression"])[:, j])[0, 1] > 0.8, name
+        assert np.corrcoef(curve, np.asarray(bundle.expression)[:, j])[0, 1] > 0.8, name
         lo, hi = np.percentile(train[:, j], [1, 99])
         assert lo - 1e-6 <= curve.min() and curve.max() <= hi + 1e-6, name
     auto, _ = _drive(bundle, pose=video, blink="auto", n=len(driving.R))
@@ -158,7 +158,7 @@ def test_yaw_pitch_roll_are_the_live_link_angles_about_the_mean_pose(bundle) -> 
     from avatar3d.export.livelink import FRONTAL, head_angles
     from avatar3d.render.pose_sources import from_relative_angles
 
-    R = np.asarray(bundle["R"])
+    R = np.asarray(bundle.R)
     assert np.allclose(relative_angles(R, FRONTAL), np.degrees(head_angles(R)), atol=1e-6)
     ref = mean_rotation(R)
     assert np.allclose(from_relative_angles(relative_angles(R, ref), ref), R, atol=1e-5)
@@ -173,7 +173,7 @@ def _stats(R: np.ndarray, t: np.ndarray, R_ref: np.ndarray, t_ref: np.ndarray) -
 
 
 def test_generated_pose_moves_like_the_subject_inside_the_trained_range(bundle) -> None:
-    R, t, ids = np.asarray(bundle["R"]), np.asarray(bundle["t"]), np.asarray(bundle["train_ids"])
+    R, t, ids = np.asarray(bundle.R), np.asarray(bundle.t), np.asarray(bundle.train_ids)
     trained = pose_range(R, t, ids)
     std0, speed0 = _stats(R[ids], t[ids], trained.R_ref, trained.t_ref)
     model = fit_head_motion(R, t, ids)
@@ -197,7 +197,7 @@ def test_generated_pose_moves_like_the_subject_inside_the_trained_range(bundle) 
 
 
 def test_generated_pose_is_reproducible_and_does_not_drift(bundle) -> None:
-    R, t, ids = np.asarray(bundle["R"]), np.asarray(bundle["t"]), np.asarray(bundle["train_ids"])
+    R, t, ids = np.asarray(bundle.R), np.asarray(bundle.t), np.asarray(bundle.train_ids)
     a, b = generated_pose(R, t, ids, 200, 3), generated_pose(R, t, ids, 200, 3)
     assert np.array_equal(a.R, b.R) and np.array_equal(a.t, b.t)
     assert _angle(a.R @ np.swapaxes(generated_pose(R, t, ids, 200, 4).R, 1, 2)).mean() > 0.5
@@ -218,7 +218,7 @@ def test_generated_pose_in_build_tracks_uses_the_seed(bundle) -> None:
     two, _ = _drive(bundle, pose="generated", seed=2, blink="from-pose-source")
     assert lines and "generated" in lines[0] and one.pose_note == lines[0].removeprefix("[render] ")
     assert not np.allclose(one.R, two.R)
-    assert np.allclose(one.blink, np.asarray(bundle["blink"])[one.source_frames]), "blinks of the played frames"
+    assert np.allclose(one.blink, np.asarray(bundle.blink)[one.source_frames]), "blinks of the played frames"
 
 
 # ------------------------------------------------------------------ bad inputs
@@ -239,7 +239,7 @@ def test_bad_pose_values_give_one_line_errors(tmp_path: Path, synth_clip: Path, 
         DriveConfig(pose=str(tmp_path))
     few = np.arange(30)
     with pytest.raises(Avatar3DError, match="consecutive training frames"):
-        generated_pose(np.asarray(bundle["R"]), np.asarray(bundle["t"]), few, 10, 0)
+        generated_pose(np.asarray(bundle.R), np.asarray(bundle.t), few, 10, 0)
 
 
 def test_a_driving_video_without_a_face_is_refused(tmp_path: Path) -> None:

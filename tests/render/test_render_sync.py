@@ -18,38 +18,39 @@ from avatar3d.render.camera import ViewRenderer, camera_track, stereo_eyes
 from avatar3d.render.drive import DriveTracks
 from avatar3d.render.outputs import Frame
 from avatar3d.render.speech import SAMPLE_RATE, render_tracks
-from avatar3d.train.trainer import load_avatar
+from avatar3d.avatar.loading import load_avatar
 
 MOVED = (4, 5, 11, 16)  # frames whose head is shifted: a pair, a single, the one before last
 N_FRAMES = 18
 SHIFT_M = 0.012  # 12 mm sideways: a clearly different picture at 64²
 
 
-def _tracks(bundle: dict, moved: np.ndarray) -> DriveTracks:
-    k = int(np.asarray(bundle["train_ids"])[0])
-    R = np.repeat(np.asarray(bundle["R"], np.float64)[k:k + 1], N_FRAMES, 0)
-    t = np.repeat(np.asarray(bundle["t"], np.float64)[k:k + 1], N_FRAMES, 0)
+def _tracks(bundle: AvatarBundle, moved: np.ndarray) -> DriveTracks:
+    k = int(np.asarray(bundle.train_ids)[0])
+    R = np.repeat(np.asarray(bundle.R, np.float64)[k:k + 1], N_FRAMES, 0)
+    t = np.repeat(np.asarray(bundle.t, np.float64)[k:k + 1], N_FRAMES, 0)
     t[moved, 0] += SHIFT_M
-    expression = np.repeat(np.asarray(bundle["expression"], np.float32)[k:k + 1], N_FRAMES, 0)
-    blink = np.repeat(np.asarray(bundle["blink"], np.float32)[k:k + 1], N_FRAMES, 0)
+    expression = np.repeat(np.asarray(bundle.expression, np.float32)[k:k + 1], N_FRAMES, 0)
+    blink = np.repeat(np.asarray(bundle.blink, np.float32)[k:k + 1], N_FRAMES, 0)
     return DriveTracks(R=R, t=t, expression=expression, blink=blink, source_frames=np.full(N_FRAMES, k),
-                       expression_names=list(bundle["expression_names"]))  # fmt: skip
+                       expression_names=list(bundle.expression_names))  # fmt: skip
 
 
 def test_mp4_frame_i_is_rendered_from_track_i(tiny_avatar_run, tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    model, bundle = load_avatar(tiny_avatar_run[0])
+    avatar = load_avatar(tiny_avatar_run[0])
+    model, bundle = avatar.model, avatar.bundle
     moved = np.zeros(N_FRAMES, bool)
     moved[list(MOVED)] = True
     tracks = _tracks(bundle, moved)
-    size, fps = int(bundle["resolution"]), float(bundle["fps"])
+    size, fps = int(bundle.resolution), float(bundle.fps)
     out = tmp_path / "impulses.mp4"
     n_samples = int(round(N_FRAMES / fps * SAMPLE_RATE))
-    render_tracks(model, bundle, tracks, out, np.zeros(n_samples, np.float32), size, progress=False,
+    render_tracks(avatar, tracks, out, np.zeros(n_samples, np.float32), size, progress=False,
                   log=lambda s: None)  # fmt: skip
 
     # the two pictures the track alternates between, rendered directly (no encoder)
-    views = ViewRenderer(model, bundle, size, camera_track("training", tracks.R, tracks.t, bundle), tracks.R,
+    views = ViewRenderer(avatar, size, camera_track("training", tracks.R, tracks.t, bundle), tracks.R,
                          tracks.t, tracks.motion, stereo_eyes(None))  # fmt: skip
     with torch.no_grad():
         still = Frame.from_views(views.render(0)).rgb * 255.0

@@ -21,21 +21,16 @@ from avatar3d.config import load_config
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.image_metrics import head_mask, psnr
 from avatar3d.train.checkpoint import CHECKPOINT_NAME, load_state
-from avatar3d.train.data import load_subject
-from avatar3d.train.trainer import (
-    TrainConfig,
-    config_to_yaml,
-    evaluate_frames,
-    load_avatar,
-    render_subject_frame,
-    train,
-)
+from avatar3d.dataset.reader import load_subject
+from avatar3d.avatar.loading import load_avatar
+from avatar3d.train.config import TrainConfig, config_to_yaml
+from avatar3d.train.trainer import evaluate_frames, train
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_config(steps: int = 400, **changes) -> TrainConfig:
-    """configs/tiny.yaml (what the shared ``tiny_avatar_run`` trains with), with ``changes``."""
+    """configs/tiny.yaml (what the shared ``tiny_avatar_run`` trains with), with ``changes`` (top-level fields)."""
     return dataclasses.replace(load_config(TrainConfig, REPO / "configs" / "tiny.yaml"), steps=steps, **changes)
 
 
@@ -47,17 +42,17 @@ def subject_copy(avatar_subject) -> Path:
 @pytest.fixture(scope="module")
 def tiny_avatar(tiny_avatar_run, avatar_subject):
     out, result = tiny_avatar_run
-    model, meta = load_avatar(out)
+    avatar = load_avatar(out)
     data = load_subject(avatar_subject, 64, progress=False)
-    return out, result, model, meta, data
+    return out, result, avatar.model, avatar, data
 
 
 def test_held_out_psnr_far_above_the_mean_image(tiny_avatar) -> None:
-    out, result, model, meta, data = tiny_avatar
+    out, result, model, avatar, data = tiny_avatar
     assert result["finished"] and (out / "avatar.pt").is_file() and (out / "config.yaml").is_file()
     assert any((out / "tensorboard").iterdir()), "no TensorBoard events written"
     ids = data.val_ids[:: max(1, len(data.val_ids) // 8)]
-    metrics, _ = evaluate_frames(model, data, ids)
+    metrics, _ = evaluate_frames(avatar, data, ids)
     mean_image = np.mean([data.image(int(i)) for i in data.train_ids[::5]], axis=0)
     base_full = np.mean([psnr(mean_image, data.image(int(i))) for i in ids])
     base_head = np.mean([psnr(mean_image, data.image(int(i)), head_mask(np.asarray(data.labels[int(i)])))
@@ -75,7 +70,7 @@ def _opacity_centroid(alpha: torch.Tensor) -> np.ndarray:
 
 
 def test_head_moves_as_the_projection_predicts(tiny_avatar) -> None:
-    _, _, model, meta, data = tiny_avatar
+    _, _, model, avatar, data = tiny_avatar
     i = int(data.val_ids[0])
     K = torch.from_numpy(data.K).float()
     R, t = torch.from_numpy(data.R[i]).float(), torch.from_numpy(data.t[i]).float()
@@ -91,7 +86,7 @@ def test_head_moves_as_the_projection_predicts(tiny_avatar) -> None:
 
 
 def test_jaw_open_changes_the_mouth_only(tiny_avatar) -> None:
-    _, _, model, meta, data = tiny_avatar
+    _, _, model, avatar, data = tiny_avatar
     jaw = list(data.expression_names).index("jawOpen")
     i = int(data.val_ids[len(data.val_ids) // 2])
     K = torch.from_numpy(data.K).float()
@@ -117,7 +112,7 @@ def test_jaw_open_changes_the_mouth_only(tiny_avatar) -> None:
 
 
 def test_torso_follows_head_yaw(tiny_avatar) -> None:
-    _, _, model, meta, data = tiny_avatar
+    _, _, model, avatar, data = tiny_avatar
     i = int(data.val_ids[0])
     K = torch.from_numpy(data.K).float()
     R, t = torch.from_numpy(data.R[i]).float(), torch.from_numpy(data.t[i]).float()
@@ -145,8 +140,9 @@ def test_torso_follows_head_yaw(tiny_avatar) -> None:
 
 
 def test_resume_continues_exactly(subject_copy, tmp_path) -> None:
-    cfg = tiny_config(steps=40, checkpoint_every=10, pose_refine_start=15)  # pose knots learn across the resume
-    cfg = dataclasses.replace(cfg, avatar=dataclasses.replace(cfg.avatar, pose_knot_frames=4))
+    cfg = tiny_config(steps=40, checkpoint_every=10)
+    cfg = dataclasses.replace(cfg, avatar=dataclasses.replace(cfg.avatar, pose_knot_frames=4),
+                              optim=dataclasses.replace(cfg.optim, pose_refine_start=15))  # pose knots learn across the resume
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(subject_copy, straight, cfg, progress=False, log=lambda s: None)
     first = train(subject_copy, split, cfg, progress=False, log=lambda s: None, stop_after_steps=20)
@@ -154,7 +150,7 @@ def test_resume_continues_exactly(subject_copy, tmp_path) -> None:
     with pytest.raises(Avatar3DError, match="--resume"):
         train(subject_copy, split, cfg, progress=False)
     train(subject_copy, split, None, resume=True, progress=False, log=lambda s: None)
-    a, b = load_avatar(straight)[0].state_dict(), load_avatar(split)[0].state_dict()
+    a, b = load_avatar(straight).model.state_dict(), load_avatar(split).model.state_dict()
     assert a["pose.knots"].abs().max() > 0, "the pose corrections did not learn after pose_refine_start"
     for k in a:  # two uninterrupted runs already differ by ~1e-6 (multi-threaded CPU reductions); a lost
         # optimizer moment or random state differs by orders of magnitude more
@@ -203,7 +199,7 @@ def test_render_held_out_frames_with_their_audio(tiny_avatar, subject_copy, tmp_
     assert info.n_frames == len(data.val_ids) == stats["frames"] and (info.width, info.height) == (64, 64)
     assert info.has_audio and abs(info.duration - len(data.val_ids) / data.fps) < 0.1
     first = next(iter(read_video(video))).astype(np.float32) / 255
-    ref = render_subject_frame(load_avatar(out)[0], data, int(data.val_ids[0]))["rgb"].numpy()
+    ref = load_avatar(out).render_subject_frame(data, int(data.val_ids[0]))["rgb"].numpy()
     assert np.abs(first - ref).mean() < 0.03  # the frame written is the frame rendered (H.264 loss only)
 
 
@@ -242,7 +238,7 @@ def test_motion_channels_restrict_what_the_head_field_sees() -> None:
 def test_torso_clearance_marks_head_pixels_away_from_the_neck_only() -> None:
     """torso_clearance_px: head pixels farther than N px from the neck/torso label supervise torso alpha to 0;
     the head pixels next to the neck (where the torso may show under the chin) stay free."""
-    from avatar3d.train.trainer import behind_head
+    from avatar3d.train.sampler import behind_head
 
     labels = np.zeros((20, 20), np.uint8)
     labels[2:10, 5:15] = 1  # head

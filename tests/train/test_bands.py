@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from avatar3d.train.hull import neck_band, within_px
-from avatar3d.train.trainer import behind_head
+from avatar3d.train.sampler import behind_head
 
 
 def _labels(r: int) -> np.ndarray:

@@ -19,8 +19,8 @@ from scipy.spatial.transform import Rotation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 from avatar3d.eval.image_metrics import frame_metrics
-from avatar3d.train.data import LIP_IDS, load_subject
-from avatar3d.train.trainer import load_avatar, render_subject_frame
+from avatar3d.dataset.reader import LIP_IDS, load_subject
+from avatar3d.avatar.loading import load_avatar
 
 STEPS = ((0.8, 0.002), (0.4, 0.001), (0.2, 0.0005))  # degrees, metres
 
@@ -31,8 +31,9 @@ def main() -> None:
     ap.add_argument("subject", type=Path)
     ap.add_argument("--frames", type=int, default=10)
     args = ap.parse_args()
-    model, bundle = load_avatar(args.avatar)
-    data = load_subject(args.subject, int(bundle["resolution"]), progress=False)
+    avatar = load_avatar(args.avatar)
+    bundle = avatar.bundle
+    data = load_subject(args.subject, int(bundle.resolution), progress=False)
     ids = data.val_ids[:: max(1, len(data.val_ids) // args.frames)][: args.frames]
     R0, t0 = data.R.copy(), data.t.copy()
     rows = []
@@ -41,7 +42,7 @@ def main() -> None:
         def head_psnr(dr: np.ndarray, dt: np.ndarray) -> float:
             data.R[i] = Rotation.from_rotvec(np.radians(dr)).as_matrix() @ R0[i]
             data.t[i] = t0[i] + dt
-            pred = render_subject_frame(model, data, i)["rgb"].numpy()
+            pred = avatar.render_subject_frame(data, i)["rgb"].numpy()
             return frame_metrics(pred, data.image(i), np.asarray(data.labels[i]), data.landmarks[i][LIP_IDS]).psnr_head
 
         best_dr, best_dt = np.zeros(3), np.zeros(3)

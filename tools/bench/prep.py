@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avatar3d.dataset.contract import LANDMARKS, LANDMARK_FLAGS
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.pose import rotation_errors_deg, still_jitter_deg, translation_errors_mm
 from avatar3d.face.default_model import load_face_model
@@ -100,7 +101,7 @@ def measure(clip_dir: Path, subject: Path, manifest: dict, config: PrepConfig) -
     if len(truth["rotation"]) != n:
         raise Avatar3DError(f"{subject}: {n} frames but the ground truth has {len(truth['rotation'])}; "
                             "prepare at the clip's own fps")
-    flags = np.load(subject / "landmark_flags.npy")
+    flags = np.load(subject / LANDMARK_FLAGS)
     ok = flags != 0
     rot = rotation_errors_deg(truth["rotation"][ok], tracking.R[ok])
     rot_raw = rotation_errors_deg(truth["rotation"][ok], tracking.R[ok], align=False)
@@ -111,7 +112,7 @@ def measure(clip_dir: Path, subject: Path, manifest: dict, config: PrepConfig) -
     inner = np.ones(468, bool)
     inner[rg.FACE_OVAL] = False
     to_truth = np.linalg.norm(projected - truth["landmarks"][:, :468, :2], axis=-1)[ok]
-    mediapipe = np.load(subject / "landmarks.npy")[:, :468, :2]
+    mediapipe = np.load(subject / LANDMARKS)[:, :468, :2]
     to_mediapipe = np.linalg.norm(projected - mediapipe, axis=-1)[ok]
     mediapipe_to_truth = np.linalg.norm(mediapipe - truth["landmarks"][:, :468, :2], axis=-1)[ok]
     expression = expression_accuracy(truth, tracking.expression, model.expression_names, ok)

@@ -25,11 +25,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from avatar3d.dataset.contract import AUDIO, FRAMES
 from avatar3d.eval.sync import audio_envelope, measure_video_sync, sync_offset  # noqa: E402
 from avatar3d.io.video import read_audio  # noqa: E402
 from avatar3d.render.drive import DriveConfig  # noqa: E402
 from avatar3d.render.speech import SpeechSource, render_from_speech  # noqa: E402
-from avatar3d.train.trainer import load_avatar  # noqa: E402
+from avatar3d.avatar.bundle import AvatarBundle  # noqa: E402
 
 SENTENCES = (
     "Peter bought a big bag of bread, and then he walked all the way home.",
@@ -62,9 +63,9 @@ def main() -> None:
                      "mouth_detected": float(np.mean(np.isfinite(mouth))), "seconds": round(time.perf_counter() - t0, 1)})
         print(rows[-1], flush=True)
     reference = None
-    subject = Path(str(load_avatar(args.avatar)[1].get("subject", "")))
-    if (subject / "frames.mp4").is_file():
-        ref, _, _ = measure_video_sync(subject / "frames.mp4", subject / "audio.wav")
+    subject = Path(AvatarBundle.load(args.avatar).subject)
+    if (subject / FRAMES).is_file():
+        ref, _, _ = measure_video_sync(subject / FRAMES, subject / AUDIO)
         reference = {"lag": ref.lag_frames, "conf": round(ref.confidence, 3)}
         print(f"reference: the subject's own video reads lag {ref.lag_frames} (confidence {ref.confidence:.2f})")
     print(f"{'sentence':>9}{'frames':>8}{'driving lag':>13}{'conf':>7}{'rendered lag':>14}{'conf':>7}{'face found':>12}")

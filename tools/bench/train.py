@@ -33,9 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 from avatar3d.config import load_config
 from avatar3d.eval.pose import median_rotation_errors, true_camera
-from avatar3d.train.data import load_subject
-from avatar3d.train.trainer import (TrainConfig, evaluate_frames, load_avatar, render_subject_frame, train,
-                                    use_refined_poses)
+from avatar3d.dataset.reader import load_subject
+from avatar3d.avatar.loading import load_avatar
+from avatar3d.train.config import TrainConfig
+from avatar3d.train.trainer import evaluate_frames, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,16 +60,16 @@ def ensure_subject(work: Path, duration: float, seed: int) -> tuple[Path, Path]:
 
 def time_renders(avatar: Path, subject: Path, n: int) -> dict[str, float]:
     """Mean seconds per inference frame with the compiled CPU kernels and with the torch mirror."""
-    model, meta = load_avatar(avatar)
-    data = load_subject(subject, int(meta["resolution"]), progress=False)
+    loaded = load_avatar(avatar)
+    data = load_subject(subject, int(loaded.bundle.resolution), progress=False)
     ids = data.val_ids[:n]
     out = {}
     for backend in ("cpu", "torch"):
         os.environ["AVATAR3D_BACKEND"] = backend
-        render_subject_frame(model, data, int(ids[0]))  # warm-up (JIT load)
+        loaded.render_subject_frame(data, int(ids[0]))  # warm-up (JIT load)
         t0 = time.perf_counter()
         for i in ids:
-            render_subject_frame(model, data, int(i))
+            loaded.render_subject_frame(data, int(i))
         out[backend] = (time.perf_counter() - t0) / len(ids)
     os.environ.pop("AVATAR3D_BACKEND", None)
     return out
@@ -141,14 +142,14 @@ def main() -> None:
 
             shutil.rmtree(out, ignore_errors=True)
             train(subject, out, base, data=data)
-        model, meta = load_avatar(out)
+        loaded = load_avatar(out)
         step = max(1, len(data.val_ids) // args.eval_frames)
         ids = data.val_ids[::step][: args.eval_frames]
         runs[name] = json.loads((out / "history.json").read_text())
         refined = dataclasses.replace(data)
-        variants_of_run = [(name, data)] + ([(f"{name}+refit", refined)] if use_refined_poses(refined, meta) else [])
+        variants_of_run = [(name, data)] + ([(f"{name}+refit", refined)] if loaded.use_refined_poses(refined) else [])
         for label, poses in variants_of_run:
-            metrics, images = evaluate_frames(model, poses, ids)
+            metrics, images = evaluate_frames(loaded, poses, ids)
             metrics["lpips_full"] = lpips_full(images, [data.image(int(i)) for i in ids])
             rows[label] = {k: (round(v, 3) if v is not None else None) for k, v in metrics.items()}
             if not use_gt:

@@ -29,21 +29,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 from avatar3d.config import load_config
 from avatar3d.eval.pose import median_rotation_errors, true_camera
-from avatar3d.train.data import load_subject
-from avatar3d.train.trainer import TrainConfig, load_avatar, render_subject_frame, train
+from avatar3d.dataset.reader import load_subject
+from avatar3d.avatar.loading import load_avatar
+from avatar3d.train.config import TrainConfig
+from avatar3d.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def render_fps(model, data, ids, budget: int) -> float:  # type: ignore[no-untyped-def]
+def render_fps(avatar, data, ids, budget: int) -> float:  # type: ignore[no-untyped-def]
+    model = avatar.model
     """Frames per second rendering ``ids`` at training resolution with adaptive rounds of ``budget`` samples."""
     model.config = dataclasses.replace(model.config, render_sample_budget=int(budget))
     sync = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
-    render_subject_frame(model, data, int(ids[0]))  # warm-up
+    avatar.render_subject_frame(data, int(ids[0]))  # warm-up
     sync()
     t0 = time.perf_counter()
     for i in ids:
-        render_subject_frame(model, data, int(i))
+        avatar.render_subject_frame(data, int(i))
     sync()
     return len(ids) / (time.perf_counter() - t0)
 
@@ -72,8 +75,8 @@ def main() -> None:
         sys.exit("tools/bench/train_gpu.py: --train-on-truth needs --truth GROUNDTRUTH.npz")
     truth = dict(np.load(args.truth)) if args.truth else None
     config = load_config(TrainConfig, args.config)
-    config = dataclasses.replace(config, time_budget_s=args.minutes * 60, steps=100_000, eval_every=args.eval_every,
-                                 checkpoint_every=1000, device=args.device)  # fmt: skip
+    config = dataclasses.replace(config, time_budget_s=args.minutes * 60, steps=100_000, checkpoint_every=1000,
+                                 eval=dataclasses.replace(config.eval, every=args.eval_every), device=args.device)  # fmt: skip
     t0 = time.perf_counter()
     data = load_subject(args.subject, config.resolution, progress=False)
     load_s = time.perf_counter() - t0
@@ -85,14 +88,14 @@ def main() -> None:
     history = json.loads((args.out / "history.json").read_text())
     to_30 = next((h["elapsed_s"] for h in history if h["psnr_full"] >= 30.0), None)
 
-    model, bundle = load_avatar(args.out)
-    model.to(args.device)
+    avatar = load_avatar(args.out, args.device)
+    bundle = avatar.bundle
     pose_errors_final = None
     if pose_errors_tracked is not None:
-        pose_errors_final = rotation_errors(truth, data, np.asarray(bundle["R"]))  # refined / re-tracked if enabled
+        pose_errors_final = rotation_errors(truth, data, np.asarray(bundle.R))  # refined / re-tracked if enabled
     ids = data.val_ids[:30]
-    fps_by_budget = {b: render_fps(model, data, ids, b) for b in args.budgets}  # the same warm GPU, one after another
-    fps = render_fps(model, data, ids, config.avatar.render_sample_budget)
+    fps_by_budget = {b: render_fps(avatar, data, ids, b) for b in args.budgets}  # the same warm GPU, one after another
+    fps = render_fps(avatar, data, ids, config.avatar.render_sample_budget)
 
     print(f"device {torch.cuda.get_device_name(0) if args.device == 'cuda' else args.device}; subject {data.n_frames} frames at {config.resolution}² "
           f"(cache {load_s:.0f} s)")

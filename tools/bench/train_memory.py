@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from avatar3d.config import load_config  # noqa: E402
-from avatar3d.train.data import load_subject  # noqa: E402
-from avatar3d.train.trainer import TrainConfig, train  # noqa: E402
+from avatar3d.dataset.reader import load_subject  # noqa: E402
+from avatar3d.train.config import TrainConfig  # noqa: E402
+from avatar3d.train.trainer import train  # noqa: E402
 
 
 def memory_status() -> dict[str, float]:
@@ -48,8 +49,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     config = load_config(TrainConfig, args.config)
-    config = dataclasses.replace(config, steps=max(1, args.steps), time_budget_s=0.0, eval_every=0, eval_frames=1,
-                                 checkpoint_every=10**9, held_out_pose_fit=None, device=args.device)  # fmt: skip
+    config = dataclasses.replace(config, steps=max(1, args.steps), time_budget_s=0.0, checkpoint_every=10**9,
+                                 eval=dataclasses.replace(config.eval, every=0, frames=1, held_out_pose_fit=None),
+                                 device=args.device)  # fmt: skip
     cache_built = not (args.subject / "cache" / f"r{config.resolution}" / "cache.json").is_file()
     t0 = time.perf_counter()
     data = load_subject(args.subject, config.resolution, progress=True)

@@ -1,4 +1,4 @@
-"""A prepared subject folder as training data: cached frames and labels, poses, motion, splits.
+"""A prepared subject folder as arrays (train, eval and replay read it): cached frames and labels, poses, motion, splits.
 
 Why the cache: NeRF training samples random pixels of random frames, so every frame
 must be at hand at once.  At 512² a 5-minute clip is 5.9 GB as uint8 and four times
@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from avatar3d.dataset.contract import (AUDIO, MANIFEST, PLATE, CACHE_DIR, FRAMES, LANDMARK_FLAGS, LANDMARKS, PARSING,
+                                       TRACKING, iter_labels, prep_fix, read_manifest, require_files)
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path, write_json_atomic
 from avatar3d.io.hashing import file_sha256
@@ -33,8 +35,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 __all__ = ["SubjectData", "load_subject", "mouth_boxes", "LIP_IDS", "CACHE_VERSION"]
 
 CACHE_VERSION = 1
-REQUIRED = ("manifest.json", "frames.mp4", "audio.wav", "landmarks.npy", "landmark_flags.npy",
-            "tracking.npz", "parsing.npz", "background.png")
 LIP_IDS = np.array(LIPS)
 MOUTH_PAD = 0.2  # of the lip box's width / height, on each side
 _TEMP = re.compile(r"^\.\w+\.tmp-(\d+)-[0-9a-f]+\.(npy|json)$")
@@ -80,32 +80,27 @@ class SubjectData:
 def load_subject(subject_dir: PathLike, resolution: int, *, progress: bool = True) -> SubjectData:
     """Load a prepared subject at ``resolution``, building its frame/label cache if missing or stale."""
     root = Path(subject_dir)
-    fix = f"run `avatar3d prep CLIP -o {root}` first"
-    if not root.is_dir():
-        raise Avatar3DError(f"subject folder {root} not found: {fix}")
-    for name in REQUIRED:
-        if not (root / name).is_file():
-            raise Avatar3DError(f"{root / name} is missing: {fix}")
-    manifest = _read_manifest(root / "manifest.json", fix)
+    require_files(root)
+    manifest = _square_manifest(root)
     size = int(manifest["width"])
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
         raise Avatar3DError(f"resolution must be an integer number of pixels, got {resolution!r}")
     resolution = int(resolution)
     if not 16 <= resolution <= size:
-        raise Avatar3DError(f"resolution {resolution} is outside 16..{size} (the size of {root / 'frames.mp4'}); "
+        raise Avatar3DError(f"resolution {resolution} is outside 16..{size} (the size of {root / FRAMES}); "
                             f"pick a training resolution no larger than the prepared frames")
     scale = resolution / size
 
     n = int(manifest["n_frames"])
-    with np.load(root / "tracking.npz", allow_pickle=False) as z:
+    with np.load(root / TRACKING, allow_pickle=False) as z:
         try:
             tracking = {k: z[k] for k in ("R", "t", "expression", "blink", "expression_names")}
         except KeyError as exc:
-            raise Avatar3DError(f"{root / 'tracking.npz'} lacks {exc}; re-run `avatar3d prep` on the clip") from exc
-    landmarks = np.load(root / "landmarks.npy")[..., :2].astype(np.float32) * np.float32(scale)
-    flags = np.load(root / "landmark_flags.npy")
-    for name, count in (("tracking.npz", len(tracking["R"])), ("landmarks.npy", len(landmarks)),
-                        ("landmark_flags.npy", len(flags))):
+            raise Avatar3DError(f"{root / TRACKING} lacks {exc}; re-run `avatar3d prep` on the clip") from exc
+    landmarks = np.load(root / LANDMARKS)[..., :2].astype(np.float32) * np.float32(scale)
+    flags = np.load(root / LANDMARK_FLAGS)
+    for name, count in ((TRACKING, len(tracking["R"])), (LANDMARKS, len(landmarks)),
+                        (LANDMARK_FLAGS, len(flags))):
         if count != n:
             raise _mismatch(root / name, count, n, root)
 
@@ -124,14 +119,14 @@ def load_subject(subject_dir: PathLike, resolution: int, *, progress: bool = Tru
 
     return SubjectData(
         root=root, resolution=resolution, frames=frames, labels=labels,
-        background=_read_background(root / "background.png", resolution),
+        background=_read_background(root / PLATE, resolution),
         K=K, R=tracking["R"].astype(np.float64), t=tracking["t"].astype(np.float64),
         expression=tracking["expression"].astype(np.float32),
         expression_names=[str(s) for s in tracking["expression_names"]],
         blink=tracking["blink"].astype(np.float32).reshape(n, -1),
         landmarks=landmarks, mouth_boxes=mouth_boxes(landmarks, resolution),
         train_ids=split("train"), val_ids=split("val"),
-        fps=float(manifest["fps"]), audio_path=root / "audio.wav", size=size)
+        fps=float(manifest["fps"]), audio_path=root / AUDIO, size=size)
 
 
 def mouth_boxes(landmarks: np.ndarray, resolution: int) -> np.ndarray:
@@ -155,14 +150,10 @@ def mouth_boxes(landmarks: np.ndarray, resolution: int) -> np.ndarray:
     return boxes
 
 
-def _read_manifest(path: Path, fix: str) -> dict[str, Any]:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise Avatar3DError(f"{path} is unreadable ({exc}): {fix}") from exc
-    for key in ("fps", "width", "height", "n_frames", "intrinsics", "split"):
-        if key not in manifest:
-            raise Avatar3DError(f"{path} has no {key!r} (prep did not finish): {fix}")
+def _square_manifest(root: Path) -> dict[str, Any]:
+    """The manifest of a subject whose frames are square (the avatar's image model needs that)."""
+    manifest = read_manifest(root)
+    path = root / MANIFEST
     if manifest["width"] != manifest["height"]:
         raise Avatar3DError(f"{path}: frames are {manifest['width']}x{manifest['height']}, training needs square "
                             f"frames; re-run `avatar3d prep` with the default square crop")
@@ -171,7 +162,7 @@ def _read_manifest(path: Path, fix: str) -> dict[str, Any]:
 
 def _mismatch(path: Path, count: int, n: int, root: Path) -> Avatar3DError:
     return Avatar3DError(f"{path} has {count} frames but the subject has {n}: the prep outputs are out of step; "
-                         f"re-run `avatar3d prep CLIP -o {root}`")
+                         f"{prep_fix(root)}")
 
 
 def _read_background(path: Path, resolution: int) -> np.ndarray:
@@ -184,10 +175,10 @@ def _read_background(path: Path, resolution: int) -> np.ndarray:
 
 def _cached_arrays(root: Path, resolution: int, size: int, n: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """(frames, labels) memory-mapped from the cache; (re)built when cache.json does not match the inputs."""
-    cache = root / "cache" / f"r{resolution}"
+    cache = root / CACHE_DIR / f"r{resolution}"
     record = {"format_version": CACHE_VERSION, "resolution": resolution, "n_frames": n,
-              "frames_sha256": file_sha256(root / "frames.mp4"),
-              "parsing_sha256": file_sha256(root / "parsing.npz")}
+              "frames_sha256": file_sha256(root / FRAMES),
+              "parsing_sha256": file_sha256(root / PARSING)}
     arrays = _open_cache(cache, record)
     if arrays is None:
         (cache / "cache.json").unlink(missing_ok=True)  # the old record must not vouch for half-rebuilt files
@@ -216,18 +207,16 @@ def _open_cache(cache: Path, record: dict[str, Any]) -> tuple[np.ndarray, np.nda
 
 def _build_cache(root: Path, cache: Path, resolution: int, size: int, n: int, progress: bool) -> None:
     """Decode frames.mp4 and parsing.npz once, in step, into uint8 .npy files at ``resolution``."""
-    from data_prep.segment import iter_labels  # data_prep is the producer; import it only to build
-
     cache.mkdir(parents=True, exist_ok=True)
     _remove_dead_temps(cache)
     r = resolution
-    frames_in, labels_in = read_video(root / "frames.mp4"), iter_labels(root / "parsing.npz")
+    frames_in, labels_in = read_video(root / FRAMES), iter_labels(root / PARSING)
     with atomic_path(cache / "frames.npy") as frames_tmp, atomic_path(cache / "labels.npy") as labels_tmp, \
             tqdm(total=n, disable=not progress, desc=f"caching frames r{r}", unit="frame") as bar:
         with _npy_rows(frames_tmp, (n, r, r, 3)) as frames, _npy_rows(labels_tmp, (n, r, r)) as labels:
             for i, (image, label) in enumerate(_in_step(frames_in, labels_in, root, n)):
                 if image.shape[:2] != (size, size) or label.shape != (size, size):
-                    raise Avatar3DError(f"{root / 'frames.mp4'} frame {i} is {image.shape[1]}x{image.shape[0]} and "
+                    raise Avatar3DError(f"{root / FRAMES} frame {i} is {image.shape[1]}x{image.shape[0]} and "
                                         f"its labels {label.shape[1]}x{label.shape[0]}, manifest says {size}; re-run prep")
                 frames.write(_u8(image if r == size else cv2.resize(image, (r, r), interpolation=cv2.INTER_AREA)))
                 labels.write(_u8(label if r == size else cv2.resize(label, (r, r), interpolation=cv2.INTER_NEAREST)))
@@ -264,11 +253,11 @@ def _in_step(frames_in: Iterator[np.ndarray], labels_in: Iterator[np.ndarray], r
         image, label = next(frames_in, sentinel), next(labels_in, sentinel)
         if i == n and image is sentinel and label is sentinel:
             return
-        for name, item in (("frames.mp4", image), ("parsing.npz", label)):
+        for name, item in ((FRAMES, image), (PARSING, label)):
             if (item is sentinel) != (i == n):
                 what = f"{i} frames" if item is sentinel else f"more than {n} frames"
-                raise Avatar3DError(f"{root / name} has {what} but tracking.npz has {n}: the prep outputs are out "
-                                    f"of step; re-run `avatar3d prep CLIP -o {root}`")
+                raise Avatar3DError(f"{root / name} has {what} but {TRACKING} has {n}: the prep outputs are out "
+                                    f"of step; {prep_fix(root)}")
         yield image, label
 
 

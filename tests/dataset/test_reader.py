@@ -1,4 +1,4 @@
-"""`avatar3d.train.data`: the subject's training view, its memory-mapped cache and its errors.
+"""`avatar3d.dataset.reader`: the subject's training view, its memory-mapped cache and its errors.
 
 Every test loads from a copy of the shared prepared subject: load_subject writes its cache
 into the subject folder, and the session fixture must stay pristine.
@@ -18,7 +18,7 @@ import pytest
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import save_npz_atomic
 from avatar3d.io.video import read_video
-from avatar3d.train.data import LIP_IDS, SubjectData, load_subject, mouth_boxes
+from avatar3d.dataset.reader import LIP_IDS, SubjectData, load_subject, mouth_boxes
 
 R = 64
 
@@ -176,7 +176,7 @@ def test_frame_count_mismatch_asks_to_rerun_prep(prepared_subject, tmp_path):
     with pytest.raises(Avatar3DError, match=r"tracking\.npz has 399 frames.*re-run `avatar3d prep"):
         load_subject(folder, R, progress=False)
     save_npz_atomic(folder / "tracking.npz", **arrays)
-    from data_prep.segment import iter_labels
+    from avatar3d.dataset.contract import iter_labels
 
     labels = np.stack([label for i, label in zip(range(399), iter_labels(folder / "parsing.npz"))])
     save_npz_atomic(folder / "parsing.npz", labels=labels)
