@@ -39,9 +39,9 @@ import numpy as np
 from tqdm import tqdm
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.face import landmark_sets as rg
 from avatar3d.io.atomic import atomic_path, write_json_atomic
 from avatar3d.io.video import probe_video, read_video
-from avatar3d.synth import regions as rg
 from avatar3d.vision.face_mesh import PersonSegmenter
 
 PathLike = Union[str, Path]

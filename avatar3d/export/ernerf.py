@@ -45,11 +45,11 @@ import numpy as np
 
 from avatar3d.audio.features import AudioFeatureConfig
 from avatar3d.errors import Avatar3DError
+from avatar3d.face import landmark_sets as rg
 from avatar3d.io.atomic import atomic_path, save_npz_atomic, write_json_atomic
 from avatar3d.io.audio import read_wav, write_wav
 from avatar3d.io.hashing import file_sha256
 from avatar3d.io.video import VideoWriter, read_video
-from avatar3d.synth import regions as rg
 from data_prep.landmarks import EXCLUDED, LandmarkConfig
 from data_prep.track import TrackConfig
 from data_prep.transforms import c2w_to_head_pose, head_pose_to_c2w
@@ -97,7 +97,7 @@ _COLOUR_LABEL = np.array([0, 1, 2, 2], np.uint8)  # colour index -> our label (n
 _INNER_LIPS = rg.loop(rg.LIP_INNER_UPPER, rg.LIP_INNER_LOWER)
 _SIDE = (234, 454)  # cheek points at ear level: face width
 _JAW_ANGLES = (58, 288)
-_CHIN = 152
+_CHIN = rg.CHIN
 
 
 # ---------------------------------------------------------------------------

@@ -42,8 +42,8 @@ from torch.nn import functional as F
 
 from avatar3d.audio.features import LOG_FLOOR, AudioFeatureConfig, frame_features, hop_samples
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.blendshape_names import MOUTH_BLENDSHAPES
 from avatar3d.io.atomic import atomic_path
-from avatar3d.synth.visemes import BLENDSHAPES
 
 FORMAT = "avatar3d-motion-v1"
 N_SCALARS = 3  # energy, log f0 (0 when unvoiced), voiced fraction
@@ -207,7 +207,7 @@ class MotionNet(nn.Module):
     output has ``T - lookahead`` frames: output ``t`` <-> input frame ``t``.
     """
 
-    def __init__(self, config: MotionModelConfig, n_mels: int, context: int, n_out: int = len(BLENDSHAPES)):
+    def __init__(self, config: MotionModelConfig, n_mels: int, context: int, n_out: int = len(MOUTH_BLENDSHAPES)):
         super().__init__()
         self.config = config
         self.past = config.receptive_field - 1 - config.lookahead_frames
@@ -242,7 +242,7 @@ class MotionModel:
     norm: Normalisation
     audio: AudioFeatureConfig = field(default_factory=AudioFeatureConfig)
     net: MotionNet | None = None
-    names: tuple[str, ...] = BLENDSHAPES
+    names: tuple[str, ...] = MOUTH_BLENDSHAPES
     info: dict[str, Any] = field(default_factory=dict)
     speech_encoder: Any = None
     """A :class:`avatar3d.audio.speech_encoder.SpeechEncoder` whose stream replaces the log-mel rows (None: log-mel)."""

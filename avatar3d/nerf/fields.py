@@ -82,8 +82,8 @@ class HeadFieldConfig:
 @functools.lru_cache(maxsize=1)
 def face_motion_regions() -> tuple[tuple[float, ...], ...]:
     """Gaussian regions around the mouth (sigma 3.5 cm: lips and jaw), each eye and each brow (1.8 cm)."""
+    from avatar3d.face import landmark_sets as rg
     from avatar3d.face.default_model import load_face_model
-    from avatar3d.synth import regions as rg
 
     v = np.asarray(load_face_model().mean, dtype=np.float64).reshape(-1, 3)
     groups = [(rg.LIP_OUTER_UPPER + rg.LIP_OUTER_LOWER, 0.035), (rg.EYE_RIGHT_UPPER + rg.EYE_RIGHT_LOWER, 0.018),

@@ -202,7 +202,7 @@ def phone_loop_timeline(chunks: Iterable[np.ndarray], config: StreamConfig = Str
     ``decode_window(audio, sample_rate) -> phones`` replaces the phone loop as the decoder of a window
     (``--phones auto``: :class:`avatar3d.audio.word_phones.WindowDecoder`, recognised words force-aligned).
     """
-    from avatar3d.synth.phonemes import align_phones
+    from avatar3d.audio.alignment import align_phones
 
     window = int(round(config.phone_window_s * SAMPLE_RATE))
     search = int(round(config.phone_cut_search_s * SAMPLE_RATE))
@@ -246,7 +246,7 @@ def quiet_cut(x: np.ndarray, lo: int) -> int:
 
 def _append_shifted(phones: list, new: list, offset_s: float) -> None:
     """Append a window's phones moved by ``offset_s``, contiguous with the last one; SILs meeting at the cut merge."""
-    from avatar3d.synth.phonemes import SIL, Phone
+    from avatar3d.audio.phones import SIL, Phone
 
     for p in new:
         start, end = p.start + offset_s, p.end + offset_s
@@ -336,7 +336,7 @@ def constrain_in_windows(curves: dict[str, np.ndarray], phones, fps: float,  # t
     n = len(next(iter(curves.values())))
     if n <= window:
         return apply_phone_constraints(curves, phones, fps, constraints, rest=rest).curves
-    from avatar3d.synth.phonemes import Phone
+    from avatar3d.audio.phones import Phone
 
     margin = int(np.ceil(margin_s * fps))
     starts = np.array([p.start for p in phones])

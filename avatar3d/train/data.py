@@ -23,10 +23,10 @@ import numpy as np
 from tqdm import tqdm
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.landmark_sets import LIPS
 from avatar3d.io.atomic import atomic_path, write_json_atomic
 from avatar3d.io.hashing import file_sha256
 from avatar3d.io.video import read_video
-from avatar3d.synth.regions import LIPS
 
 PathLike = Union[str, "os.PathLike[str]"]
 

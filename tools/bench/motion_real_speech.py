@@ -46,9 +46,9 @@ from avatar3d.audio.phonetic import phone_frames
 from avatar3d.audio.word_phones import WordPhones, word_phones
 from avatar3d.eval.lip_closure import (LipClosureConfig, LipGeometry, Recording, evaluate_lip_closure,
                                        read_recording, pocketsphinx_recordings)
+from avatar3d.audio.phones import Phone
 from avatar3d.motion.model import _resample, load, load_default
 from avatar3d.render.speech import SAMPLE_RATE, gated_mouth_curves
-from avatar3d.synth.phonemes import Phone
 
 SYNTH_SENTENCES = (
     "Peter bought a map and a big umbrella before the storm.",
@@ -247,8 +247,8 @@ def main() -> None:
            "thresholds": asdict(cfg)}
 
     if args.synthetic > 0:
+        from avatar3d.audio.phones import SIL
         from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
-        from avatar3d.synth.phonemes import SIL
 
         srows = (*rows, "text/espeak", "text(own)")
         synth = {r: [] for r in srows}
