@@ -57,7 +57,7 @@ from avatar3d.motion.model import MotionModelConfig, load
 from avatar3d.motion.personalize import PersonalizeConfig, personalize_speech
 from avatar3d.motion.streaming import GateConfig, MotionStream, silent_output, speech_gate
 from avatar3d.motion.subject_corpus import SubjectSpeech
-from avatar3d.motion.train import TrainConfig, evaluate, pretrain
+from avatar3d.motion.train import MotionTrainConfig, evaluate, pretrain
 from avatar3d.synth.speech import synthesize
 
 FOCAL_PX, DISTANCE_M, SIZE = 614.0, 0.57, 512
@@ -241,7 +241,7 @@ def main() -> None:
         args.steps = int(model.info.get("trained_steps", 0))  # what the loaded model was trained for
     else:
         model = pretrain(corpus, args.model or work / "motion.pt", mcfg, steps=args.steps, seed=args.seed,
-                         train=TrainConfig(), progress=True)
+                         train=MotionTrainConfig(), progress=True)
     train_s = time.perf_counter() - t0
 
     train, test = load_split(corpus, "train"), load_split(corpus, "test")
