@@ -688,13 +688,13 @@ def _write_audio(folder: ErnerfFolder, out: Path, fps: float) -> np.ndarray:
 
 def _write_parsing(folder: ErnerfFolder, out: Path, landmarks: np.ndarray, min_mouth_area: float) -> None:
     """parsing/<i>.png -> parsing.npz (the segment stage's format), with the mouth interior from landmarks."""
-    from data_prep.segment import LABEL_NAMES, PARSING_NAME, _LabelWriter, _write_member
+    from data_prep.segment import LABEL_NAMES, PARSING_NAME, LabelWriter, write_member
 
     n, s = folder.n_frames, folder.size
     has_face = np.isfinite(landmarks[:, :468, :2]).all(axis=(1, 2))
     with atomic_path(out / PARSING_NAME) as tmp:
         with open(tmp, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-            with _LabelWriter(zf, n, s, s) as writer:
+            with LabelWriter(zf, n, s, s) as writer:
                 for i in range(n):
                     bgr = cv2.imread(str(folder.parsing(i)), cv2.IMREAD_COLOR)
                     if bgr is None:
@@ -705,8 +705,8 @@ def _write_parsing(folder: ErnerfFolder, out: Path, landmarks: np.ndarray, min_m
                     face = landmarks[i] if has_face[i] else None
                     labels[mouth_mask(face, (s, s), min_mouth_area) & (labels == 1)] = 3
                     writer.write(labels)
-            _write_member(zf, "has_face", has_face)
-            _write_member(zf, "label_names", np.array(LABEL_NAMES))
+            write_member(zf, "has_face", has_face)
+            write_member(zf, "label_names", np.array(LABEL_NAMES))
 
 
 def _write_background(folder: ErnerfFolder, out: Path) -> None:

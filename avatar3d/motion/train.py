@@ -135,7 +135,7 @@ class CropSampler:
             start = int(r * (max(0, n - L) + 1))
             frames = np.arange(start - self.past, start + L + self.ahead)
             clamped = np.clip(frames, 0, n - 1)  # replicate the first/last frame, as predict() does at the ends
-            mels.append(gather_windows(mel, clamped, self.model.config.fps, self.model.audio, self.model._floor))
+            mels.append(gather_windows(mel, clamped, self.model.config.fps, self.model.audio, self.model.window_floor))
             scals.append(scal[clamped])
             out = np.arange(start, start + L)
             tgts.append(tgt[np.clip(out, 0, n - 1)])

@@ -85,9 +85,9 @@ class SpeechAudio:
 
             return iter_audio_chunks(self.path, sample_rate, chunk_samples)
         assert self.array is not None
-        from avatar3d.motion.model import _resample
+        from avatar3d.audio.features import resample_mono
 
-        x = _resample(self.array, SAMPLE_RATE, sample_rate)
+        x = resample_mono(self.array, SAMPLE_RATE, sample_rate)
         return (x[i:i + chunk_samples] for i in range(0, len(x), chunk_samples))
 
     def read(self) -> np.ndarray:
@@ -368,9 +368,9 @@ def gated_mouth_curves(mouth_model, audio: np.ndarray, fps: float, n: int, phone
     ``fps`` so that a phone shorter than a frame still closes its nearest frame.  ``audio`` is the
     whole 16 kHz track; :func:`drive_from_speech` reads a file chunk by chunk instead.
     """
-    from avatar3d.motion.model import _resample
+    from avatar3d.audio.features import resample_mono
 
-    x = _resample(audio, SAMPLE_RATE, mouth_model.audio.sample_rate)
+    x = resample_mono(audio, SAMPLE_RATE, mouth_model.audio.sample_rate)
     own, _ = _own_rate_curves(mouth_model, [x])
     return _at_frame_rate(mouth_model, own, fps, n, phones, constraints, window_s)
 
