@@ -5,7 +5,7 @@ model, the generator's viseme table and the Live Link / OSC exporters only refer
 """
 from __future__ import annotations
 
-__all__ = ["ARKIT_NAMES", "MOUTH_BLENDSHAPES"]
+__all__ = ["ARKIT_NAMES", "MOUTH_BLENDSHAPES", "UPPER_FACE_PREFIXES"]
 
 ARKIT_NAMES: tuple[str, ...] = (
     "jawOpen", "jawForward", "jawLeft", "jawRight",
@@ -29,5 +29,9 @@ MOUTH_BLENDSHAPES: tuple[str, ...] = (
 )
 """The 16 mouth shapes speech drives: the motion model's outputs and the generator's viseme curves, in
 that order."""
+
+UPPER_FACE_PREFIXES: tuple[str, ...] = ("eye", "brow", "cheek")
+"""Name prefixes of the upper-face shapes (blinks, brows, cheeks): what speech does not drive, so a
+render takes them from the subject, a driving video or the idle-motion model instead."""
 
 assert set(MOUTH_BLENDSHAPES) <= set(ARKIT_NAMES), "mouth shapes must be face-model blendshapes"
