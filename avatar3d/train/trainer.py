@@ -30,6 +30,8 @@ from avatar3d import __version__
 from avatar3d.config import from_dict, to_dict
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.image_metrics import frame_metrics, mean_metrics
+from avatar3d.face.default_model import load_face_model
+from avatar3d.face.motion_regions import face_motion_regions
 from avatar3d.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from avatar3d.nerf.model import AvatarConfig, AvatarModel, RayBatch, pixel_dirs, to_head_space
 from avatar3d.train.checkpoint import AVATAR_NAME, CHECKPOINT_NAME, FORMAT_VERSION, load_state, restore, save_checkpoint
@@ -337,7 +339,8 @@ def train(
     write_text_atomic(out / CONFIG_NAME, config_to_yaml(config))
     torch.manual_seed(config.seed)  # network initialisation
     dev = resolve_device(config.device)
-    model = AvatarModel(config.avatar, data.motion(np.array([0])).shape[1], data.n_frames).to(dev)
+    model = AvatarModel(config.avatar, data.motion(np.array([0])).shape[1], data.n_frames,
+                        motion_regions=face_motion_regions(load_face_model())).to(dev)
     model.head.motion_mask.copy_(torch.from_numpy(motion_mask(list(data.expression_names), data.blink.shape[1],
                                                               config.motion_channels)).to(dev))  # fmt: skip
     if config.motion_std_floor > 0:
@@ -483,7 +486,8 @@ def load_avatar(path: str | Path) -> tuple[AvatarModel, dict[str, Any]]:
         path = path / AVATAR_NAME
     bundle = load_state(path)
     cfg = from_dict(AvatarConfig, bundle["avatar_config"], source=str(path))
-    model = AvatarModel(cfg, int(bundle["motion_dim"]), int(bundle["n_frames"]))
+    model = AvatarModel(cfg, int(bundle["motion_dim"]), int(bundle["n_frames"]),
+                        motion_regions=bundle["model"]["head.regions"].tolist())  # as trained
     model.load_state_dict(bundle.pop("model"))
     model.eval()
     return model, bundle
