@@ -41,16 +41,16 @@ from tqdm import tqdm
 from avatar3d.dataset.contract import (BACKGROUND_LABEL, FRAMES, HEAD_LABEL, LABEL_NAMES, LABELS_MEMBER, LANDMARKS,
                                        MOUTH_LABEL, PARSING, TORSO_LABEL, iter_labels, load_labels)
 from avatar3d.errors import Avatar3DError
+from avatar3d.face import landmark_sets as rg
 from avatar3d.io.atomic import atomic_path, write_json_atomic
 from avatar3d.io.video import probe_video, read_video
-from avatar3d.synth import regions as rg
 from avatar3d.vision.face_mesh import PersonSegmenter
 
 PathLike = Union[str, Path]
 
 __all__ = [
     "BACKGROUND", "HEAD", "TORSO", "MOUTH", "LABEL_NAMES",
-    "SegmentConfig", "SegmentResult", "PersonSegmenter", "parse_frame", "segment",
+    "SegmentConfig", "SegmentResult", "PersonSegmenter", "parse_frame", "segment", "LabelWriter", "write_member",
 ]
 
 BACKGROUND, HEAD, TORSO, MOUTH = BACKGROUND_LABEL, HEAD_LABEL, TORSO_LABEL, MOUTH_LABEL
@@ -146,7 +146,7 @@ def parse_frame(person: np.ndarray, landmarks: Optional[np.ndarray], config: Seg
     return labels
 
 
-class _LabelWriter:
+class LabelWriter:
     """Streams label maps into ``labels.npy`` of a deflated npz, one frame at a time."""
 
     def __init__(self, zf: zipfile.ZipFile, n: int, height: int, width: int) -> None:
@@ -162,14 +162,15 @@ class _LabelWriter:
     def close(self) -> None:
         self._member.close()
 
-    def __enter__(self) -> "_LabelWriter":
+    def __enter__(self) -> "LabelWriter":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()  # also on errors: the zip cannot close (and be discarded) with a member open
 
 
-def _write_member(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
+def write_member(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
+    """Writes ``array`` as ``name``.npy into an open npz (zip) without pickling."""
     with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
         np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
 
@@ -211,7 +212,7 @@ def segment(
     started = time.perf_counter()
     with atomic_path(out / PARSING_NAME) as tmp, PersonSegmenter(config.model_selection) as seg:
         with open(tmp, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-            with _LabelWriter(zf, n, height, width) as writer:
+            with LabelWriter(zf, n, height, width) as writer:
                 frames = read_video(frames_path)
                 for i, rgb in enumerate(tqdm(frames, total=n, desc="segment", unit="frame", disable=not progress)):
                     if i >= n:
@@ -225,8 +226,8 @@ def segment(
                 raise Avatar3DError(
                     f"{frames_path}: has {writer.written} frames but {landmarks_path} has {n}; re-run the landmarks stage"
                 )
-            _write_member(zf, "has_face", has_face)
-            _write_member(zf, "label_names", np.array(LABEL_NAMES))
+            write_member(zf, "has_face", has_face)
+            write_member(zf, "label_names", np.array(LABEL_NAMES))
     elapsed = time.perf_counter() - started
     result = SegmentResult(
         n_frames=n, width=width, height=height, n_without_face=int((~has_face).sum()),

@@ -42,8 +42,8 @@ import torch
 from tqdm import tqdm
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.face import landmark_sets as rg
 from avatar3d.face.model import MorphableModel
-from avatar3d.synth import regions as rg
 from data_prep.track_solver import (Problem, State, project, rodrigues, rotations, solve_keyframes, solve_sequence,
                                    translations)
 

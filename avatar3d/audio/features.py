@@ -35,7 +35,8 @@ from avatar3d.errors import Avatar3DError
 __all__ = [
     "AudioFeatureConfig", "FRONTEND_VERSION", "frontend_name", "hop_samples", "analysis_frame_count",
     "mel_filterbank", "mel_center_frequencies", "hz_to_mel", "mel_to_hz",
-    "log_mel", "pitch", "energy", "frame_features", "as_mono_audio",
+    "log_mel", "pitch", "energy", "frame_features", "as_mono_audio", "resample_mono", "window_samples", "fft_size",
+    "yin_lags",
 ]
 
 FRONTEND_VERSION = "weightfree-v1"
@@ -83,7 +84,8 @@ def hop_samples(config: AudioFeatureConfig) -> int:
     return max(1, int(round(config.sample_rate * config.hop_ms / 1000.0)))
 
 
-def _window_samples(config: AudioFeatureConfig) -> int:
+def window_samples(config: AudioFeatureConfig) -> int:
+    """Samples in one analysis window (``window_ms`` at the sample rate, at least 2)."""
     return max(2, int(round(config.sample_rate * config.window_ms / 1000.0)))
 
 
@@ -121,6 +123,25 @@ def as_mono_audio(audio: np.ndarray) -> np.ndarray:
     return x
 
 
+def resample_mono(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Mono float32 at ``target`` Hz (polyphase) with one-line errors for bad input (the motion model's
+    and the renderer's way in for audio at any rate)."""
+    x = np.asarray(audio)
+    if x.ndim != 1:
+        raise Avatar3DError(f"audio must be mono, shape [samples]; got shape {x.shape} (average the channels)")
+    if np.issubdtype(x.dtype, np.integer):
+        raise Avatar3DError(f"audio must be float in [-1, 1], got {x.dtype}; divide int16 PCM by 32768")
+    if int(rate) <= 0:
+        raise Avatar3DError(f"sample_rate={rate} must be a positive number of Hz")
+    x = x.astype(np.float32, copy=False)
+    if int(rate) == int(target):
+        return x
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(rate), int(target))
+    return resample_poly(x, int(target) // g, int(rate) // g).astype(np.float32)
+
+
 def _frames(x: torch.Tensor, length: int, hop: int, n_frames: int) -> torch.Tensor:
     """[n_frames, length] view: frame k centred on sample (k + 0.5) * hop, zeros outside the clip."""
     left = length // 2 - hop // 2
@@ -149,8 +170,9 @@ def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
     return np.where(m < _BREAK_MEL, m * _F_SP, _BREAK_HZ * np.exp(_LOGSTEP * (m - _BREAK_MEL)))
 
 
-def _n_fft(config: AudioFeatureConfig) -> int:
-    return 1 << (_window_samples(config) - 1).bit_length()  # next power of two >= window
+def fft_size(config: AudioFeatureConfig) -> int:
+    """FFT length of the mel spectrogram: the next power of two at or above the window."""
+    return 1 << (window_samples(config) - 1).bit_length()  # next power of two >= window
 
 
 def mel_center_frequencies(config: AudioFeatureConfig) -> np.ndarray:
@@ -161,7 +183,7 @@ def mel_center_frequencies(config: AudioFeatureConfig) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _mel_filterbank_cached(config: AudioFeatureConfig) -> np.ndarray:
-    n_fft = _n_fft(config)
+    n_fft = fft_size(config)
     bins_hz = np.arange(n_fft // 2 + 1) * config.sample_rate / n_fft
     edges = mel_to_hz(np.linspace(hz_to_mel(config.fmin), hz_to_mel(config.fmax), config.n_mels + 2))
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
@@ -198,7 +220,7 @@ def log_mel(audio: np.ndarray, config: AudioFeatureConfig = AudioFeatureConfig()
     """
     _check_config(config)
     x = torch.from_numpy(as_mono_audio(audio))
-    hop, win, n_fft = hop_samples(config), _window_samples(config), _n_fft(config)
+    hop, win, n_fft = hop_samples(config), window_samples(config), fft_size(config)
     t = analysis_frame_count(x.shape[0], config)
     # torch.stft centres the win-long window inside each n_fft frame; pad so that
     # frame k's window is centred on (k + 0.5) * hop.
@@ -222,12 +244,12 @@ def energy(audio: np.ndarray, config: AudioFeatureConfig = AudioFeatureConfig())
     _check_config(config)
     x = torch.from_numpy(as_mono_audio(audio)).double()
     t = analysis_frame_count(x.shape[0], config)
-    frames = _frames(x, _window_samples(config), hop_samples(config), t)
+    frames = _frames(x, window_samples(config), hop_samples(config), t)
     power = frames.square().mean(dim=1)
     return (10.0 * torch.log10(power.clamp_min(LOG_FLOOR))).float().numpy()
 
 
-def _yin_lags(config: AudioFeatureConfig) -> tuple[int, int]:
+def yin_lags(config: AudioFeatureConfig) -> tuple[int, int]:
     """(shortest, longest) lag searched, in samples; one spare lag each side for interpolation."""
     lag_min = max(2, int(math.floor(config.sample_rate / config.pitch_max_hz)))
     lag_max = int(math.ceil(config.sample_rate / config.pitch_min_hz)) + 1
@@ -262,7 +284,7 @@ def pitch(audio: np.ndarray, config: AudioFeatureConfig = AudioFeatureConfig()) 
     _check_config(config)
     x = torch.from_numpy(as_mono_audio(audio))
     t = analysis_frame_count(x.shape[0], config)
-    lag_max = _yin_lags(config)[1]
+    lag_max = yin_lags(config)[1]
     frames = _frames(x, 2 * lag_max, hop_samples(config), t)  # [T, W + L], W = L
     f0 = torch.zeros(t, dtype=torch.float32)
     voiced = torch.zeros(t, dtype=torch.bool)
@@ -276,7 +298,7 @@ _YIN_CHUNK = 16384
 
 def _yin(frames: torch.Tensor, config: AudioFeatureConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """YIN on a [n, W + L] batch of frames -> (f0 [n], voiced [n])."""
-    lag_min, lag_max = _yin_lags(config)
+    lag_min, lag_max = yin_lags(config)
     width = lag_max  # one period at pitch_min_hz: short enough that gliding speech f0 stays periodic
     t = frames.shape[0]
     n_fft = _fast_fft_size(width + lag_max)  # >= W + L: no circular wrap for lags 0..L

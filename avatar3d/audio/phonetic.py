@@ -8,7 +8,7 @@ learnt to ignore the speaker; its phones, reduced to the few classes the
 lips can show, are a speaker-independent input and a reference timeline for
 evaluation (:mod:`avatar3d.eval.lip_closure`).
 
-Phones come from :mod:`avatar3d.synth.phonemes` (the same pocketsphinx
+Phones come from :mod:`avatar3d.audio.alignment` (the same pocketsphinx
 decoders the synthetic generator uses): forced alignment to a transcript
 when one is given (English), phone-loop decoding with the en-us phone LM
 otherwise (any speech; foreign speech gets the nearest English phones).
@@ -40,9 +40,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avatar3d.audio import alignment as al
+from avatar3d.audio.phones import ARPABET, SIL, Phone
 from avatar3d.errors import Avatar3DError
-from avatar3d.synth import phonemes as ph
-from avatar3d.synth.phonemes import SIL, Phone
 
 __all__ = ["PHONE_CLASSES", "CLASS_OF_PHONE", "PhoneTrack", "phone_frames", "track_from_phones",
            "phone_class_features", "class_index"]
@@ -63,7 +63,7 @@ PHONE_CLASSES: tuple[str, ...] = tuple(_CLASS_PHONES)
 """Names of the phone classes, in feature-column order."""
 CLASS_OF_PHONE: dict[str, int] = {p: i for i, phones in enumerate(_CLASS_PHONES.values()) for p in phones}
 """ARPAbet phone (or "SIL") -> class index; every phone of the en-us model has one."""
-assert set(CLASS_OF_PHONE) == set(ph.ARPABET) | {SIL}, "phone-class table must cover the en-us phone set"
+assert set(CLASS_OF_PHONE) == set(ARPABET) | {SIL}, "phone-class table must cover the en-us phone set"
 
 
 def class_index(name: str) -> int:
@@ -150,14 +150,14 @@ def phone_frames(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int,
     duration = x.shape[0] / float(sample_rate)
     if duration <= 0:
         return track_from_phones([], fps, n_frames, mode="loop")
-    pcm = ph._to_pcm16(x, int(sample_rate))
+    pcm = al.to_pcm16(x, int(sample_rate))
     english = str(language).lower().startswith("en")
-    with ph._lock:  # the cached decoders are stateful
-        raw = ph._forced_alignment(pcm, transcript) if (transcript and transcript.strip() and english) else None
+    with al.ALIGNER_LOCK:  # the cached decoders are stateful
+        raw = al.forced_alignment(pcm, transcript) if (transcript and transcript.strip() and english) else None
         mode = "align" if raw is not None else "loop"
         if raw is None:
-            raw = ph._phone_loop(pcm)
-    return track_from_phones(ph._timeline(raw, duration), fps, n_frames, mode=mode)
+            raw = al.phone_loop(pcm)
+    return track_from_phones(al.phone_timeline(raw, duration), fps, n_frames, mode=mode)
 
 
 def phone_class_features(track: PhoneTrack, soft: bool = False, smooth_frames: int = 1) -> np.ndarray:

@@ -131,9 +131,9 @@ class TTSSpeech:
         return len(self.audio) / float(self.sample_rate)
 
     def as_phones(self) -> list:
-        """The timeline as :class:`avatar3d.synth.phonemes.Phone` (ARPAbet stand-ins), with
+        """The timeline as :class:`avatar3d.audio.phones.Phone` (ARPAbet stand-ins), with
         neighbouring silences merged: what the lip-closure tools and constraints take."""
-        from avatar3d.synth.phonemes import Phone
+        from avatar3d.audio.phones import Phone
 
         out: list = []
         for p in self.phones:

@@ -7,7 +7,7 @@ vowels loses to a "d" or a "v" with nothing to say a word needs it.  Decoding *w
 the en-US acoustic model, language model and dictionary that ship in the pocketsphinx
 wheel (offline, BSD) puts that knowledge back: even a misrecognised word usually keeps its
 neighbours' lip closures ("the" for "be" is the exception), and the recognised words are
-then force-aligned phone by phone (:func:`avatar3d.synth.phonemes._forced_alignment`, the
+then force-aligned phone by phone (:func:`avatar3d.audio.alignment.forced_alignment`, the
 aligner the synthetic generator uses) for their timings.  Nothing of any reference
 transcript is used: the constraints come from the audio alone.
 
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avatar3d.audio import alignment as al
+from avatar3d.audio.phones import Phone
 from avatar3d.errors import Avatar3DError
-from avatar3d.synth import phonemes as ph
-from avatar3d.synth.phonemes import Phone
 
 __all__ = ["WordPhonesConfig", "RecognisedWord", "WordPhones", "word_phones", "WindowDecoder",
            "reset_word_decoder"]
@@ -102,7 +102,7 @@ def _word_decoder(language_weight: float):
 def reset_word_decoder() -> None:
     """Drop the cached recogniser and the cached aligners, so what follows is reproducible whatever ran before."""
     _word_decoder.cache_clear()
-    ph.reset_aligners()
+    al.reset_aligners()
 
 
 def _fresh(*kinds: str) -> None:
@@ -113,20 +113,20 @@ def _fresh(*kinds: str) -> None:
     ``reinit_feat`` makes every decode equal the first one of a new decoder.
     """
     for kind in kinds:
-        ph._decoder(kind).reinit_feat()
+        al.decoder(kind).reinit_feat()
 
 
 def _recognise(pcm: np.ndarray, config: WordPhonesConfig) -> tuple[list[RecognisedWord], list[tuple[float, float]]]:
     """(words, recogniser pauses and fillers (start, end) in s) of one utterance."""
     dec = _word_decoder(config.language_weight)
     dec.reinit_feat()  # see _fresh
-    ph._decode(dec, pcm)
+    al.decode_utterance(dec, pcm)
     words: list[RecognisedWord] = []
     pauses: list[tuple[float, float]] = []
     for s in dec.seg() or []:
         if s.end_frame < s.start_frame:
             continue
-        start, end = s.start_frame * ph.FRAME_S, (s.end_frame + 1) * ph.FRAME_S
+        start, end = s.start_frame * al.FRAME_S, (s.end_frame + 1) * al.FRAME_S
         name = re.sub(r"\(\d+\)$", "", s.word)
         if _NOT_WORDS.match(name):
             pauses.append((start, end))
@@ -160,8 +160,8 @@ def word_phones(audio: np.ndarray, sample_rate: int, config: WordPhonesConfig = 
     duration = x.shape[0] / float(sample_rate) if x.ndim else 0.0
     if duration <= 0:
         return WordPhones([], (), "loop", "no audio")
-    pcm = ph._to_pcm16(x, int(sample_rate))
-    with ph._lock:  # the cached decoders are stateful
+    pcm = al.to_pcm16(x, int(sample_rate))
+    with al.ALIGNER_LOCK:  # the cached decoders are stateful
         words, pauses = _recognise(pcm, config)
         confidence = float(np.mean([w.posterior for w in words])) if words else 0.0
         raw, reason = None, ""
@@ -172,12 +172,12 @@ def word_phones(audio: np.ndarray, sample_rate: int, config: WordPhonesConfig = 
                       "(not English, or a voice it does not know?)")
         else:
             _fresh("align", "align_fine")
-            raw = ph._forced_alignment(pcm, _alignment_text(words, pauses, config.pause_mark_s))
+            raw = al.forced_alignment(pcm, _alignment_text(words, pauses, config.pause_mark_s))
             reason = "" if raw is not None else "the recognised words did not align"
         if raw is None:
             _fresh("loop")
-            raw = ph._phone_loop(pcm)
-    return WordPhones(ph._timeline(raw, duration), tuple(words), "loop" if reason else "words", reason)
+            raw = al.phone_loop(pcm)
+    return WordPhones(al.phone_timeline(raw, duration), tuple(words), "loop" if reason else "words", reason)
 
 
 class WindowDecoder:

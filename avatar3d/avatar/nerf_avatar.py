@@ -28,7 +28,8 @@ class NerfAvatar(Avatar):
     def from_bundle(cls, bundle: AvatarBundle, source: str, device: torch.device | str = "cpu") -> "NerfAvatar":
         """Builds the model the bundle describes and loads its weights."""
         config = from_dict(AvatarConfig, bundle.config, source=source)
-        model = AvatarModel(config, int(bundle.motion_dim), int(bundle.n_frames))
+        model = AvatarModel(config, int(bundle.motion_dim), int(bundle.n_frames),
+                            motion_regions=bundle.state["head.regions"].tolist())  # as trained: no face model needed
         model.load_state_dict(bundle.state)
         model.eval()
         return cls(model.to(device), bundle)

@@ -25,10 +25,10 @@ from tqdm import tqdm
 from avatar3d.dataset.contract import (AUDIO, MANIFEST, PLATE, CACHE_DIR, FRAMES, LANDMARK_FLAGS, LANDMARKS, PARSING,
                                        TRACKING, iter_labels, prep_fix, read_manifest, require_files)
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.landmark_sets import LIPS
 from avatar3d.io.atomic import atomic_path, write_json_atomic
 from avatar3d.io.hashing import file_sha256
 from avatar3d.io.video import read_video
-from avatar3d.synth.regions import LIPS
 
 PathLike = Union[str, "os.PathLike[str]"]
 

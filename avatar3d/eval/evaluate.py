@@ -25,10 +25,11 @@ from avatar3d.dataset.reader import LIP_IDS, load_subject
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.image_metrics import frame_metrics, head_mask, mean_metrics
 from avatar3d.eval.landmark_metrics import blink_rate, detect_landmarks, eye_aspect_ratio, landmark_distance
+from avatar3d.eval.results import EvalRun
 from avatar3d.eval.sync import MIN_PAIRS, audio_envelope, mouth_opening_from_landmarks, sync_offset
 from avatar3d.io.atomic import json_safe, write_json_atomic, write_text_atomic
 
-__all__ = ["EvalConfig", "EvalRun", "evaluate", "LPIPS_UNAVAILABLE"]
+__all__ = ["EvalConfig", "evaluate", "LPIPS_UNAVAILABLE"]
 
 LPIPS_UNAVAILABLE = "no local weights given (--lpips-weights)"
 
@@ -43,23 +44,6 @@ class EvalConfig:
     max_lag_frames: int = 15  # sync search range, +- frames (also capped at a third of the evaluated span)
     grid_frames: int = 6  # side-by-side examples in the report
     lpips_weights: Path | str | None = None  # local LPIPS (AlexNet v0.1) weights: avatar3d.eval.lpips.resolve_weights
-
-
-@dataclass
-class EvalRun:
-    """Everything the report shows: the metrics dict (= metrics.json) plus the curves and images."""
-
-    metrics: dict[str, Any]
-    frame_ids: np.ndarray  # [n] evaluated subject frames
-    psnr_per_frame: np.ndarray  # [n] full-frame PSNR
-    span_start: int  # first subject frame of the curves below
-    mouth_rendered: np.ndarray  # [span] NaN where not evaluated / no face
-    mouth_reference: np.ndarray  # [span]
-    envelope: np.ndarray  # [span] dB
-    sync_lags: np.ndarray  # [L]
-    sync_corr_rendered: np.ndarray  # [L]
-    sync_corr_reference: np.ndarray  # [L]
-    samples: list[tuple[int, np.ndarray, np.ndarray]]  # (frame id, reference uint8, rendered uint8)
 
 
 def _num(x: float) -> float | None:

@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from avatar3d.synth.regions import (EYE_LEFT_LOWER, EYE_LEFT_UPPER, EYE_RIGHT_LOWER, EYE_RIGHT_UPPER,
+from avatar3d.face.landmark_sets import (EYE_LEFT_LOWER, EYE_LEFT_UPPER, EYE_RIGHT_LOWER, EYE_RIGHT_UPPER,
                                     LIPS)
 
 __all__ = [

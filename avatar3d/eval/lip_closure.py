@@ -36,19 +36,19 @@ from typing import Mapping
 
 import numpy as np
 
+from avatar3d.audio.phones import BILABIALS, SIL, Phone, silences
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.default_model import load_face_model
+from avatar3d.face.landmark_sets import LIP_INNER_LOWER, LIP_INNER_UPPER, LIP_OUTER_LOWER, LIP_OUTER_UPPER
 from avatar3d.face.model import MorphableModel
-from avatar3d.synth.phonemes import SIL, Phone, silences
-from avatar3d.synth.visemes import BILABIALS
 
 __all__ = ["LipClosureConfig", "LipGeometry", "LipClosureResult", "evaluate_lip_closure", "interval_frames",
            "OPEN_VOWELS", "Recording", "TESTDATA_DIR", "pocketsphinx_recordings", "read_recording"]
 
-UPPER_INNER_CENTRE = (82, 13, 312)
-LOWER_INNER_CENTRE = (87, 14, 317)
-LIP_LANDMARKS = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 146, 91, 181, 84, 17, 314, 405, 321, 375,
-                 78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 95, 88, 178, 87, 14, 317, 402, 318, 324)
+UPPER_INNER_CENTRE = tuple(LIP_INNER_UPPER[4:7])  # (82, 13, 312): the middle of the inner upper lip
+LOWER_INNER_CENTRE = tuple(LIP_INNER_LOWER[4:7])  # (87, 14, 317)
+# Every lip contour point once: outer upper, outer lower (corners dropped), inner upper, inner lower.
+LIP_LANDMARKS = tuple(LIP_OUTER_UPPER + LIP_OUTER_LOWER[1:-1] + LIP_INNER_UPPER + LIP_INNER_LOWER[1:-1])
 OPEN_VOWELS = frozenset({"AA", "AE", "AH", "AO", "AW", "AY"})
 
 

@@ -11,16 +11,14 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from avatar3d.eval.landmark_metrics import MIN_RATE_DURATION_S
 from avatar3d.eval.lpips import MIN_SIZE as LPIPS_MIN_SIZE
+from avatar3d.eval.results import EvalRun
 from avatar3d.io.atomic import write_text_atomic
-
-if TYPE_CHECKING:
-    from avatar3d.eval.evaluate import EvalRun
 
 __all__ = ["write_report", "render_html", "png_data_uri", "fmt"]
 
@@ -68,7 +66,7 @@ def _figure_uri(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(stream.getvalue()).decode("ascii")
 
 
-def _plots(run: "EvalRun") -> list[tuple[str, str]]:
+def _plots(run: EvalRun) -> list[tuple[str, str]]:
     """(caption, data URI) for the three plots."""
     from matplotlib.figure import Figure
 
@@ -176,7 +174,7 @@ def _metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def render_html(run: "EvalRun") -> str:
+def render_html(run: EvalRun) -> str:
     """The report as one HTML string (all images inline)."""
     m = run.metrics
     e = html.escape
@@ -216,6 +214,6 @@ def render_html(run: "EvalRun") -> str:
     return "".join(parts)
 
 
-def write_report(path: str | Path, run: "EvalRun") -> Path:
+def write_report(path: str | Path, run: EvalRun) -> Path:
     """Write ``report.html`` atomically; returns its path."""
     return write_text_atomic(path, render_html(run))

@@ -30,6 +30,7 @@ from typing import Iterable, Union
 import numpy as np
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.landmark_sets import EYE_OUTER_CORNERS, LIP_INNER_LOWER, LIP_INNER_UPPER
 
 __all__ = [
     "SyncResult",
@@ -50,8 +51,8 @@ MIN_PAIRS = 12  # a lag scored on fewer finite frame pairs than this is not scor
 
 # MediaPipe face-mesh indices: inner lip contour pairs (upper, lower), centre and either side,
 # and the outer eye corners (the face-size normaliser).
-_INNER_LIP_PAIRS = ((13, 14), (82, 87), (312, 317), (81, 178), (311, 402))
-_EYE_OUTER = (33, 263)
+_INNER_LIP_PAIRS = tuple((LIP_INNER_UPPER[k], LIP_INNER_LOWER[k]) for k in (5, 4, 6, 3, 7))  # (13, 14), (82, 87), ...
+_EYE_OUTER = EYE_OUTER_CORNERS
 
 
 @dataclass

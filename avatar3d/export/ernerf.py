@@ -47,11 +47,11 @@ from avatar3d.dataset.contract import (AUDIO, FRAMES, LABEL_NAMES, LANDMARK_FLAG
                                        TRACKING, TRANSFORMS_TRAIN, TRANSFORMS_VAL, iter_labels)
 from avatar3d.audio.features import AudioFeatureConfig
 from avatar3d.errors import Avatar3DError
+from avatar3d.face import landmark_sets as rg
 from avatar3d.io.atomic import atomic_path, save_npz_atomic, write_json_atomic
 from avatar3d.io.audio import read_wav, write_wav
 from avatar3d.io.hashing import file_sha256
 from avatar3d.io.video import VideoWriter, read_video
-from avatar3d.synth import regions as rg
 from data_prep.landmarks import EXCLUDED, LandmarkConfig
 from data_prep.track import TrackConfig
 from data_prep.transforms import c2w_to_head_pose, head_pose_to_c2w
@@ -99,7 +99,7 @@ _COLOUR_LABEL = np.array([0, 1, 2, 2], np.uint8)  # colour index -> our label (n
 _INNER_LIPS = rg.loop(rg.LIP_INNER_UPPER, rg.LIP_INNER_LOWER)
 _SIDE = (234, 454)  # cheek points at ear level: face width
 _JAW_ANGLES = (58, 288)
-_CHIN = 152
+_CHIN = rg.CHIN
 
 
 # ---------------------------------------------------------------------------
@@ -689,13 +689,13 @@ def _write_audio(folder: ErnerfFolder, out: Path, fps: float) -> np.ndarray:
 
 def _write_parsing(folder: ErnerfFolder, out: Path, landmarks: np.ndarray, min_mouth_area: float) -> None:
     """parsing/<i>.png -> parsing.npz (the segment stage's format), with the mouth interior from landmarks."""
-    from data_prep.segment import PARSING_NAME, _LabelWriter, _write_member
+    from data_prep.segment import PARSING_NAME, LabelWriter, write_member
 
     n, s = folder.n_frames, folder.size
     has_face = np.isfinite(landmarks[:, :468, :2]).all(axis=(1, 2))
     with atomic_path(out / PARSING_NAME) as tmp:
         with open(tmp, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-            with _LabelWriter(zf, n, s, s) as writer:
+            with LabelWriter(zf, n, s, s) as writer:
                 for i in range(n):
                     bgr = cv2.imread(str(folder.parsing(i)), cv2.IMREAD_COLOR)
                     if bgr is None:
@@ -706,8 +706,8 @@ def _write_parsing(folder: ErnerfFolder, out: Path, landmarks: np.ndarray, min_m
                     face = landmarks[i] if has_face[i] else None
                     labels[mouth_mask(face, (s, s), min_mouth_area) & (labels == 1)] = 3
                     writer.write(labels)
-            _write_member(zf, "has_face", has_face)
-            _write_member(zf, "label_names", np.array(LABEL_NAMES))
+            write_member(zf, "has_face", has_face)
+            write_member(zf, "label_names", np.array(LABEL_NAMES))
 
 
 def _write_background(folder: ErnerfFolder, out: Path) -> None:

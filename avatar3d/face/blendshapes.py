@@ -20,45 +20,31 @@ up, ~3 mm back; brows move 6-8 mm.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import dijkstra
 from scipy.sparse.linalg import spsolve
 
+from avatar3d.face.blendshape_names import ARKIT_NAMES
+from avatar3d.face.landmark_sets import (BROW_INNER, BROW_LEFT, CHEEKS, CHIN, EYE_LEFT_LOWER, EYE_LEFT_UPPER,
+                                         FACE_OVAL, LIP_INNER_LOWER, LIP_INNER_UPPER, LIP_OUTER_LOWER,
+                                         LIP_OUTER_UPPER, MOUTH_CORNERS_INNER, MOUTH_CORNERS_OUTER, SUBNASALE)
 from avatar3d.face.topology import triangles
 
-# --- landmark index lists (MediaPipe face mesh), ordered along +x -----------
-MOUTH_CORNER_L, MOUTH_CORNER_R = 291, 61
-INNER_CORNER_L, INNER_CORNER_R = 308, 78
-UPPER_INNER_LIP = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
-LOWER_INNER_LIP = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
-UPPER_OUTER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
-LOWER_OUTER_LIP = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
-# Subject's left eye (+x), inner corner 362 to outer corner 263.
-LEFT_UPPER_LID = (362, 398, 384, 385, 386, 387, 388, 466, 263)
-LEFT_LOWER_LID = (362, 382, 381, 380, 374, 373, 390, 249, 263)
-LEFT_BROW_INNER = (285, 336, 295, 296)
-LEFT_BROW = (285, 336, 295, 296, 282, 334, 283, 293, 276, 300)
-LEFT_CHEEK = 425  # centre of the left cheek, lateral to the nostril
-SUBNASALE = 2
-CHIN = 152
+# --- landmarks, named for the side the basis is built on (the subject's left, +x) ---------
+MOUTH_CORNER_R, MOUTH_CORNER_L = MOUTH_CORNERS_OUTER
+INNER_CORNER_R, INNER_CORNER_L = MOUTH_CORNERS_INNER
+# Subject's left eye (+x), inner corner 362 to outer corner 263: index k pairs upper and lower lid.
+LEFT_UPPER_LID = tuple(EYE_LEFT_UPPER[::-1])
+LEFT_LOWER_LID = tuple(EYE_LEFT_LOWER[::-1])
+LEFT_CHEEK = CHEEKS[1]
+
 JAW_PIVOT = np.array([0.0, -0.02, 0.01])  # metres, canonical head space
 JAW_OPEN_RAD = np.deg2rad(20.0)
 LOWER_LIP_JAW_FOLLOW = 0.8
-
-ARKIT_NAMES: tuple[str, ...] = (
-    "jawOpen", "jawForward", "jawLeft", "jawRight",
-    "mouthClose", "mouthFunnel", "mouthPucker", "mouthLeft", "mouthRight",
-    "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft", "mouthFrownRight",
-    "mouthStretchLeft", "mouthStretchRight", "mouthPressLeft", "mouthPressRight",
-    "mouthUpperUpLeft", "mouthUpperUpRight", "mouthLowerDownLeft", "mouthLowerDownRight",
-    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper",
-    "eyeBlinkLeft", "eyeBlinkRight", "eyeWideLeft", "eyeWideRight",
-    "eyeSquintLeft", "eyeSquintRight",
-    "browInnerUp", "browDownLeft", "browDownRight", "browOuterUpLeft", "browOuterUpRight",
-    "cheekPuff", "cheekSquintLeft", "cheekSquintRight",
-)
 
 _FLIP = np.array([-1.0, 1.0, 1.0])
 
@@ -140,7 +126,7 @@ def harmonic_fill(vertices: np.ndarray, fixed: dict[int, np.ndarray], free: np.n
     return out
 
 
-def _side_mask(vertices: np.ndarray, upper: tuple[int, ...], lower: tuple[int, ...]) -> np.ndarray:
+def _side_mask(vertices: np.ndarray, upper: Sequence[int], lower: Sequence[int]) -> np.ndarray:
     """True for vertices geodesically closer to the ``upper`` contour than to ``lower``."""
     core_u = [i for i in upper if i not in lower]
     core_l = [i for i in lower if i not in upper]
@@ -155,18 +141,15 @@ def jaw_weight(vertices: np.ndarray) -> np.ndarray:
     y_nose = v[SUBNASALE, 1]
     for i in np.flatnonzero(v[:, 1] > y_nose):
         fixed[int(i)] = np.array([0.0])
-    for i in UPPER_INNER_LIP:
+    for i in LIP_INNER_UPPER:
         fixed[i] = np.array([0.0])
     y_chin = v[CHIN, 1]
     y_mouth = v[MOUTH_CORNER_L, 1]
     # lower jaw border: the face-oval vertices well below the mouth
-    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_FACE_OVAL
-
-    oval = sorted({i for e in FACEMESH_FACE_OVAL for i in e})
-    for i in oval:
+    for i in sorted(FACE_OVAL):
         if v[i, 1] < y_mouth - 0.4 * (y_mouth - y_chin):
             fixed[i] = np.array([1.0])
-    for i in LOWER_INNER_LIP[1:-1]:
+    for i in LIP_INNER_LOWER[1:-1]:
         fixed[i] = np.array([LOWER_LIP_JAW_FOLLOW])
     for i in (INNER_CORNER_L, INNER_CORNER_R):
         fixed[i] = np.array([0.5 * LOWER_LIP_JAW_FOLLOW])
@@ -184,13 +167,13 @@ def lips_meet_field(vertices: np.ndarray, upper_share: float = 0.5, radius: floa
     """Field that brings the inner lip contours together (upper lip moves ``upper_share`` of the gap)."""
     v = vertices
     fixed: dict[int, np.ndarray] = {}
-    for u, lo in zip(UPPER_INNER_LIP, LOWER_INNER_LIP):  # MediaPipe's paired contour points
+    for u, lo in zip(LIP_INNER_UPPER, LIP_INNER_LOWER):  # MediaPipe's paired contour points
         if u != lo:
             fixed[u] = upper_share * (v[lo] - v[u])
             fixed[lo] = (1.0 - upper_share) * (v[u] - v[lo])
         else:
             fixed[u] = np.zeros(3)
-    support = geodesic(v, list(UPPER_INNER_LIP) + list(LOWER_INNER_LIP)) < radius
+    support = geodesic(v, list(LIP_INNER_UPPER) + list(LIP_INNER_LOWER)) < radius
     return harmonic_fill(v, fixed, support)
 
 
@@ -203,8 +186,8 @@ def _left_half(v: np.ndarray, width: float = 0.006) -> np.ndarray:
     return smoothstep(v[:, 0], -width, width)
 
 
-def _lid_field(v: np.ndarray, moving: tuple[int, ...], target_of: np.ndarray,
-               still: tuple[int, ...], radius: float) -> np.ndarray:
+def _lid_field(v: np.ndarray, moving: Sequence[int], target_of: np.ndarray,
+               still: Sequence[int], radius: float) -> np.ndarray:
     """Move one eyelid contour by ``target_of - v`` with a harmonic falloff on its side of the eye."""
     fixed: dict[int, np.ndarray] = {i: np.zeros(3) for i in still}
     for k, i in enumerate(moving):
@@ -215,14 +198,15 @@ def _lid_field(v: np.ndarray, moving: tuple[int, ...], target_of: np.ndarray,
     return harmonic_fill(v, fixed, support)
 
 
-def _left_shapes(v: np.ndarray) -> dict[str, np.ndarray]:
-    """Fields for the subject's left side; the right side is mirrored from these."""
+def left_shapes(v: np.ndarray) -> dict[str, np.ndarray]:
+    """Fields for the subject's left side; the right side is mirrored from these (the default
+    model's builder also uses the smile to take the photo's smile out of the mean)."""
     mm = 1e-3
     out: dict[str, np.ndarray] = {}
     corner = [MOUTH_CORNER_L, INNER_CORNER_L]
     left = _left_half(v)[:, None]
-    upper_side = _side_mask(v, UPPER_INNER_LIP, LOWER_INNER_LIP)[:, None]
-    lips = list(UPPER_OUTER_LIP) + list(LOWER_OUTER_LIP) + list(UPPER_INNER_LIP) + list(LOWER_INNER_LIP)
+    upper_side = _side_mask(v, LIP_INNER_UPPER, LIP_INNER_LOWER)[:, None]
+    lips = list(LIP_OUTER_UPPER) + list(LIP_OUTER_LOWER) + list(LIP_INNER_UPPER) + list(LIP_INNER_LOWER)
 
     smile = _blob(v, corner, 0.032, [8 * mm, 7 * mm, -3 * mm])
     smile += _blob(v, LEFT_CHEEK, 0.03, [0.0, 3 * mm, 1 * mm])
@@ -233,8 +217,8 @@ def _left_shapes(v: np.ndarray) -> dict[str, np.ndarray]:
     toward = np.where(upper_side, -1.0, 1.0)  # upper lip down, lower lip up
     out["mouthPressLeft"] = left * lip_w * np.concatenate(
         [np.zeros_like(toward), 2.5 * mm * toward, np.full_like(toward, -1 * mm)], axis=1)
-    lip_upper_half = [i for i in UPPER_OUTER_LIP + UPPER_INNER_LIP if v[i, 0] > -0.005]
-    lip_lower_half = [i for i in LOWER_OUTER_LIP + LOWER_INNER_LIP if v[i, 0] > -0.005]
+    lip_upper_half = [i for i in LIP_OUTER_UPPER + LIP_INNER_UPPER if v[i, 0] > -0.005]
+    lip_lower_half = [i for i in LIP_OUTER_LOWER + LIP_INNER_LOWER if v[i, 0] > -0.005]
     upper_w = falloff(geodesic(v, lip_upper_half), 0.02)[:, None] * upper_side
     lower_w = falloff(geodesic(v, lip_lower_half), 0.02)[:, None] * ~upper_side
     out["mouthUpperUpLeft"] = left * upper_w * np.array([0.0, 5 * mm, 1 * mm])
@@ -250,7 +234,7 @@ def _left_shapes(v: np.ndarray) -> dict[str, np.ndarray]:
         v, LEFT_UPPER_LID, v[list(LEFT_UPPER_LID)] + np.array([0.0, 3 * mm, 0.0]),
         LEFT_LOWER_LID, 0.018)
     brow_outer = [283, 293, 276, 300]
-    out["browDownLeft"] = _blob(v, list(LEFT_BROW), 0.025, [-2 * mm, -6 * mm, 0.0])
+    out["browDownLeft"] = _blob(v, BROW_LEFT, 0.025, [-2 * mm, -6 * mm, 0.0])
     out["browOuterUpLeft"] = _blob(v, brow_outer, 0.025, [0.0, 7 * mm, 0.0])
     out["cheekSquintLeft"] = _blob(v, LEFT_CHEEK, 0.025, [0.0, 4 * mm, 1 * mm])
     return out
@@ -267,10 +251,10 @@ def _bilateral_shapes(v: np.ndarray) -> dict[str, np.ndarray]:
     opened = v + out["jawOpen"]
     close = lips_meet_field(opened, upper_share=0.5)
     out["mouthClose"] = close
-    lips = list(UPPER_OUTER_LIP) + list(LOWER_OUTER_LIP) + list(UPPER_INNER_LIP) + list(LOWER_INNER_LIP)
+    lips = list(LIP_OUTER_UPPER) + list(LIP_OUTER_LOWER) + list(LIP_INNER_UPPER) + list(LIP_INNER_LOWER)
     d_lips = geodesic(v, lips)
     lip_w = falloff(d_lips, 0.02)[:, None]
-    upper_side = _side_mask(v, UPPER_INNER_LIP, LOWER_INNER_LIP)[:, None]
+    upper_side = _side_mask(v, LIP_INNER_UPPER, LIP_INNER_LOWER)[:, None]
     sign_y = np.where(upper_side, 1.0, -1.0)
     to_mid = -np.clip(v[:, :1] / 0.03, -1.0, 1.0)  # corners inward, centre still
     out["mouthPucker"] = lip_w * np.concatenate(
@@ -279,17 +263,15 @@ def _bilateral_shapes(v: np.ndarray) -> dict[str, np.ndarray]:
         [5 * mm * to_mid, 2.5 * mm * sign_y, np.full_like(to_mid, 5 * mm)], axis=1)
     mouth_w = falloff(geodesic(v, [MOUTH_CORNER_L, MOUTH_CORNER_R, 0, 17]), 0.03)[:, None]
     out["mouthLeft"] = np.maximum(mouth_w, lip_w) * np.array([8 * mm, 0.0, 0.0])
-    upper_lip_w = falloff(geodesic(v, list(UPPER_OUTER_LIP[1:-1])), 0.012)[:, None] * upper_side
-    lower_lip_w = falloff(geodesic(v, list(LOWER_OUTER_LIP[1:-1])), 0.012)[:, None] * ~upper_side
+    upper_lip_w = falloff(geodesic(v, list(LIP_OUTER_UPPER[1:-1])), 0.012)[:, None] * upper_side
+    lower_lip_w = falloff(geodesic(v, list(LIP_OUTER_LOWER[1:-1])), 0.012)[:, None] * ~upper_side
     out["mouthRollUpper"] = upper_lip_w * np.array([0.0, -3 * mm, -4 * mm])
     out["mouthRollLower"] = lower_lip_w * np.array([0.0, 3 * mm, -4 * mm])
     out["mouthShrugUpper"] = upper_lip_w * np.array([0.0, 3 * mm, 1 * mm])
     chin_w = falloff(geodesic(v, [17, 200, 199]), 0.025)[:, None] * ~upper_side
     out["mouthShrugLower"] = chin_w * np.array([0.0, 4 * mm, 2 * mm])
-    inner_brows = list(LEFT_BROW_INNER) + [55, 107, 65, 66]
-    out["browInnerUp"] = _blob(v, inner_brows, 0.03, [0.0, 8 * mm, 0.0])
-    cheeks = [LEFT_CHEEK, 205]
-    d = geodesic(v, cheeks)
+    out["browInnerUp"] = _blob(v, BROW_INNER, 0.03, [0.0, 8 * mm, 0.0])
+    d = geodesic(v, list(CHEEKS))
     # puff along the outward surface normal, so it reads as volume
     out["cheekPuff"] = falloff(d, 0.035)[:, None] * 8 * mm * vertex_normals(v)
     return out
@@ -311,7 +293,7 @@ def build_expression_basis(mean: np.ndarray) -> tuple[np.ndarray, tuple[str, ...
     v = np.asarray(mean, dtype=np.float64)
     mirror = mirror_map(v)
     fields: dict[str, np.ndarray] = {}
-    for name, f in _left_shapes(v).items():
+    for name, f in left_shapes(v).items():
         fields[name] = f
         fields[name[:-4] + "Right"] = mirror_field(f, mirror)
     bil = _bilateral_shapes(v)
@@ -328,7 +310,7 @@ def build_expression_basis(mean: np.ndarray) -> tuple[np.ndarray, tuple[str, ...
 
 
 __all__ = [
-    "ARKIT_NAMES", "build_expression_basis", "mirror_map", "mirror_field", "geodesic",
+    "build_expression_basis", "mirror_map", "mirror_field", "geodesic",
     "falloff", "harmonic_fill", "jaw_rotation_field", "jaw_weight", "lips_meet_field",
-    "vertex_normals", "edge_graph",
+    "vertex_normals", "edge_graph", "left_shapes",
 ]

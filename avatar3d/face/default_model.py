@@ -37,6 +37,7 @@ import numpy as np
 from avatar3d.errors import Avatar3DError
 from avatar3d.face import blendshapes as bs
 from avatar3d.face.identity import build_identity_basis
+from avatar3d.face.landmark_sets import CHIN, FOREHEAD
 from avatar3d.face.model import MorphableModel
 from avatar3d.face.topology import N_VERTICES, triangles
 
@@ -50,7 +51,6 @@ MODEL_NAME = "open-face-mediapipe468-v1"
 # A few unambiguous mirror pairs (right, left) to seed the pose estimate.
 _SEED_PAIRS = ((234, 454), (33, 263), (133, 362), (61, 291), (127, 356), (132, 361),
                (58, 288), (172, 397), (70, 300), (105, 334), (48, 278), (129, 358))
-FOREHEAD, CHIN = 10, 152
 
 
 def detect_astronaut_landmarks() -> np.ndarray:
@@ -125,7 +125,7 @@ def close_mouth(shape: np.ndarray) -> np.ndarray:
 def neutralise_smile(shape: np.ndarray) -> np.ndarray:
     """Subtract DESMILE of the procedural smile on both sides."""
     mir = bs.mirror_map(shape)
-    left = bs._left_shapes(shape)["mouthSmileLeft"]
+    left = bs.left_shapes(shape)["mouthSmileLeft"]
     return shape - DESMILE * (left + bs.mirror_field(left, mir))
 
 

@@ -25,14 +25,15 @@ from avatar3d.io.atomic import atomic_path
 PathLike = Union[str, "os.PathLike[str]"]
 FpsLike = Union[int, Fraction, float]
 
-__all__ = ["VideoWriter", "VideoInfo", "probe_video", "read_video", "read_audio"]
+__all__ = ["VideoWriter", "VideoInfo", "probe_video", "read_video", "read_audio", "import_av", "open_input",
+           "first_stream", "decode_error"]
 
 _PIP_FIX = "pip install 'av<19' (its wheels bundle FFmpeg with libx264 and aac)"
 # Sample rates AAC (MPEG-4 audio) can signal; others would fail inside the encoder.
 _AAC_RATES = frozenset({96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350})
 
 
-def _av() -> Any:
+def import_av() -> Any:
     """Import PyAV lazily so that modules importing this one load without it."""
     try:
         import av
@@ -42,7 +43,7 @@ def _av() -> Any:
 
 
 def _require_encoder(name: str) -> None:
-    av = _av()
+    av = import_av()
     try:
         av.codec.Codec(name, "w")
     except Exception as exc:  # UnknownCodecError is a ValueError subclass
@@ -187,7 +188,7 @@ class VideoWriter:
 
     def _start(self, width: int, height: int) -> None:
         """Create the container and streams (needs the frame size, so done at the first frame)."""
-        av = _av()
+        av = import_av()
         self._open_temp()
         try:
             self._container = av.open(str(self._tmp), mode="w", format="mp4")
@@ -223,7 +224,7 @@ class VideoWriter:
                 f"{self.path}: frame {self.n_frames} is {width}x{height} but the video is "
                 f"{self._size[0]}x{self._size[1]}; resize all frames to one size"
             )
-        av = _av()
+        av = import_av()
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
         vf.pts = self.n_frames
         vf.time_base = 1 / self.fps
@@ -292,7 +293,7 @@ class VideoWriter:
             n = min(n, self._audio_pending)
         if n <= 0:
             return
-        av = _av()
+        av = import_av()
         samples = self._take_audio(n)
         af = av.AudioFrame.from_ndarray(samples[None, :], format="fltp", layout="mono")
         af.sample_rate = self.sample_rate
@@ -368,9 +369,9 @@ class VideoInfo:
     audio_sample_rate: Optional[int]
 
 
-def _open_input(path: PathLike) -> Any:
+def open_input(path: PathLike) -> Any:
     """Open a media file for reading, turning every failure into a one-line Avatar3DError."""
-    av = _av()
+    av = import_av()
     p = Path(path)
     if not p.exists():
         raise Avatar3DError(f"{p}: file not found; check the path")
@@ -386,7 +387,8 @@ def _open_input(path: PathLike) -> Any:
         ) from exc
 
 
-def _stream(container: Any, kind: str, path: PathLike) -> Any:
+def first_stream(container: Any, kind: str, path: PathLike) -> Any:
+    """The first ``kind`` ("video" or "audio") stream of an opened container; closes it and says so if none."""
     streams = container.streams.video if kind == "video" else container.streams.audio
     if not streams:
         container.close()
@@ -394,17 +396,18 @@ def _stream(container: Any, kind: str, path: PathLike) -> Any:
     return streams[0]
 
 
-def _decode_error(path: PathLike, exc: Exception) -> Avatar3DError:
+def decode_error(path: PathLike, exc: Exception) -> Avatar3DError:
+    """The one-line error for an FFmpeg failure while decoding ``path`` (raise it ``from exc``)."""
     return Avatar3DError(f"{path}: corrupt media data ({exc.strerror or type(exc).__name__}); re-export the file")
 
 
 def probe_video(path: PathLike) -> VideoInfo:
     """Read size, rate, frame count and audio presence from the headers (decodes nothing
     unless the container lacks a frame count, in which case packets are counted)."""
-    av = _av()
-    container = _open_input(path)
+    av = import_av()
+    container = open_input(path)
     try:
-        v = _stream(container, "video", path)
+        v = first_stream(container, "video", path)
         rate = v.average_rate or v.guessed_rate or v.base_rate
         if not rate:
             raise Avatar3DError(f"{path}: video stream has no frame rate; re-export it with a constant frame rate")
@@ -414,7 +417,7 @@ def probe_video(path: PathLike) -> VideoInfo:
             try:
                 n_frames = sum(1 for pkt in container.demux(v) if pkt.size)
             except av.FFmpegError as exc:
-                raise _decode_error(path, exc) from exc
+                raise decode_error(path, exc) from exc
         if v.duration is not None and v.time_base is not None:
             duration = float(v.duration * v.time_base)
         elif container.duration is not None:
@@ -441,20 +444,20 @@ def read_video(path: PathLike) -> Iterator[np.ndarray]:
     The file is opened and checked immediately, so a missing/corrupt file or one
     without video raises here, not at the first ``next()``.
     """
-    container = _open_input(path)
-    stream = _stream(container, "video", path)
+    container = open_input(path)
+    stream = first_stream(container, "video", path)
     stream.thread_type = "AUTO"
     return _iter_frames(container, stream, path)
 
 
 def _iter_frames(container: Any, stream: Any, path: PathLike) -> Iterator[np.ndarray]:
-    av = _av()
+    av = import_av()
     try:
         try:
             for frame in container.decode(stream):
                 yield frame.to_ndarray(format="rgb24")
         except av.FFmpegError as exc:
-            raise _decode_error(path, exc) from exc
+            raise decode_error(path, exc) from exc
     finally:
         container.close()
 
@@ -466,13 +469,13 @@ def read_audio(path: PathLike, sample_rate: int = 16000) -> np.ndarray:
     padding is trimmed using the stream's stored duration so the length
     matches what was written.
     """
-    av = _av()
+    av = import_av()
     sample_rate = int(sample_rate)
     if sample_rate <= 0:
         raise Avatar3DError(f"{path}: sample_rate must be positive, got {sample_rate}")
-    container = _open_input(path)
+    container = open_input(path)
     try:
-        stream = _stream(container, "audio", path)
+        stream = first_stream(container, "audio", path)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks: list[np.ndarray] = []
         try:
@@ -483,7 +486,7 @@ def read_audio(path: PathLike, sample_rate: int = 16000) -> np.ndarray:
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
         except av.FFmpegError as exc:
-            raise _decode_error(path, exc) from exc
+            raise decode_error(path, exc) from exc
         audio = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
         if stream.duration is not None and stream.time_base is not None:
             expected = int(round(float(stream.duration * stream.time_base) * sample_rate))

@@ -40,13 +40,15 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from avatar3d.audio.alignment import align_phones, reset_aligners
 from avatar3d.audio.features import AudioFeatureConfig, frame_features, frontend_name, log_mel
+from avatar3d.audio.phones import SIL, Phone, fill_silence
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.blendshape_names import MOUTH_BLENDSHAPES
 from avatar3d.io.atomic import save_npz_atomic, write_json_atomic
-from avatar3d.synth.phonemes import SIL, Phone, align_phones, fill_silence, reset_aligners
 from avatar3d.synth.sentences import SENTENCES
 from avatar3d.synth.speech import list_variants, resolve_voice, synthesize
-from avatar3d.synth.visemes import BLENDSHAPES, expression_curves
+from avatar3d.synth.visemes import expression_curves
 
 CORPUS_VERSION = 1
 SPLITS = ("train", "test")
@@ -301,7 +303,7 @@ def make_utterance(spec: UtteranceSpec, config: CorpusConfig) -> dict[str, np.nd
         "f0_hz": feats["f0_hz"],
         "voiced_fraction": feats["voiced_fraction"],
         "energy_db": feats["energy_db"],
-        "targets": np.stack([curves[k] for k in BLENDSHAPES], axis=1).astype(np.float32),
+        "targets": np.stack([curves[k] for k in MOUTH_BLENDSHAPES], axis=1).astype(np.float32),
     }
 
 
@@ -405,7 +407,7 @@ def build_corpus(out_dir: str | Path, config: CorpusConfig = CorpusConfig(), *, 
     train_variants, held_variants = voice_sets(config)
     index = {
         "version": CORPUS_VERSION, "config": cfg_dict, "frontend": frontend_name(AudioFeatureConfig(
-            sample_rate=config.sample_rate)), "blendshapes": list(BLENDSHAPES),
+            sample_rate=config.sample_rate)), "blendshapes": list(MOUTH_BLENDSHAPES),
         "train_voices": {"accents": [a for a in config.accents if a not in config.held_out_accents],
                          "variants": train_variants},
         "held_out_voices": {"accents": list(config.held_out_accents), "variants": held_variants},

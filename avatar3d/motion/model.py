@@ -40,10 +40,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from avatar3d.audio.features import LOG_FLOOR, AudioFeatureConfig, frame_features, hop_samples
+from avatar3d.audio.features import LOG_FLOOR, AudioFeatureConfig, frame_features, hop_samples, resample_mono
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.blendshape_names import MOUTH_BLENDSHAPES
 from avatar3d.io.atomic import atomic_path
-from avatar3d.synth.visemes import BLENDSHAPES
 
 FORMAT = "avatar3d-motion-v1"
 N_SCALARS = 3  # energy, log f0 (0 when unvoiced), voiced fraction
@@ -207,7 +207,7 @@ class MotionNet(nn.Module):
     output has ``T - lookahead`` frames: output ``t`` <-> input frame ``t``.
     """
 
-    def __init__(self, config: MotionModelConfig, n_mels: int, context: int, n_out: int = len(BLENDSHAPES)):
+    def __init__(self, config: MotionModelConfig, n_mels: int, context: int, n_out: int = len(MOUTH_BLENDSHAPES)):
         super().__init__()
         self.config = config
         self.past = config.receptive_field - 1 - config.lookahead_frames
@@ -242,7 +242,7 @@ class MotionModel:
     norm: Normalisation
     audio: AudioFeatureConfig = field(default_factory=AudioFeatureConfig)
     net: MotionNet | None = None
-    names: tuple[str, ...] = BLENDSHAPES
+    names: tuple[str, ...] = MOUTH_BLENDSHAPES
     info: dict[str, Any] = field(default_factory=dict)
     speech_encoder: Any = None
     """A :class:`avatar3d.audio.speech_encoder.SpeechEncoder` whose stream replaces the log-mel rows (None: log-mel)."""
@@ -260,7 +260,8 @@ class MotionModel:
             silence = np.float32(math.log(LOG_FLOOR))
         else:  # window slots outside the clip read the encoder's own output on silence
             silence = enc.silence()
-        self._floor = ((silence - self.norm.mel_mean) / self.norm.mel_std).astype(np.float32)
+        # The normalised input row that window slots outside the clip read (silence).
+        self.window_floor = ((silence - self.norm.mel_mean) / self.norm.mel_std).astype(np.float32)
 
     @property
     def slot_width(self) -> int:
@@ -298,7 +299,7 @@ class MotionModel:
         mel = (np.asarray(log_mel, np.float32) - self.norm.mel_mean) / self.norm.mel_std
         frames = np.asarray(frames, np.int64)
         scal = scalar_features(energy_db, f0_hz, voiced_fraction, self.norm)[np.clip(frames, 0, n - 1)]
-        return gather_windows(mel, np.clip(frames, 0, n - 1), self.config.fps, self.audio, self._floor), scal
+        return gather_windows(mel, np.clip(frames, 0, n - 1), self.config.fps, self.audio, self.window_floor), scal
 
     # inference ----------------------------------------------------------------------------------
     def predict(self, audio: np.ndarray, fps: float, n_frames: int, sample_rate: int | None = None
@@ -313,7 +314,7 @@ class MotionModel:
             raise Avatar3DError(f"fps={fps!r} must be a positive number of frames per second")
         if int(n_frames) < 1:
             raise Avatar3DError(f"n_frames={n_frames} must be at least 1")
-        x = _resample(audio, sample_rate or self.audio.sample_rate, self.audio.sample_rate)
+        x = resample_mono(audio, sample_rate or self.audio.sample_rate, self.audio.sample_rate)
         own = float(self.config.fps)
         same = abs(float(fps) - own) < 1e-9
         n_own = int(n_frames) if same else int(math.ceil(int(n_frames) * own / float(fps))) + 1
@@ -444,24 +445,6 @@ def save(model: MotionModel, path: str | Path) -> Path:
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Mono float32 at ``target`` Hz (polyphase) with one-line errors for bad input."""
-    x = np.asarray(audio)
-    if x.ndim != 1:
-        raise Avatar3DError(f"audio must be mono, shape [samples]; got shape {x.shape} (average the channels)")
-    if np.issubdtype(x.dtype, np.integer):
-        raise Avatar3DError(f"audio must be float in [-1, 1], got {x.dtype}; divide int16 PCM by 32768")
-    if int(rate) <= 0:
-        raise Avatar3DError(f"sample_rate={rate} must be a positive number of Hz")
-    x = x.astype(np.float32, copy=False)
-    if int(rate) == int(target):
-        return x
-    from scipy.signal import resample_poly
-
-    g = math.gcd(int(rate), int(target))
-    return resample_poly(x, int(target) // g, int(rate) // g).astype(np.float32)
 
 
 __all__ = ["MotionModelConfig", "MotionModel", "MotionNet", "Normalisation", "fit_normalisation", "load", "save",

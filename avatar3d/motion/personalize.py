@@ -38,7 +38,7 @@ from tqdm import tqdm
 from avatar3d.errors import Avatar3DError
 from avatar3d.motion.model import MotionModel, load, load_default
 from avatar3d.motion.subject_corpus import SubjectSpeech, load_subject_speech
-from avatar3d.motion.train import CropSampler, TrainConfig, evaluate, motion_loss
+from avatar3d.motion.train import CropSampler, MotionTrainConfig, evaluate, motion_loss
 
 METHODS = ("base", "base_affine", "personalized", "train_mean", "energy_linear")
 """Rows of the report, in print order."""
@@ -221,8 +221,8 @@ def _finetune(model: MotionModel, speech: SubjectSpeech, inner: tuple[int, int],
         return {"best_step": 0, "steps_run": 0, "evals": evals}
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    tcfg = TrainConfig(batch=cfg.batch, crop_frames=cfg.crop_frames, lr=cfg.lr, velocity_weight=cfg.velocity_weight,
-                       grad_clip=cfg.grad_clip)
+    tcfg = MotionTrainConfig(batch=cfg.batch, crop_frames=cfg.crop_frames, lr=cfg.lr,
+                             velocity_weight=cfg.velocity_weight, grad_clip=cfg.grad_clip)
     sampler = CropSampler(model, [speech.utterance(*inner)], tcfg, gen)
     opt = torch.optim.Adam(model.net.parameters(), lr=cfg.lr)
     stale, step = 0, 0

@@ -202,7 +202,7 @@ def apply_phone_constraints(curves: Mapping[str, np.ndarray], phones: Sequence[_
     """Impose bilabial closures and still pauses from ``phones`` on ``curves`` (frame i centred at (i + 0.5) / fps).
 
     ``phones``: objects with ``start``, ``end`` (seconds) and an ARPAbet ``label`` or "SIL"
-    (:class:`avatar3d.synth.phonemes.Phone`, :class:`avatar3d.audio.tts_phonemes.TTSPhone`); times
+    (:class:`avatar3d.audio.phones.Phone`, :class:`avatar3d.audio.tts_phonemes.TTSPhone`); times
     outside them are left alone.  ``rest``: the closed rest value of each channel (missing channels and
     ``rest=None`` use the curves' own percentiles).  Returns new curves; the input is not modified.
     """

@@ -46,9 +46,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from avatar3d.audio.features import LOG_FLOOR, _n_fft, _window_samples, _yin_lags, energy, hop_samples, log_mel, pitch
+from avatar3d.audio.features import (LOG_FLOOR, energy, fft_size, hop_samples, log_mel, pitch, resample_mono,
+                                     window_samples, yin_lags)
 from avatar3d.errors import Avatar3DError
-from avatar3d.motion.model import MotionModel, _resample, hops_per_frame, load_default, scalar_features
+from avatar3d.motion.model import MotionModel, hops_per_frame, load_default, scalar_features
 
 __all__ = ["GateConfig", "MouthFrames", "MotionStream", "speech_gate", "silent_output", "predict_stream",
            "stream_file", "iter_audio_chunks"]
@@ -158,7 +159,7 @@ class MotionStream:
         self.lookahead = cfg.lookahead_frames
         self.gate = gate
         # samples each analysis frame k reads around k * hop: widest of STFT, RMS and YIN frames
-        spans = [_n_fft(m.audio), _window_samples(m.audio), 2 * _yin_lags(m.audio)[1]]
+        spans = [fft_size(m.audio), window_samples(m.audio), 2 * yin_lags(m.audio)[1]]
         self._left = max(s // 2 - self.hop // 2 for s in spans)
         self._right = max(s - (s // 2 - self.hop // 2) for s in spans)
         self._margin = -(-self._left // self.hop) * self.hop  # whole hops of left context kept
@@ -185,7 +186,7 @@ class MotionStream:
         self._dc = _DCBlocker(gate.dc_cutoff_hz, self.sample_rate) if gate and gate.dc_cutoff_hz > 0 else None
         self._silent = silent_output(self.model) if gate else None
         self._closed = False
-        self._mel_floor = m._floor
+        self._mel_floor = m.window_floor
         self.compute_s = 0.0  # wall time spent in push/flush
 
     # --- public ------------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ class MotionStream:
             level = energy(seg, m.audio)[skip:skip + count]
             f0, voiced = pitch(seg, m.audio)
             if self.gate is not None:  # voiced and audible once DC is removed (the gate's notion of speech)
-                ac_db = _ac_level_db(seg, skip, count, self.hop, _window_samples(m.audio))
+                ac_db = _ac_level_db(seg, skip, count, self.hop, window_samples(m.audio))
                 self._speech = np.concatenate([self._speech, voiced[skip:skip + count]
                                                & (ac_db > m.audio.silence_db)])
             mel = (mel - m.norm.mel_mean) / m.norm.mel_std
@@ -398,7 +399,7 @@ def predict_stream(model: MotionModel, audio: np.ndarray, sample_rate: int | Non
     Returns ``ceil(len / frame_samples)`` frames per curve; without a gate it
     equals ``model.predict(audio, model.config.fps, that many frames)``.
     """
-    x = _resample(audio, sample_rate or model.audio.sample_rate, model.audio.sample_rate)
+    x = resample_mono(audio, sample_rate or model.audio.sample_rate, model.audio.sample_rate)
     stream = MotionStream(model, gate)
     parts = [stream.push(x), stream.flush()]
     return {n: np.concatenate([p.curves()[n] for p in parts]) for n in model.names}
@@ -411,14 +412,14 @@ def iter_audio_chunks(path: str | Path, sample_rate: int = 16000, chunk_samples:
     this holds one decoded packet plus one chunk.  Same FFmpeg downmix and
     resampler, same end trim to the stream's stored duration (AAC padding).
     """
-    from avatar3d.io.video import _av, _decode_error, _open_input, _stream
+    from avatar3d.io.video import decode_error, first_stream, import_av, open_input
 
     if int(chunk_samples) < 1:
         raise Avatar3DError(f"chunk_samples={chunk_samples} must be at least 1")
-    av = _av()
-    container = _open_input(path)
+    av = import_av()
+    container = open_input(path)
     try:
-        stream = _stream(container, "audio", path)
+        stream = first_stream(container, "audio", path)
         expected = None
         if stream.duration is not None and stream.time_base is not None:
             expected = int(round(float(stream.duration * stream.time_base) * int(sample_rate))) or None
@@ -451,7 +452,7 @@ def iter_audio_chunks(path: str | Path, sample_rate: int = 16000, chunk_samples:
                 n_pending += pending[-1].size
             yield from take(True)
         except av.FFmpegError as exc:
-            raise _decode_error(path, exc) from exc
+            raise decode_error(path, exc) from exc
         if emitted == 0:
             raise Avatar3DError(f"{path}: contains no audio samples; re-export the audio")
     finally:

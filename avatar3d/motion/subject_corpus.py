@@ -26,10 +26,10 @@ import numpy as np
 from avatar3d.dataset.contract import AUDIO, LANDMARK_FLAGS, MANIFEST, TRACKING
 from avatar3d.audio.features import AudioFeatureConfig, frame_features
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.blendshape_names import MOUTH_BLENDSHAPES
 from avatar3d.io.audio import read_wav
 from avatar3d.io.hashing import file_sha256
 from avatar3d.motion.model import hops_per_frame
-from avatar3d.synth.visemes import BLENDSHAPES
 
 MARKER = MANIFEST
 """A folder holding this file is a prepared subject."""
@@ -44,7 +44,7 @@ class SubjectSpeech:
     root: Path
     fps: float
     features: dict[str, np.ndarray]  # log_mel [4N, M], energy_db / f0_hz / voiced_fraction [N]
-    targets: np.ndarray  # float32 [N, 16] tracked mouth weights, in BLENDSHAPES order
+    targets: np.ndarray  # float32 [N, 16] tracked mouth weights, in MOUTH_BLENDSHAPES order
     valid: np.ndarray  # bool [N]: the face was found in that frame
     train: tuple[int, int]  # [lo, hi) model frames of the subject's train split
     val: tuple[int, int]  # [lo, hi) model frames of its val split (the held-out last part)
@@ -121,7 +121,7 @@ def load_subject_speech(subject_dir: str | Path, fps: float = 25.0,
     except (OSError, ValueError, KeyError) as exc:
         raise Avatar3DError(f"{tracking} is unreadable or lacks expression / expression_names: re-run "
                             f"`avatar3d prep` into {root}") from exc
-    missing = [n for n in BLENDSHAPES if n not in names]
+    missing = [n for n in MOUTH_BLENDSHAPES if n not in names]
     if missing:
         raise Avatar3DError(f"{tracking}: the tracked expression lacks mouth blendshapes {missing}; track with a "
                             "face model that names ARKit mouth shapes (the built-in default does)")
@@ -145,7 +145,7 @@ def load_subject_speech(subject_dir: str | Path, fps: float = 25.0,
 
     centres = (np.arange(n) + 0.5) / float(fps)  # model frame centres, seconds
     src = (np.arange(n_subj) + 0.5) / subj_fps
-    cols = [names.index(k) for k in BLENDSHAPES]
+    cols = [names.index(k) for k in MOUTH_BLENDSHAPES]
     targets = np.stack([np.interp(centres, src, expression[:, c]) for c in cols], axis=1).astype(np.float32)
     owner = np.clip(np.floor(centres * subj_fps).astype(np.int64), 0, n_subj - 1)  # subject frame of each model frame
 

@@ -46,7 +46,7 @@ from avatar3d.motion.model import (
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class MotionTrainConfig:
     """Optimisation settings (saved with the training state)."""
 
     batch: int = 32
@@ -67,7 +67,7 @@ class TrainConfig:
     """Steps between atomic checkpoints (and one at the end)."""
 
 
-def learning_rate(step: int, steps: int, cfg: TrainConfig) -> float:
+def learning_rate(step: int, steps: int, cfg: MotionTrainConfig) -> float:
     """Warm-up then cosine decay, a pure function of the step (so a resumed run matches)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -83,7 +83,7 @@ class PretrainConfig:
 
     model: MotionModelConfig = field(default_factory=MotionModelConfig)
     """Architecture."""
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: MotionTrainConfig = field(default_factory=MotionTrainConfig)
     """Optimisation (``batch`` is the global batch, split over the ranks)."""
     steps: int = 3000
     """Optimiser steps."""
@@ -101,7 +101,7 @@ class CropSampler:
     zeroes those frames' loss.
     """
 
-    def __init__(self, model: MotionModel, utterances: list[dict[str, np.ndarray]], cfg: TrainConfig,
+    def __init__(self, model: MotionModel, utterances: list[dict[str, np.ndarray]], cfg: MotionTrainConfig,
                  gen: torch.Generator, rank: int = 0, world: int = 1):
         if not utterances:
             raise Avatar3DError("no training utterances: the corpus' train split is empty")
@@ -135,7 +135,7 @@ class CropSampler:
             start = int(r * (max(0, n - L) + 1))
             frames = np.arange(start - self.past, start + L + self.ahead)
             clamped = np.clip(frames, 0, n - 1)  # replicate the first/last frame, as predict() does at the ends
-            mels.append(gather_windows(mel, clamped, self.model.config.fps, self.model.audio, self.model._floor))
+            mels.append(gather_windows(mel, clamped, self.model.config.fps, self.model.audio, self.model.window_floor))
             scals.append(scal[clamped])
             out = np.arange(start, start + L)
             tgts.append(tgt[np.clip(out, 0, n - 1)])
@@ -197,7 +197,7 @@ def resolve_speech_encoder(speech_encoder: Any, layer: int = -1) -> Any:
 
 
 def pretrain(corpus_dir: str | Path, out_path: str | Path, config: MotionModelConfig | None = None,
-             steps: int = 3000, seed: int = 0, *, train: TrainConfig | None = None, progress: bool = True,
+             steps: int = 3000, seed: int = 0, *, train: MotionTrainConfig | None = None, progress: bool = True,
              resume: bool = True, callback: Callable[[int, float], None] | None = None,
              dist: dd.DistContext | None = None, speech_encoder: Any = None, encoder_layer: int = -1) -> MotionModel:
     """Train a motion model on ``corpus_dir``'s training split; checkpoints go to ``out_path``.
@@ -213,7 +213,7 @@ def pretrain(corpus_dir: str | Path, out_path: str | Path, config: MotionModelCo
     Returns the trained model (also saved at ``out_path``).
     """
     config = config or MotionModelConfig()
-    train = train or TrainConfig()
+    train = train or MotionTrainConfig()
     ctx = dist or dd.current()
     if int(steps) < 1:
         raise Avatar3DError(f"steps={steps} must be at least 1")
@@ -354,5 +354,5 @@ def evaluate(model: MotionModel, utterances: list[dict[str, np.ndarray]]) -> np.
     return np.concatenate(out) if out else np.zeros((0, len(model.names)), np.float32)
 
 
-__all__ = ["TrainConfig", "PretrainConfig", "pretrain", "load_training_corpus", "learning_rate", "motion_loss",
+__all__ = ["MotionTrainConfig", "PretrainConfig", "pretrain", "load_training_corpus", "learning_rate", "motion_loss",
            "CropSampler", "evaluate", "resolve_speech_encoder"]

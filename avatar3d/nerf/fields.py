@@ -18,13 +18,13 @@ Why these shapes:
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
+from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
+from avatar3d.errors import Avatar3DError
 from avatar3d.nerf.encoding import HashGridConfig, HashGridEncoding
 
 
@@ -75,26 +75,18 @@ class HeadFieldConfig:
     geo_dim: int = 15  # features passed from the density net to the colour net
     appearance_dim: int = 0  # per-training-frame appearance code (0: off); zero at inference
     motion_regions: tuple[tuple[float, ...], ...] = ()
-    """Where motion may act: (x, y, z, sigma) Gaussians in canonical metres; empty = mouth, eyes and
-    brows of the default face model (:func:`face_motion_regions`)."""
-
-
-@functools.lru_cache(maxsize=1)
-def face_motion_regions() -> tuple[tuple[float, ...], ...]:
-    """Gaussian regions around the mouth (sigma 3.5 cm: lips and jaw), each eye and each brow (1.8 cm)."""
-    from avatar3d.face.default_model import load_face_model
-    from avatar3d.synth import regions as rg
-
-    v = np.asarray(load_face_model().mean, dtype=np.float64).reshape(-1, 3)
-    groups = [(rg.LIP_OUTER_UPPER + rg.LIP_OUTER_LOWER, 0.035), (rg.EYE_RIGHT_UPPER + rg.EYE_RIGHT_LOWER, 0.018),
-              (rg.EYE_LEFT_UPPER + rg.EYE_LEFT_LOWER, 0.018), (rg.BROW_RIGHT, 0.018), (rg.BROW_LEFT, 0.018)]  # fmt: skip
-    return tuple((*(float(c) for c in v[idx].mean(0)), sigma) for idx, sigma in groups)
+    """Where motion may act: (x, y, z, sigma) Gaussians in canonical metres; empty = the regions the
+    caller passes to the field (training: the face model's mouth, eyes and brows,
+    :func:`avatar3d.face.motion_regions.face_motion_regions`)."""
 
 
 class HeadField(nn.Module):
     """sigma, rgb at canonical points, given a motion vector per point (via its frame)."""
 
-    def __init__(self, config: HeadFieldConfig, motion_dim: int, aabb: tuple[float, ...], n_frames: int = 0):
+    def __init__(self, config: HeadFieldConfig, motion_dim: int, aabb: tuple[float, ...], n_frames: int = 0, *,
+                 motion_regions: Sequence[Sequence[float]]):
+        """``motion_regions``: (x, y, z, sigma) Gaussians where motion may act, used unless the config
+        sets its own; the field does not know the face, so its caller places them."""
         super().__init__()
         self.config = config
         self.encoding = HashGridEncoding(config.grid)
@@ -107,7 +99,10 @@ class HeadField(nn.Module):
         self.register_buffer("motion_offset", torch.zeros(motion_dim))
         self.register_buffer("motion_scale", torch.ones(motion_dim))
         self.attention = nn.Linear(enc, config.motion_code_dim)
-        regions = config.motion_regions or face_motion_regions()
+        regions = config.motion_regions or motion_regions
+        if len(regions) == 0:
+            raise Avatar3DError("HeadField needs motion regions: pass face_motion_regions(load_face_model()) "
+                                "(avatar3d.face.motion_regions) or set HeadFieldConfig.motion_regions")
         self.register_buffer("regions", torch.tensor(regions, dtype=torch.float32).view(-1, 4))
         self.density_net = mlp(enc + config.motion_code_dim, config.hidden, 1 + config.geo_dim)
         self.appearance = nn.Embedding(max(n_frames, 1), config.appearance_dim) if config.appearance_dim else None

@@ -12,6 +12,7 @@ the neck seam is learned from the parsing labels rather than pasted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -87,13 +88,17 @@ def image_pixels(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
 class AvatarModel(nn.Module):
     """Everything that is learned for one person, plus the occupancy grid of the head box."""
 
-    def __init__(self, config: AvatarConfig, motion_dim: int, n_frames: int = 0):
+    def __init__(self, config: AvatarConfig, motion_dim: int, n_frames: int = 0, *,
+                 motion_regions: Sequence[Sequence[float]]):
+        """``motion_regions``: (x, y, z, sigma) Gaussians where motion may act on the head (training
+        passes :func:`avatar3d.face.motion_regions.face_motion_regions`; loading passes the stored ones)."""
         super().__init__()
         if len(config.head_aabb) != 6:
             raise Avatar3DError(f"AvatarConfig.head_aabb needs 6 numbers (lo xyz, hi xyz), got {config.head_aabb}")
         self.config = config
         self.motion_dim = motion_dim
-        self.head = HeadField(config.head, motion_dim, tuple(config.head_aabb), n_frames)
+        self.head = HeadField(config.head, motion_dim, tuple(config.head_aabb), n_frames,
+                              motion_regions=motion_regions)
         self.torso = TorsoField(config.torso)
         self.grid = OccupancyGrid(config.head_aabb, config.grid_resolution)
         self.pose = PoseCorrection(n_frames, config.pose_knot_frames) if config.pose_knot_frames > 0 and n_frames else None

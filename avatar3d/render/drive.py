@@ -36,11 +36,12 @@ from typing import Callable
 import numpy as np
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.blendshape_names import UPPER_FACE_PREFIXES
+from avatar3d.render.frame_order import ping_pong
 
 POSE_MODES = ("subject", "static", "generated")  # or the path of a driving video
 BLINK_MODES = ("auto", "off", "from-pose-source")
 IDLE_MODES = ("auto", "subject", "generated", "static")
-UPPER_FACE_PREFIXES = ("eye", "brow", "cheek")
 DEFAULT_BLINK_INTERVAL_S = (2.0, 6.0)
 
 
@@ -108,17 +109,6 @@ class DriveTracks:
     def motion(self) -> np.ndarray:
         """[T, Ke + 2] float32: the avatar's motion vector (expression then blink)."""
         return np.concatenate([self.expression, self.blink], axis=1).astype(np.float32)
-
-
-def ping_pong(ids: np.ndarray, n: int) -> np.ndarray:
-    """``n`` entries of ``ids`` played forward then backward, repeatedly (no jump where it turns)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(ids) == 0:
-        raise Avatar3DError("the avatar has no training frames to take poses from")
-    if len(ids) == 1:
-        return np.full(n, ids[0], dtype=np.int64)
-    cycle = np.concatenate([ids, ids[-2:0:-1]])
-    return cycle[np.arange(n) % len(cycle)]
 
 
 def most_average_frame(R: np.ndarray, t: np.ndarray, ids: np.ndarray) -> int:

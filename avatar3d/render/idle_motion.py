@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.blendshape_names import UPPER_FACE_PREFIXES
 from avatar3d.render.ar2 import StationaryAR2, consecutive_runs, critically_damped
 from avatar3d.render.camera import RANGE_PERCENTILES
-from avatar3d.render.drive import UPPER_FACE_PREFIXES
 
 IDLE_STREAM = 0x1D1E  # the idle sampler's own random stream (blinks: the bare seed; head pose: 0x9E5E)
 

@@ -46,9 +46,10 @@ from scipy.spatial.transform import Rotation, Slerp
 
 from avatar3d.dataset.contract import LANDMARKS, LANDMARK_FLAGS
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.blendshape_names import UPPER_FACE_PREFIXES
 from avatar3d.render.ar2 import StationaryAR2, consecutive_runs, critically_damped
 from avatar3d.render.camera import RANGE_PERCENTILES
-from avatar3d.render.drive import UPPER_FACE_PREFIXES, ping_pong
+from avatar3d.render.frame_order import ping_pong
 from data_prep.track import TrackConfig
 
 CACHE_VERSION = 1

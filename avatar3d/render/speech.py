@@ -88,9 +88,9 @@ class SpeechAudio:
 
             return iter_audio_chunks(self.path, sample_rate, chunk_samples)
         assert self.array is not None
-        from avatar3d.motion.model import _resample
+        from avatar3d.audio.features import resample_mono
 
-        x = _resample(self.array, SAMPLE_RATE, sample_rate)
+        x = resample_mono(self.array, SAMPLE_RATE, sample_rate)
         return (x[i:i + chunk_samples] for i in range(0, len(x), chunk_samples))
 
     def read(self) -> np.ndarray:
@@ -205,7 +205,7 @@ def phone_loop_timeline(chunks: Iterable[np.ndarray], config: StreamConfig = Str
     ``decode_window(audio, sample_rate) -> phones`` replaces the phone loop as the decoder of a window
     (``--phones auto``: :class:`avatar3d.audio.word_phones.WindowDecoder`, recognised words force-aligned).
     """
-    from avatar3d.synth.phonemes import align_phones
+    from avatar3d.audio.alignment import align_phones
 
     window = int(round(config.phone_window_s * SAMPLE_RATE))
     search = int(round(config.phone_cut_search_s * SAMPLE_RATE))
@@ -249,7 +249,7 @@ def quiet_cut(x: np.ndarray, lo: int) -> int:
 
 def _append_shifted(phones: list, new: list, offset_s: float) -> None:
     """Append a window's phones moved by ``offset_s``, contiguous with the last one; SILs meeting at the cut merge."""
-    from avatar3d.synth.phonemes import SIL, Phone
+    from avatar3d.audio.phones import SIL, Phone
 
     for p in new:
         start, end = p.start + offset_s, p.end + offset_s
@@ -339,7 +339,7 @@ def constrain_in_windows(curves: dict[str, np.ndarray], phones, fps: float,  # t
     n = len(next(iter(curves.values())))
     if n <= window:
         return apply_phone_constraints(curves, phones, fps, constraints, rest=rest).curves
-    from avatar3d.synth.phonemes import Phone
+    from avatar3d.audio.phones import Phone
 
     margin = int(np.ceil(margin_s * fps))
     starts = np.array([p.start for p in phones])
@@ -371,9 +371,9 @@ def gated_mouth_curves(mouth_model, audio: np.ndarray, fps: float, n: int, phone
     ``fps`` so that a phone shorter than a frame still closes its nearest frame.  ``audio`` is the
     whole 16 kHz track; :func:`drive_from_speech` reads a file chunk by chunk instead.
     """
-    from avatar3d.motion.model import _resample
+    from avatar3d.audio.features import resample_mono
 
-    x = _resample(audio, SAMPLE_RATE, mouth_model.audio.sample_rate)
+    x = resample_mono(audio, SAMPLE_RATE, mouth_model.audio.sample_rate)
     own, _ = _own_rate_curves(mouth_model, [x])
     return _at_frame_rate(mouth_model, own, fps, n, phones, constraints, window_s)
 

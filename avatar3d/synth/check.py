@@ -12,8 +12,8 @@ import numpy as np
 from tqdm import tqdm
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.face import landmark_sets as rg
 from avatar3d.io.video import read_video
-from avatar3d.synth import regions as rg
 from avatar3d.vision.face_mesh import FaceMeshDetector
 
 

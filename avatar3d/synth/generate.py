@@ -21,16 +21,17 @@ import numpy as np
 from tqdm import tqdm
 
 from avatar3d import __version__
+from avatar3d.audio.alignment import align_phones
+from avatar3d.audio.phones import Phone, fill_silence
 from avatar3d.config import to_dict
 from avatar3d.errors import Avatar3DError
+from avatar3d.face import landmark_sets as rg
 from avatar3d.io.atomic import save_npz_atomic, write_json_atomic
 from avatar3d.io.audio import write_wav
 from avatar3d.io.video import VideoWriter
-from avatar3d.synth import regions as rg
 from avatar3d.synth.calibrate import Calibration, calibrate, project_landmarks, landmark_points
 from avatar3d.synth.camera import head_rotation
 from avatar3d.synth.motion import HeadMotionConfig, blink_track, head_track
-from avatar3d.synth.phonemes import Phone, align_phones, fill_silence
 from avatar3d.synth.photo import SourcePhoto, load_photo, prepare_source
 from avatar3d.synth.scene import Scene, render_frame_and_mask
 from avatar3d.synth.sentences import SENTENCES

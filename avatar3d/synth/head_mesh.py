@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from avatar3d.face import landmark_sets as rg
 from avatar3d.face.topology import triangles as face_triangles
-from avatar3d.synth import regions as rg
 from avatar3d.synth.camera import Intrinsics
 from avatar3d.synth.photo import SourcePhoto
 
@@ -90,7 +90,7 @@ def face_frame(points_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pairs = np.array(rg.SYMMETRIC_PAIRS)
     x_axis = (points_cam[pairs[:, 1]] - points_cam[pairs[:, 0]]).mean(axis=0)
     x_axis /= np.linalg.norm(x_axis)
-    up = points_cam[10] - points_cam[152]
+    up = points_cam[rg.FOREHEAD] - points_cam[rg.CHIN]
     up -= x_axis * (up @ x_axis)
     up /= np.linalg.norm(up)
     out = np.cross(x_axis, up)

@@ -26,21 +26,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from avatar3d.audio.phones import BILABIALS, SIL, Phone
 from avatar3d.errors import Avatar3DError
-from avatar3d.synth.phonemes import SIL, Phone
+from avatar3d.face.blendshape_names import MOUTH_BLENDSHAPES
 
-BLENDSHAPES: tuple[str, ...] = (
-    "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker",
-    "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight",
-    "mouthPressLeft", "mouthPressRight", "mouthUpperUpLeft", "mouthUpperUpRight",
-    "mouthLowerDownLeft", "mouthLowerDownRight", "mouthRollLower", "mouthRollUpper",
-)
 # Weights that open the lips; they are forced to 0 in pauses and at bilabial closures.
 LIP_OPENING: tuple[str, ...] = (
     "jawOpen", "mouthFunnel", "mouthUpperUpLeft", "mouthUpperUpRight",
     "mouthLowerDownLeft", "mouthLowerDownRight",
 )
-BILABIALS = frozenset({"P", "B", "M"})
 
 
 def _sym(**kw: float) -> dict[str, float]:
@@ -117,12 +111,12 @@ def _raised_cosine(x: np.ndarray) -> np.ndarray:
 
 def _variation(rng: np.random.Generator | None) -> dict[str, float]:
     """Per-utterance multiplicative factors: jaw range, rounding, spreading, slight asymmetry."""
-    gain = {k: 1.0 for k in BLENDSHAPES}
+    gain = {k: 1.0 for k in MOUTH_BLENDSHAPES}
     if rng is None:
         return gain
     jaw, rnd, spread, lips = rng.uniform(0.85, 1.15, size=4)
     skew = rng.uniform(-0.08, 0.08)
-    for k in BLENDSHAPES:
+    for k in MOUTH_BLENDSHAPES:
         g = {"jawOpen": jaw, "mouthFunnel": rnd, "mouthPucker": rnd}.get(k, 1.0)
         if "Smile" in k or "Stretch" in k:
             g = spread
@@ -144,7 +138,7 @@ def expression_curves(phones: list[Phone], fps: float, n_frames: int, *, intensi
     the phone timeline count as silence.  ``intensity`` scales articulation
     (not the bilabial seal); ``rng`` adds small per-utterance variation
     (deterministic for a given seed).  Returns float32 arrays keyed by
-    ARKit name (see ``BLENDSHAPES``).
+    ARKit name (see ``MOUTH_BLENDSHAPES``).
     """
     if fps <= 0:
         raise Avatar3DError(f"fps={fps} must be positive, e.g. 25")
@@ -153,7 +147,7 @@ def expression_curves(phones: list[Phone], fps: float, n_frames: int, *, intensi
     if intensity < 0:
         raise Avatar3DError(f"intensity={intensity} must be >= 0 (1.0 is normal articulation)")
     t = (np.arange(n_frames) + 0.5) / float(fps)
-    keys = list(BLENDSHAPES)
+    keys = list(MOUTH_BLENDSHAPES)
     gain = _variation(rng)
     if not phones or n_frames == 0:
         return {k: np.zeros(n_frames, np.float32) for k in keys}

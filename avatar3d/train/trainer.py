@@ -32,6 +32,8 @@ from avatar3d.config import to_dict
 from avatar3d.dataset.reader import LIP_IDS, SubjectData, load_subject
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.image_metrics import frame_metrics, mean_metrics
+from avatar3d.face.default_model import load_face_model
+from avatar3d.face.motion_regions import face_motion_regions
 from avatar3d.io.atomic import write_json_atomic, write_text_atomic
 from avatar3d.nerf.backend import load_extension, requested_backend
 from avatar3d.nerf.encoding import HASHGRID_SPEC
@@ -139,7 +141,8 @@ def train(
     write_text_atomic(out / CONFIG_NAME, config_to_yaml(config))
     torch.manual_seed(config.seed)  # network initialisation
     dev = resolve_device(config.device)
-    model = AvatarModel(config.avatar, data.motion(np.array([0])).shape[1], data.n_frames).to(dev)
+    model = AvatarModel(config.avatar, data.motion(np.array([0])).shape[1], data.n_frames,
+                        motion_regions=face_motion_regions(load_face_model())).to(dev)
     model.head.motion_mask.copy_(torch.from_numpy(motion_mask(list(data.expression_names), data.blink.shape[1],
                                                               config.motion_channels)).to(dev))  # fmt: skip
     if config.motion_std_floor > 0:

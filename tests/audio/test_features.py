@@ -83,7 +83,7 @@ def test_espeak_pitch_setting_raises_measured_f0() -> None:
 
 
 def test_voicing_agrees_with_phone_alignment() -> None:
-    from avatar3d.synth.phonemes import align_phones
+    from avatar3d.audio.alignment import align_phones
 
     audio = speech(50)
     phones = align_phones(audio, SR, TEXT, "en")

@@ -203,13 +203,13 @@ def test_motion_model_trained_on_an_encoder_round_trips_and_refuses_others(encod
                                         utterance_audio, UtteranceSpec)
     from avatar3d.motion.model import MotionModelConfig, load
     from avatar3d.motion.streaming import MotionStream
-    from avatar3d.motion.train import TrainConfig, pretrain
+    from avatar3d.motion.train import MotionTrainConfig, pretrain
 
     corpus = tmp_path / "corpus"
     build_corpus(corpus, CorpusConfig(n_train=3, n_test=1, generated_sentences=10, max_sentences=1,
                                       shard_utterances=2, seed=3), progress=False)
     cfg = MotionModelConfig(channels=32, mel_project=8, dilations=(1, 2, 1))
-    train = TrainConfig(batch=4, crop_frames=32, warmup_steps=2, checkpoint_every=50)
+    train = MotionTrainConfig(batch=4, crop_frames=32, warmup_steps=2, checkpoint_every=50)
     out = tmp_path / "motion.pt"
     model = pretrain(corpus, out, cfg, steps=4, train=train, progress=False, speech_encoder=encoders["hubert"],
                      encoder_layer=1)
@@ -301,14 +301,14 @@ def test_encoder_model_personalises_and_drives_a_render(encoders: dict[str, Path
     from avatar3d.motion.model import MotionModelConfig, load
     from avatar3d.motion.personalize import PersonalizeConfig, personalize
     from avatar3d.motion.streaming import silent_output
-    from avatar3d.motion.train import TrainConfig, pretrain
+    from avatar3d.motion.train import MotionTrainConfig, pretrain
     from avatar3d.render.speech import _own_rate_curves
 
     corpus = tmp_path / "subjects"
     corpus.mkdir()
     (corpus / "s1").symlink_to(Path(prepared_subject[0]).resolve(), target_is_directory=True)  # read-only use
     base = pretrain(corpus, tmp_path / "base.pt", MotionModelConfig(channels=32, mel_project=8, dilations=(1, 2, 1)),
-                    steps=2, train=TrainConfig(batch=4, crop_frames=32, warmup_steps=1, checkpoint_every=50),
+                    steps=2, train=MotionTrainConfig(batch=4, crop_frames=32, warmup_steps=1, checkpoint_every=50),
                     progress=False, speech_encoder=encoders["wav2vec2"])
     out = tmp_path / "personal.pt"
     report = personalize(prepared_subject[0], out, base, PersonalizeConfig(steps=4, eval_every=2, batch=4,

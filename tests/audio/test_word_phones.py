@@ -18,9 +18,10 @@ from avatar3d.audio.word_phones import WindowDecoder, WordPhonesConfig, reset_wo
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.lip_closure import (TESTDATA_DIR, LipGeometry, evaluate_lip_closure, pocketsphinx_recordings,
                                        read_recording)
+from avatar3d.audio.alignment import align_phones
+from avatar3d.audio.phones import SIL
 from avatar3d.motion.model import load_default
 from avatar3d.render.speech import StreamConfig, gated_mouth_curves, phone_loop_timeline
-from avatar3d.synth.phonemes import SIL, align_phones
 
 FPS = 25
 BILABIAL = ("P", "B", "M")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.face import landmark_sets as rg
 from avatar3d.io.video import VideoWriter, read_video
-from avatar3d.synth import regions as rg
 from data_prep.decode import DecodeConfig, DecodeResult, decode
 from data_prep.landmarks import DETECTED, EXCLUDED, INTERPOLATED, detect_landmarks, fill_gaps
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.face import landmark_sets as rg
 from avatar3d.face.default_model import load_face_model
 from avatar3d.io.video import probe_video, read_video
-from avatar3d.synth import regions as rg
 from data_prep.fitted import fitted_projection, load_tracking
 from data_prep.pipeline import prepare
 from data_prep.preview import PREVIEW_NAME, write_preview

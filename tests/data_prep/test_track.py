@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar3d.face.default_model import load_face_model
-from avatar3d.synth import regions as rg
 from avatar3d.eval.pose import rotation_errors_deg, still_jitter_deg, translation_errors_mm
+from avatar3d.face import landmark_sets as rg
+from avatar3d.face.default_model import load_face_model
 from avatar3d.synth.check import detect_video, load_groundtruth
 from data_prep.track import TrackConfig, rodrigues, track
 

@@ -12,8 +12,8 @@ import pytest
 
 from avatar3d.eval.dlib_landmarks import DLIB_INSTALL, MOUTH_68, N_68, dlib_unavailable_reason, detect_landmarks_68
 from avatar3d.eval.landmark_metrics import landmark_distance
+from avatar3d.face.landmark_sets import LIPS
 from avatar3d.io.video import read_video
-from avatar3d.synth.regions import LIPS
 
 pytestmark = pytest.mark.skipif(dlib_unavailable_reason() is not None, reason=str(dlib_unavailable_reason()))
 

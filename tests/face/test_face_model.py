@@ -9,6 +9,7 @@ import torch
 
 from avatar3d.errors import Avatar3DError
 from avatar3d.face import blendshapes as bs
+from avatar3d.face import landmark_sets as rg
 from avatar3d.face.default_model import DEFAULT_MODEL_PATH, build_default_model, load_face_model
 from avatar3d.face.identity import rigid_fields, uniform_laplacian
 from avatar3d.face.model import MorphableModel, TorchMorphableModel
@@ -91,7 +92,7 @@ def test_normals_point_out_of_the_face(model):
 def test_mean_mouth_closed_and_eyes_open(model):
     v = model.mean.astype(np.float64)
     assert dist(v, 13, 14) < 1.5 * MM
-    for u, lo in zip(bs.UPPER_INNER_LIP, bs.LOWER_INNER_LIP):
+    for u, lo in zip(rg.LIP_INNER_UPPER, rg.LIP_INNER_LOWER):
         assert dist(v, u, lo) < 1.5 * MM
     assert dist(v, 0, 17) > 8 * MM  # lips keep their thickness
     assert dist(v, 386, 374) > 7 * MM and dist(v, 159, 145) > 7 * MM

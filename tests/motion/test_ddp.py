@@ -18,7 +18,7 @@ import yaml
 from avatar3d.motion.corpus import CorpusConfig, build_corpus, load_split
 from avatar3d.motion.distributed import DistContext
 from avatar3d.motion.model import MotionModel, MotionModelConfig, MotionNet, fit_normalisation, read_blob
-from avatar3d.motion.train import CropSampler, TrainConfig, pretrain
+from avatar3d.motion.train import CropSampler, MotionTrainConfig, pretrain
 
 pytestmark = [pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"),
               pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -38,14 +38,14 @@ HELPER = textwrap.dedent("""
     from avatar3d.cli import main
     from avatar3d.motion import distributed as dd
     from avatar3d.motion.model import MotionModelConfig
-    from avatar3d.motion.train import TrainConfig, pretrain
+    from avatar3d.motion.train import MotionTrainConfig, pretrain
 
     corpus, out, steps, kill_at = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     model_cfg, train_cfg = json.loads(sys.argv[5]), json.loads(sys.argv[6])
     torch.set_num_threads(1)
     ctx = dd.init_from_env()
     cfg = MotionModelConfig(**{**model_cfg, "dilations": tuple(model_cfg["dilations"])})
-    tcfg = TrainConfig(**train_cfg)
+    tcfg = MotionTrainConfig(**train_cfg)
     losses = []
     a = pretrain(corpus, out / "A.pt", cfg, steps=steps, seed=0, train=tcfg, progress=False,
                  callback=lambda s, l: losses.append(l))
@@ -136,7 +136,7 @@ def test_two_gloo_processes_stay_identical_learn_and_resume_exactly(tiny_corpus:
 
     # without dropout, 2 processes x 4 crops equal 1 process x 8 crops (the same global batch) up to rounding
     single = pretrain(tiny_corpus, tmp_path / "single.pt", _model_config(0.0), steps=STEPS, seed=0,
-                      train=TrainConfig(**TRAIN), progress=False)
+                      train=MotionTrainConfig(**TRAIN), progress=False)
     ddp_weights = read_blob(out / "C.pt")["weights"]
     for name, p in single.net.state_dict().items():
         torch.testing.assert_close(ddp_weights[name], p, atol=2e-4, rtol=1e-3, msg=name)
@@ -147,7 +147,7 @@ def test_each_rank_builds_its_own_share_of_the_global_batch(tiny_corpus: Path) -
     utterances = load_split(tiny_corpus, "train")
     torch.manual_seed(0)
     model = MotionModel(_model_config(), fit_normalisation(utterances))
-    cfg = TrainConfig(**TRAIN)
+    cfg = MotionTrainConfig(**TRAIN)
 
     def batches(rank: int, world: int) -> list[tuple[torch.Tensor, ...]]:
         sampler = CropSampler(model, utterances, cfg, torch.Generator().manual_seed(3), rank, world)

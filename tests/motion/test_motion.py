@@ -12,14 +12,14 @@ from avatar3d.audio.features import AudioFeatureConfig, frame_features
 from avatar3d.errors import Avatar3DError
 from avatar3d.motion.corpus import CorpusConfig, build_corpus, iter_shard, load_split, read_index
 from avatar3d.motion.model import MotionModel, MotionModelConfig, fit_normalisation, gather_windows, load
-from avatar3d.motion.train import TrainConfig, evaluate, pretrain
+from avatar3d.motion.train import MotionTrainConfig, evaluate, pretrain
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 TINY = CorpusConfig(n_train=3, n_test=3, generated_sentences=10, max_sentences=1, shard_utterances=2, seed=3)
 SMALL = CorpusConfig(n_train=36, n_test=9, generated_sentences=40, max_sentences=1, shard_utterances=20, seed=1)
 FAST_MODEL = MotionModelConfig(channels=48, mel_project=12, dilations=(1, 2, 4, 1))
-FAST_TRAIN = TrainConfig(batch=12, crop_frames=48, lr=3e-3, warmup_steps=20, checkpoint_every=50)
+FAST_TRAIN = MotionTrainConfig(batch=12, crop_frames=48, lr=3e-3, warmup_steps=20, checkpoint_every=50)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ class _Killed(Exception):
 def test_killed_training_resumes_from_its_checkpoint(small_corpus: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     cfg = MotionModelConfig(channels=24, mel_project=8, dilations=(1, 2, 1))
-    tcfg = TrainConfig(batch=6, crop_frames=24, checkpoint_every=10, warmup_steps=5)
+    tcfg = MotionTrainConfig(batch=6, crop_frames=24, checkpoint_every=10, warmup_steps=5)
     straight = pretrain(small_corpus, tmp_path / "straight.pt", cfg, steps=40, seed=5, train=tcfg, progress=False)
 
     def kill(step: int, loss: float) -> None:

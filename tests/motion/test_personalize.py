@@ -11,11 +11,11 @@ import yaml
 
 from avatar3d.cli import main
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.blendshape_names import MOUTH_BLENDSHAPES
 from avatar3d.motion.model import load, load_default
 from avatar3d.motion.personalize import PersonalizeConfig, personalize
 from avatar3d.motion.subject_corpus import load_subject_speech
 from avatar3d.synth.speech import synthesize
-from avatar3d.synth.visemes import BLENDSHAPES
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -39,8 +39,8 @@ def test_personalized_model_beats_base_and_mean_and_speaks_in_the_subjects_scale
     audio = synthesize("Please bring the small purple boat to the harbour tomorrow.", voice="en-gb+f2")
     n = len(audio) * 25 // 16000
     curves = model.predict(audio, 25, n)
-    assert list(curves) == list(BLENDSHAPES)
-    pred = np.stack([curves[k] for k in BLENDSHAPES], axis=1)
+    assert list(curves) == list(MOUTH_BLENDSHAPES)
+    pred = np.stack([curves[k] for k in MOUTH_BLENDSHAPES], axis=1)
     assert pred.shape == (n, 16) and np.all((pred >= 0) & (pred <= 1))
     speech = load_subject_speech(subject)
     tracked_mean = speech.targets[slice(*speech.train)].mean(0)

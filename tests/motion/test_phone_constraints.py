@@ -19,8 +19,8 @@ from avatar3d.eval.lip_closure import LipGeometry, evaluate_lip_closure
 from avatar3d.motion.model import load_default
 from avatar3d.motion.phone_constraints import (OPENING, PAIRED, PRESSING, PhoneConstraintConfig,
                                                apply_phone_constraints)
+from avatar3d.audio.phones import Phone
 from avatar3d.render.speech import SpeechSource, gated_mouth_curves
-from avatar3d.synth.phonemes import Phone
 
 FPS = 25
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -20,8 +20,8 @@ from avatar3d.audio.phonetic import phone_frames
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.lip_closure import (TESTDATA_DIR, LipClosureConfig, LipGeometry, evaluate_lip_closure,
                                        read_recording, pocketsphinx_recordings)
+from avatar3d.audio.phones import Phone
 from avatar3d.motion.model import load_default
-from avatar3d.synth.phonemes import Phone
 
 FPS = 25
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avatar3d.audio.alignment import align_phones
+from avatar3d.audio.phones import SIL
 from avatar3d.audio.phonetic import CLASS_OF_PHONE, PHONE_CLASSES
 from avatar3d.audio.tts_phonemes import ipa_to_arpabet, synthesize_with_phonemes
 from avatar3d.errors import Avatar3DError
-from avatar3d.synth.phonemes import SIL, align_phones
 from avatar3d.synth.speech import synthesize
 
 RATE = 16000

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from avatar3d.errors import Avatar3DError
-from avatar3d.render.drive import DriveConfig, blink_events, build_tracks, ping_pong, sample_blinks
+from avatar3d.render.drive import DriveConfig, blink_events, build_tracks, sample_blinks
+from avatar3d.render.frame_order import ping_pong
 
 FPS = 25.0
 

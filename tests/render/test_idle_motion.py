@@ -13,7 +13,8 @@ import pytest
 
 from avatar3d.cli import main
 from avatar3d.errors import Avatar3DError
-from avatar3d.render.drive import DriveConfig, build_tracks, ping_pong
+from avatar3d.render.drive import DriveConfig, build_tracks
+from avatar3d.render.frame_order import ping_pong
 from avatar3d.render.idle_motion import IdleMotionConfig, fit_idle_motion, generated_idle, upper_face_channels
 
 SECONDS = 150  # per sampled track (4 seeds: 10 minutes at 25 fps)

@@ -29,7 +29,8 @@ from avatar3d.motion.phone_constraints import PhoneConstraintConfig, apply_phone
 from avatar3d.render.drive import DriveConfig
 from avatar3d.render.speech import (SpeechAudio, StreamConfig, constrain_in_windows, drive_from_speech,
                                     gated_mouth_curves, phone_loop_timeline, write_blendshapes_csv)  # fmt: skip
-from avatar3d.synth.phonemes import SIL, Phone, align_phones, reset_aligners
+from avatar3d.audio.alignment import align_phones, reset_aligners
+from avatar3d.audio.phones import SIL, Phone
 from avatar3d.synth.speech import synthesize
 from avatar3d.avatar.loading import load_avatar
 

@@ -10,11 +10,13 @@ import time
 import numpy as np
 import pytest
 
+from avatar3d.audio.alignment import align_phones
+from avatar3d.audio.phones import SIL, Phone, silences
 from avatar3d.errors import Avatar3DError, MissingToolError
+from avatar3d.face.blendshape_names import MOUTH_BLENDSHAPES
 from avatar3d.synth import speech
-from avatar3d.synth.phonemes import SIL, Phone, align_phones, silences
 from avatar3d.synth.speech import list_variants, list_voices, read_text_file, synthesize
-from avatar3d.synth.visemes import BLENDSHAPES, LIP_OPENING, expression_curves
+from avatar3d.synth.visemes import LIP_OPENING, expression_curves
 
 SR = 16000
 FPS = 25
@@ -94,7 +96,7 @@ def test_visemes_close_mouth_in_pauses_and_bilabials(bob):
     audio, phones, _ = bob
     n = int(np.ceil(len(audio) / SR * FPS))
     curves = expression_curves(phones, FPS, n, rng=np.random.default_rng(0))
-    assert set(BLENDSHAPES) <= set(curves)
+    assert set(MOUTH_BLENDSHAPES) <= set(curves)
     t = _frame_times(n)
     for v in curves.values():
         assert v.shape == (n,) and v.min() >= 0.0 and v.max() <= 1.0

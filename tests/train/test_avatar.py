@@ -20,6 +20,8 @@ import torch
 from avatar3d.config import load_config
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.image_metrics import head_mask, psnr
+from avatar3d.face.default_model import load_face_model
+from avatar3d.face.motion_regions import face_motion_regions
 from avatar3d.train.checkpoint import CHECKPOINT_NAME, load_state
 from avatar3d.dataset.reader import load_subject
 from avatar3d.avatar.loading import load_avatar
@@ -217,7 +219,8 @@ def test_motion_channels_restrict_what_the_head_field_sees() -> None:
     with pytest.raises(Avatar3DError, match="browUp"):
         motion_mask(names, 2, ("jawOpen", "browUp"))
     torch.manual_seed(0)
-    model = AvatarModel(AvatarConfig(), motion_dim=5)
+    regions = face_motion_regions(load_face_model())
+    model = AvatarModel(AvatarConfig(), motion_dim=5, motion_regions=regions)
     motion = torch.rand(1, 5)
     before = model.head.motion_code(motion)
     model.head.motion_mask.copy_(torch.from_numpy(mask))
@@ -230,7 +233,7 @@ def test_motion_channels_restrict_what_the_head_field_sees() -> None:
     moved[0, 0] += 1.0  # a kept channel still acts
     assert not torch.allclose(model.head.motion_code(moved), masked)
     state = {k: v for k, v in model.state_dict().items() if k != "head.motion_mask"}
-    fresh = AvatarModel(AvatarConfig(), motion_dim=5)
+    fresh = AvatarModel(AvatarConfig(), motion_dim=5, motion_regions=regions)
     fresh.load_state_dict(state)  # an avatar saved before the mask existed loads, seeing every channel
     assert torch.equal(fresh.head.motion_mask, torch.ones(5))
 

@@ -5,7 +5,7 @@ steps (single process), then on the held-out-voice test split reports:
 
 * mean L1 error of the 16 mouth blendshape weights;
 * mean mouth-landmark distance (LMD, pixels): the face model's lip landmarks
-  (``avatar3d.synth.regions`` LIP_* lists) posed with predicted vs true
+  (``avatar3d.face.landmark_sets`` LIP_* lists) posed with predicted vs true
   weights, projected by a frontal pinhole camera (f = 614 px, head origin
   0.57 m in front of the camera, 512 x 512 image);
 
@@ -51,14 +51,14 @@ import torch
 from avatar3d.face.default_model import load_face_model
 from avatar3d.motion.corpus import (CorpusConfig, UtteranceSpec, build_corpus, corpus_config, generate_sentences,
                                     load_split, make_utterance)
+from avatar3d.face import landmark_sets as rg
+from avatar3d.face.blendshape_names import MOUTH_BLENDSHAPES
 from avatar3d.motion.model import MotionModelConfig, load
 from avatar3d.motion.personalize import PersonalizeConfig, personalize_speech
-from avatar3d.motion.subject_corpus import SubjectSpeech
 from avatar3d.motion.streaming import GateConfig, MotionStream, silent_output, speech_gate
-from avatar3d.motion.train import TrainConfig, evaluate, pretrain
-from avatar3d.synth import regions as rg
+from avatar3d.motion.subject_corpus import SubjectSpeech
+from avatar3d.motion.train import MotionTrainConfig, evaluate, pretrain
 from avatar3d.synth.speech import synthesize
-from avatar3d.synth.visemes import BLENDSHAPES
 
 FOCAL_PX, DISTANCE_M, SIZE = 614.0, 0.57, 512
 LIPS = sorted(set(rg.LIP_OUTER_UPPER + rg.LIP_OUTER_LOWER + rg.LIP_INNER_UPPER + rg.LIP_INNER_LOWER))
@@ -69,7 +69,7 @@ class LipProjector:
 
     def __init__(self) -> None:
         face = load_face_model()
-        cols = [face.expression_index(n) for n in BLENDSHAPES]
+        cols = [face.expression_index(n) for n in MOUTH_BLENDSHAPES]
         self.mean = face.mean[LIPS].astype(np.float64)  # [L, 3]
         self.basis = face.expression_basis[cols][:, LIPS].astype(np.float64)  # [16, L, 3]
 
@@ -150,7 +150,7 @@ def styled(targets: np.ndarray) -> np.ndarray:
     """The rule-book curves [N, 16] as a speaker with their own mouth style would show them."""
     out = targets.astype(np.float32).copy()
     for name, (offset, gain) in SPEAKER_STYLE.items():
-        j = BLENDSHAPES.index(name)
+        j = MOUTH_BLENDSHAPES.index(name)
         out[:, j] = np.clip(offset + gain * out[:, j], 0.0, 1.0)
     return out
 
@@ -241,7 +241,7 @@ def main() -> None:
         args.steps = int(model.info.get("trained_steps", 0))  # what the loaded model was trained for
     else:
         model = pretrain(corpus, args.model or work / "motion.pt", mcfg, steps=args.steps, seed=args.seed,
-                         train=TrainConfig(), progress=True)
+                         train=MotionTrainConfig(), progress=True)
     train_s = time.perf_counter() - t0
 
     train, test = load_split(corpus, "train"), load_split(corpus, "test")

@@ -46,9 +46,10 @@ from avatar3d.audio.phonetic import phone_frames
 from avatar3d.audio.word_phones import WordPhones, word_phones
 from avatar3d.eval.lip_closure import (LipClosureConfig, LipGeometry, Recording, evaluate_lip_closure,
                                        read_recording, pocketsphinx_recordings)
-from avatar3d.motion.model import _resample, load, load_default
+from avatar3d.audio.features import resample_mono
+from avatar3d.audio.phones import Phone
+from avatar3d.motion.model import load, load_default
 from avatar3d.render.speech import SAMPLE_RATE, gated_mouth_curves
-from avatar3d.synth.phonemes import Phone
 
 SYNTH_SENTENCES = (
     "Peter bought a map and a big umbrella before the storm.",
@@ -131,7 +132,7 @@ def run_one(model, geometry, audio, sr, transcript, fps, cfg, tts_phones=None, c
     clock["words"] = clock.get("words", 0.0) + time.perf_counter() - t1
     clock["audio"] = clock.get("audio", 0.0) + len(audio) / sr
     agree = float((loop.index == track.index).mean()) if track.mode == "align" else None
-    x16 = audio if sr == SAMPLE_RATE else _resample(audio, sr, SAMPLE_RATE)
+    x16 = audio if sr == SAMPLE_RATE else resample_mono(audio, sr, SAMPLE_RATE)
     res["gated"] = evaluate_lip_closure(gated_mouth_curves(model, x16, fps, n), track.phones, fps, cfg, geometry)
     res["gated+loop"] = evaluate_lip_closure(gated_mouth_curves(model, x16, fps, n, loop.phones), track.phones,
                                              fps, cfg, geometry)
@@ -247,8 +248,8 @@ def main() -> None:
            "thresholds": asdict(cfg)}
 
     if args.synthetic > 0:
+        from avatar3d.audio.phones import SIL
         from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
-        from avatar3d.synth.phonemes import SIL
 
         srows = (*rows, "text/espeak", "text(own)")
         synth = {r: [] for r in srows}

@@ -39,8 +39,8 @@ import numpy as np
 from avatar3d.dataset.contract import LANDMARKS, LANDMARK_FLAGS
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.pose import rotation_errors_deg, still_jitter_deg, translation_errors_mm
+from avatar3d.face import landmark_sets as rg
 from avatar3d.face.default_model import load_face_model
-from avatar3d.synth import regions as rg
 from avatar3d.synth.check import load_groundtruth
 from avatar3d.synth.generate import SynthConfig, generate
 from data_prep.fitted import fitted_projection, load_tracking

@@ -1,4 +1,4 @@
-"""Phone timings for speech audio, from pocketsphinx (BSD).
+"""Phone timings for speech audio, from pocketsphinx (BSD): the aligner behind every phone timeline.
 
 English with a transcript: forced alignment against the text (cmudict
 pronunciations; words missing from cmudict are pronounced with espeak-ng's
@@ -14,35 +14,23 @@ import re
 import shutil
 import subprocess
 import threading
-from dataclasses import dataclass
 from math import gcd
 
 import numpy as np
 from scipy.signal import resample_poly
 
+from avatar3d.audio.phones import ARPABET, SIL, Phone
 from avatar3d.errors import Avatar3DError
 
-SIL = "SIL"
+__all__ = ["FRAME_S", "ALIGNER_LOCK", "decoder", "to_pcm16", "decode_utterance", "words_of",
+           "espeak_pronunciation", "forced_alignment", "phone_loop", "phone_timeline", "align_phones",
+           "reset_aligners"]
+
 FRAME_S = 0.01  # pocketsphinx frame shift
 _PS_RATE = 16000
-# ARPAbet phones of the en-us acoustic model (stress digits dropped).
-ARPABET = frozenset(
-    "AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z ZH".split())
 
-_lock = threading.Lock()  # pocketsphinx decoders are stateful; one user at a time
-
-
-@dataclass(frozen=True)
-class Phone:
-    """One phone: [start, end) in seconds; ARPAbet label without stress, or "SIL"."""
-
-    start: float
-    end: float
-    label: str
-
-    @property
-    def duration(self) -> float:
-        return self.end - self.start
+ALIGNER_LOCK = threading.Lock()
+"""Held around every use of the cached decoders (they are stateful): one user at a time."""
 
 
 # --- pocketsphinx decoders (built once; building one takes ~0.15 s) -------------------------
@@ -56,7 +44,7 @@ _ALIGN_CONFIGS = {
 
 
 @functools.lru_cache(maxsize=None)
-def _decoder(kind: str):
+def decoder(kind: str):
     """Cached decoder: "align", "align_fine" (retry settings) or "loop" (phone loop).
 
     cmn=batch makes results independent of what was decoded before (live
@@ -78,7 +66,7 @@ def _decoder(kind: str):
 _PH = "ph_"
 
 
-def _to_pcm16(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+def to_pcm16(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """16 kHz int16 for pocketsphinx, with a fixed +-3 LSB noise floor.
 
     espeak-ng pauses are exact digital zeros; log-energy features of those
@@ -98,9 +86,12 @@ def _to_pcm16(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.clip(pcm, -32768, 32767).astype(np.int16)
 
 
-def _decode(dec, pcm: np.ndarray) -> None:
-    # pocketsphinx carries its cepstral-mean estimate across utterances even with
-    # cmn=batch; restart it so an alignment never depends on what was decoded before.
+def decode_utterance(dec, pcm: np.ndarray) -> None:
+    """Decodes ``pcm`` (from :func:`to_pcm16`) as one utterance with the active search.
+
+    pocketsphinx carries its cepstral-mean estimate across utterances even with
+    cmn=batch; it is restarted so an alignment never depends on what was decoded before.
+    """
     dec.set_cmn(dec.config["cmninit"])
     dec.start_utt()
     dec.process_raw(pcm.tobytes(), full_utt=True)
@@ -248,7 +239,7 @@ def _phone_grammar(dec, words: list[str], pause_after: set[int]):
     return dec.create_fsg("phones", 0, state, trans), lo, hi
 
 
-def _forced_alignment(pcm: np.ndarray, text: str) -> list[tuple[str, int, int]] | None:
+def forced_alignment(pcm: np.ndarray, text: str) -> list[tuple[str, int, int]] | None:
     """Phone-level forced alignment in one Viterbi pass over a phone grammar of ``text``.
 
     (pocketsphinx's own two-pass word-then-state alignment fails on longer
@@ -256,7 +247,7 @@ def _forced_alignment(pcm: np.ndarray, text: str) -> list[tuple[str, int, int]] 
     if the search did not reach the end of the grammar with either setting.
     """
     for kind in _ALIGN_CONFIGS:
-        dec = _decoder(kind)
+        dec = decoder(kind)
         words, pause_after = _prepare_words(dec, text)
         if not words:
             return None
@@ -264,7 +255,7 @@ def _forced_alignment(pcm: np.ndarray, text: str) -> list[tuple[str, int, int]] 
         try:
             dec.add_fsg("phones", fsg)
             dec.activate_search("phones")
-            _decode(dec, pcm)
+            decode_utterance(dec, pcm)
         except RuntimeError:
             continue
         segs = [(s.word, s.start_frame, s.end_frame + 1) for s in (dec.seg() or [])
@@ -275,14 +266,15 @@ def _forced_alignment(pcm: np.ndarray, text: str) -> list[tuple[str, int, int]] 
     return None
 
 
-def _phone_loop(pcm: np.ndarray) -> list[tuple[str, int, int]]:
-    dec = _decoder("loop")
-    _decode(dec, pcm)
+def phone_loop(pcm: np.ndarray) -> list[tuple[str, int, int]]:
+    """(label, start frame, end frame) from phone-loop decoding: any speech, no transcript needed."""
+    dec = decoder("loop")
+    decode_utterance(dec, pcm)
     return [(_clean_label(s.word), s.start_frame, s.end_frame + 1) for s in (dec.seg() or [])
             if s.end_frame >= s.start_frame]
 
 
-def _timeline(raw: list[tuple[str, int, int]], duration: float) -> list[Phone]:
+def phone_timeline(raw: list[tuple[str, int, int]], duration: float) -> list[Phone]:
     """Sorted, contiguous, non-overlapping phones covering [0, duration]; gaps become SIL."""
     out: list[Phone] = []
     t = 0.0
@@ -319,49 +311,20 @@ def align_phones(audio: np.ndarray, sample_rate: int, text: str | None, language
     """
     if int(sample_rate) <= 0:
         raise Avatar3DError(f"sample_rate={sample_rate} must be a positive number of Hz")
-    pcm = _to_pcm16(audio, int(sample_rate))
+    pcm = to_pcm16(audio, int(sample_rate))
     duration = len(np.asarray(audio)) / float(sample_rate)
     if duration <= 0:
         return []
     raw = None
-    with _lock:
+    with ALIGNER_LOCK:
         if text and text.strip() and str(language).lower().startswith("en"):
-            raw = _forced_alignment(pcm, text)
+            raw = forced_alignment(pcm, text)
         if raw is None:
-            raw = _phone_loop(pcm)
-    return _timeline(raw, duration)
-
-
-def silences(phones: list[Phone], min_duration: float = 0.0) -> list[tuple[float, float]]:
-    """(start, end) of silent stretches at least ``min_duration`` s long (neighbouring SILs merged)."""
-    out: list[tuple[float, float]] = []
-    for p in phones:
-        if p.label != SIL:
-            continue
-        if out and abs(out[-1][1] - p.start) < 1e-9:
-            out[-1] = (out[-1][0], p.end)
-        else:
-            out.append((p.start, p.end))
-    return [(s, e) for s, e in out if e - s >= min_duration - 1e-9]
+            raw = phone_loop(pcm)
+    return phone_timeline(raw, duration)
 
 
 def reset_aligners() -> None:
     """Drop the cached pocketsphinx decoders (they keep some state between utterances),
     so a batch of alignments that starts here is reproducible whatever ran before."""
-    _decoder.cache_clear()
-
-
-def fill_silence(phones: list[Phone], duration: float) -> list[Phone]:
-    """Contiguous timeline over [0, duration]: gaps (leading, between sentences, trailing) become SIL."""
-    out: list[Phone] = []
-    t = 0.0
-    for p in sorted(phones, key=lambda q: q.start):
-        start, end = max(p.start, t), min(p.end, duration)
-        if start > t + 1e-6:
-            out.append(Phone(t, start, SIL))
-        if end > start:
-            out.append(Phone(start, end, p.label))
-            t = end
-    if t < duration - 1e-6:
-        out.append(Phone(t, duration, SIL))
-    return out
+    decoder.cache_clear()
