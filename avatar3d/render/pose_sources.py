@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import Callable
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
+from avatar3d import resources
 from avatar3d.errors import Avatar3DError
 from avatar3d.render.ar2 import StationaryAR2, consecutive_runs, critically_damped
 from avatar3d.render.camera import RANGE_PERCENTILES
@@ -196,7 +196,7 @@ class DrivingTrack:
 
 def cache_dir() -> Path:
     """The user cache (``$AVATAR3D_CACHE``, as the synthetic subject's calibration uses)."""
-    return Path(os.environ.get("AVATAR3D_CACHE", Path.home() / ".cache" / "avatar3d"))
+    return resources.cache_dir()
 
 
 def check_driving_video(path: str | Path) -> Path:
