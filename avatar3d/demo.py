@@ -21,8 +21,8 @@ import numpy as np
 
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import check_parent_writable, json_safe, write_json_atomic
-from avatar3d.resources import preset_path, resolve_config
 from avatar3d.eval.pose import rotation_errors_deg, still_jitter_deg, translation_errors_mm
+from avatar3d.resources import preset_path, resolve_config
 from avatar3d.synth.check import check_clip, load_groundtruth
 from avatar3d.synth.generate import SynthConfig, generate
 from data_prep.pipeline import prepare
@@ -65,6 +65,11 @@ def _kernels(device):  # type: ignore[no-untyped-def]
     from avatar3d.nerf.raymarch import RAYMARCH_SPEC
 
     return describe_backends((HASHGRID_SPEC, RAYMARCH_SPEC), device)
+
+
+def _kernel_line(kernels: dict[str, dict]) -> str:
+    """e.g. "hashgrid cpu (jit), raymarch cpu (jit)"; the mirror is named as such."""
+    return ", ".join(f"{name} {k['backend']} ({k['build'] or 'pure-torch mirror'})" for name, k in kernels.items())
 
 
 def _check_out(out: Path) -> None:
@@ -129,8 +134,7 @@ def run_demo(out: Path, fast: bool = False, config: str | Path = DEFAULT_PRESET)
     print(f"[8/{STEPS}] evaluating the avatar on its held-out frames into {report_dir}")
     metrics = evaluate(avatar_dir, prepared_dir, report_dir, EvalConfig(frames=24 if fast else None)).metrics
     seconds = time.time() - started
-    print(f"done in {seconds:.0f} s; kernels: " + ", ".join(f"{name} {k['backend']}" + (f" ({k['build']})" if k["build"] else
-          " (pure-torch mirror)") for name, k in kernels.items()) + ". Outputs:")  # fmt: skip
+    print(f"done in {seconds:.0f} s; kernels: {_kernel_line(kernels)}. Outputs:")
     for key, path in report["files"].items():
         print(f"  {key:12s} {path}")
     print(f"  {'dataset':12s} {prepared_dir} (manifest.json lists every file)")

@@ -44,25 +44,25 @@ def checkout_root() -> Path | None:
     return None
 
 
-def _packaged_or_checkout(packaged: str, checkout: str) -> Path:
-    inside = PACKAGE_DIR / packaged
-    if inside.is_dir():
-        return inside
-    root = checkout_root()
-    if root is not None:
-        return root / checkout
-    raise Avatar3DError(f"{inside} is missing and {import_root()} is not an avatar3d checkout: "
-                        "reinstall avatar3d (pip install --force-reinstall avatar3d)")  # fmt: skip
-
-
 def kernel_source_dir() -> Path:
-    """Root of the C++/CUDA sources (``include/``, ``cpu/``, ``cuda/``, ``bindings/``)."""
-    return _packaged_or_checkout(PACKAGED_KERNELS, "cuda_ext")
+    """Root of the C++/CUDA sources (``include/``, ``cpu/``, ``cuda/``, ``bindings/``).
+
+    Never raises (it is read at import): an install without them gets the packaged path, whose
+    missing files make the build fail into the pure-torch mirror with its one warning.
+    """
+    inside, root = PACKAGE_DIR / PACKAGED_KERNELS, checkout_root()
+    return root / "cuda_ext" if root is not None and not inside.is_dir() else inside
 
 
 def preset_dir() -> Path:
     """Folder of the named YAML presets."""
-    return _packaged_or_checkout(PACKAGED_PRESETS, "configs")
+    inside, root = PACKAGE_DIR / PACKAGED_PRESETS, checkout_root()
+    if inside.is_dir():
+        return inside
+    if root is not None:
+        return root / "configs"
+    raise Avatar3DError(f"{inside} is missing and {import_root()} is not an avatar3d checkout: "
+                        "reinstall avatar3d (pip install --force-reinstall avatar3d)")  # fmt: skip
 
 
 def cache_dir() -> Path:
