@@ -33,7 +33,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                        description="Render a talking head from a face photo, driven by espeak-ng speech, "
                                    "with ground-truth pose, landmarks, expressions, blinks and phonemes.")
     p.add_argument("-o", "--out", type=Path, help="output folder (video.mp4, audio.wav, groundtruth.npz, synth.json)")
-    p.add_argument("--config", type=Path, help="YAML file of SynthConfig values (e.g. configs/synth.yaml)")
+    p.add_argument("--config", metavar="PRESET|YAML", help="SynthConfig values: a preset name (synth; `avatar3d presets`) or a YAML file")
     p.add_argument("--photo", help="face photo (PNG/JPEG); default: skimage's astronaut, public domain")
     text = p.add_mutually_exclusive_group()
     text.add_argument("--text", help="speak exactly this text (sentences end with . ! ?)")
@@ -93,7 +93,7 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
                                    "features, written as the dataset contract. Re-runs skip finished stages.")
     p.add_argument("clip", type=Path, help="video of one person talking (any common container/codec)")
     p.add_argument("-o", "--out", type=Path, required=True, help="subject folder to write")
-    p.add_argument("--config", type=Path, help="YAML file of PrepConfig values (e.g. configs/prep.yaml)")
+    p.add_argument("--config", metavar="PRESET|YAML", help="PrepConfig values: a preset name (prep; `avatar3d presets`) or a YAML file")
     p.add_argument("--fps", type=_positive_int, help="output frame rate (default 25)")
     p.add_argument("--size", type=_positive_int, help="output square size, even (default 512)")
     p.add_argument("--preview", action="store_true",
@@ -128,7 +128,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                    "subject prepared by `avatar3d prep`. Checkpoints atomically; --resume continues.")
     p.add_argument("subject", type=Path, help="subject folder written by `avatar3d prep`")
     p.add_argument("-o", "--out", type=Path, required=True, help="avatar folder (checkpoint, avatar.pt, TensorBoard)")
-    p.add_argument("--config", type=Path, help="YAML of TrainConfig values (configs/cpu_small.yaml, configs/gpu_512.yaml)")
+    p.add_argument("--config", metavar="PRESET|YAML", help="TrainConfig values: a preset name (cpu_small, gpu_512, ...; "
+                   "`avatar3d presets`) or a YAML file")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--steps", type=_positive_int, help="override the number of steps")
     p.add_argument("--minutes", type=_positive_float, help="stop after this much training time")
@@ -379,13 +380,29 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, default=Path("avatar3d_demo"), help="output folder (default ./avatar3d_demo)")
     p.add_argument("--fast", action="store_true", help="an 8 s clip and 90 s of training at 64² (~3 min in all) "
                    "instead of 60 s and 16 minutes at 128² (~30 min)")
+    p.add_argument("--config", metavar="PRESET|YAML", default="cpu_small",
+                   help="the TrainConfig to start from (default cpu_small; --fast then shrinks it to 64², 90 s)")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from avatar3d.demo import run_demo
 
-    run_demo(args.out, fast=args.fast)
+    run_demo(args.out, fast=args.fast, config=args.config)
+    return 0
+
+
+def _add_presets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="list the named configs that --config accepts",
+                       description="The YAML presets shipped with avatar3d: name, the command each configures, and "
+                                   "what it is for. Pass one by name: --config NAME.")
+    p.set_defaults(func=_cmd_presets)
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from avatar3d.resources import format_presets
+
+    print(format_presets())
     return 0
 
 
@@ -401,7 +418,8 @@ def _add_motion(sub: argparse._SubParsersAction) -> None:
                                                                   "checkpoint of the same run)")
     pre.add_argument("--steps", type=_positive_int, help="optimiser steps (default 3000)")
     pre.add_argument("--seed", type=int, help="random seed (default 0)")
-    pre.add_argument("--config", type=Path, help="YAML of PretrainConfig values (model:, train:, steps:, seed:)")
+    pre.add_argument("--config", metavar="PRESET|YAML", help="PretrainConfig values (model:, train:, steps:, seed:): a YAML file "
+                     "or a preset name")
     pre.add_argument("--speech-encoder", type=Path, metavar="DIR",
                      help="train on the hidden states of a local wav2vec 2.0 / HuBERT / WavLM checkpoint folder "
                           "(config.json + weights; never downloaded) instead of the log-mel; streams cached in "
@@ -417,7 +435,7 @@ def _add_motion(sub: argparse._SubParsersAction) -> None:
     per.add_argument("--speech-encoder", type=Path, metavar="DIR",
                      help="with --base: the local speech-encoder folder that model was trained on")
     per.add_argument("--steps", type=int, help="most fine-tuning steps (default 400; early stopping ends sooner)")
-    per.add_argument("--config", type=Path, help="YAML of PersonalizeConfig values")
+    per.add_argument("--config", metavar="PRESET|YAML", help="PersonalizeConfig values: a YAML file or a preset name")
     per.set_defaults(func=_cmd_motion_personalize)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -480,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_ernerf(sub)
     _add_demo(sub)
     _add_motion(sub)
+    _add_presets(sub)
     return parser
 
 

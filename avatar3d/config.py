@@ -1,6 +1,7 @@
 """Dataclass configs filled from YAML: unknown keys are errors, not warnings.
 
-Each component owns one dataclass; a YAML file in ``configs/`` only sets values.
+Each component owns one dataclass; a YAML file in ``configs/`` only sets values. Those files ship as
+named presets: ``load_config(TrainConfig, "cpu_small")`` finds one by name (see avatar3d.resources).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 import yaml
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.resources import resolve_config
 
 T = TypeVar("T")
 
@@ -66,12 +68,10 @@ def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -
 
 
 def load_config(cls: type[T], path: str | Path | None = None, **overrides: Any) -> T:
-    """Defaults of ``cls``, then the YAML file (if given), then non-None ``overrides``."""
+    """Defaults of ``cls``, then the YAML file or named preset (if given), then non-None ``overrides``."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise Avatar3DError(f"config file {path} not found: pass an existing YAML file (see configs/)")
+        path = resolve_config(path)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

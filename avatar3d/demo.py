@@ -2,12 +2,13 @@
 
 Synthesise a 60 s talking subject (speech, head motion, blinks, ground truth), check it
 with MediaPipe, prepare it as a dataset and measure the tracking against the ground truth,
-train the avatar (configs/cpu_small.yaml at 128², 16 min here so the whole demo stays within
+train the avatar (the cpu_small preset at 128², 16 min here so the whole demo stays within
 30 min on 2 cores; ``--fast``: an 8 s clip, 64², 90 s with the tiny network, ~3 min in all),
 re-render its held-out frames with their audio, make it say a sentence the subject never said
 (text -> espeak-ng -> the motion model personalised on first use), orbit the camera around it,
 and evaluate it with an HTML report.
-Every figure it prints and every output path are also written to ``OUT/demo.json``.
+Every figure it prints and every output path are also written to ``OUT/demo.json``, with which
+kernels ran (the compiled C++/CUDA build or the pure-torch mirror).
 """
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ from avatar3d.dataset.contract import TRACKING
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import check_parent_writable, json_safe, write_json_atomic
 from avatar3d.eval.pose import rotation_errors_deg, still_jitter_deg, translation_errors_mm
+from avatar3d.resources import preset_path, resolve_config
 from avatar3d.synth.check import check_clip, load_groundtruth
 from avatar3d.synth.generate import SynthConfig, generate
 from data_prep.pipeline import prepare
 
-CPU_SMALL = Path(__file__).resolve().parents[1] / "configs" / "cpu_small.yaml"
-TINY = CPU_SMALL.with_name("tiny.yaml")
+DEFAULT_PRESET = "cpu_small"  # the TrainConfig the demo starts from (a preset name or a YAML file)
+FAST_NETWORK_PRESET = "tiny"  # --fast trains this preset's network
 DEMO_TRAIN_MINUTES = 16  # of cpu_small's 20: the other stages take ~12 min on 2 cores
 FAST_TRAIN_SECONDS = 90  # --fast: the other stages take ~90 s; CI runs it inside the 15-minute test suite
 NEW_SENTENCE = "Good morning. I never said this sentence, but my avatar can say it for me."
@@ -35,9 +37,9 @@ STEPS = 8
 ORBIT_SENTENCE = "Here is a short orbit around my head."
 
 
-def _train_config(fast: bool):  # type: ignore[no-untyped-def]
-    """configs/cpu_small.yaml (from a checkout; its values otherwise); for --fast shrunk to 64², 90 s and
-    the network of configs/tiny.yaml.
+def _train_config(fast: bool, base: str | Path = DEFAULT_PRESET):  # type: ignore[no-untyped-def]
+    """``base`` (the cpu_small preset unless told otherwise); for --fast shrunk to 64², 90 s and the
+    network of the tiny preset.
 
     Why the tiny network for --fast: in 90 s at 64² it runs ~700 steps where cpu_small's runs ~450, and
     the held-out head came out 27.7-28.6 dB against 21.9-24.4 dB (two runs each, 8 s clip).
@@ -45,18 +47,32 @@ def _train_config(fast: bool):  # type: ignore[no-untyped-def]
     from avatar3d.config import load_config
     from avatar3d.train.config import TrainConfig
 
-    config = load_config(TrainConfig, CPU_SMALL if CPU_SMALL.is_file() else None)
+    config = load_config(TrainConfig, base)
     if not fast:
         return dataclasses.replace(config, time_budget_s=DEMO_TRAIN_MINUTES * 60.0)
     fit = config.eval.held_out_pose_fit and dataclasses.replace(config.eval.held_out_pose_fit, steps=60,
                                                                 rays_per_step=1024)
-    avatar = load_config(TrainConfig, TINY if TINY.is_file() else None).avatar
+    avatar = load_config(TrainConfig, preset_path(FAST_NETWORK_PRESET)).avatar
     avatar = dataclasses.replace(avatar, pose_knot_frames=config.avatar.pose_knot_frames)
     px = config.sampler.neck_band_px * 64 // config.resolution  # the band is in training pixels
     return dataclasses.replace(config, avatar=avatar, resolution=64, time_budget_s=FAST_TRAIN_SECONDS,
                                sampler=dataclasses.replace(config.sampler, rays_per_step=1024, neck_band_px=px),
                                optim=dataclasses.replace(config.optim, pose_refine_start=200),
                                eval=dataclasses.replace(config.eval, every=0, held_out_pose_fit=fit))  # fmt: skip
+
+
+def _kernels(device):  # type: ignore[no-untyped-def]
+    """Which build ran the NeRF's ops: "cpu"/"cuda" (compiled) or "torch" (the mirror), and where it came from."""
+    from avatar3d.nerf.backend import describe_backends
+    from avatar3d.nerf.encoding import HASHGRID_SPEC
+    from avatar3d.nerf.raymarch import RAYMARCH_SPEC
+
+    return describe_backends((HASHGRID_SPEC, RAYMARCH_SPEC), device)
+
+
+def _kernel_line(kernels: dict[str, dict]) -> str:
+    """e.g. "hashgrid cpu (jit), raymarch cpu (jit)"; the mirror is named as such."""
+    return ", ".join(f"{name} {k['backend']} ({k['build'] or 'pure-torch mirror'})" for name, k in kernels.items())
 
 
 def _check_out(out: Path) -> None:
@@ -67,9 +83,10 @@ def _check_out(out: Path) -> None:
     check_parent_writable(out / "demo.json", "-o")
 
 
-def run_demo(out: Path, fast: bool = False) -> dict:
-    """Run the demo into ``out`` and print where everything is."""
+def run_demo(out: Path, fast: bool = False, config: str | Path = DEFAULT_PRESET) -> dict:
+    """Run the demo into ``out`` and print where everything is; ``config`` is the TrainConfig to start from."""
     started = time.time()
+    config_path = resolve_config(config)  # a bad name fails before any work
     _check_out(Path(out))
     subject_dir = Path(out) / "subject"
     print(f"[1/{STEPS}] synthesising a {'8' if fast else '60'} s talking subject into {subject_dir}")
@@ -90,13 +107,16 @@ def run_demo(out: Path, fast: bool = False) -> dict:
     print(f"  tracking vs ground truth: rotation {np.median(rot_err):.2f}° median, translation "
           f"{np.median(trans_err):.1f} mm median (after one global similarity), jitter while still {jitter:.3f}°")
     from avatar3d.render.replay import render_from_subject
-    from avatar3d.train.trainer import train
+    from avatar3d.train.trainer import resolve_device, train
 
     avatar_dir = Path(out) / "avatar"
-    config = _train_config(fast)
-    budget = f"{config.time_budget_s / 60:.0f} min" if config.time_budget_s >= 120 else f"{config.time_budget_s:.0f} s"
-    print(f"[4/{STEPS}] training the avatar at {config.resolution}² for {budget} into {avatar_dir}")
-    result = train(prepared_dir, avatar_dir, config)
+    train_config = _train_config(fast, config_path)
+    budget = (f"{train_config.time_budget_s / 60:.0f} min" if train_config.time_budget_s >= 120
+              else f"{train_config.time_budget_s:.0f} s")  # fmt: skip
+    print(f"[4/{STEPS}] training the avatar at {train_config.resolution}² for {budget} into {avatar_dir} "
+          f"({config_path.stem})")
+    result = train(prepared_dir, avatar_dir, train_config)
+    kernels = _kernels(resolve_device(train_config.device))
     val_video = Path(out) / "avatar_val.mp4"
     print(f"[5/{STEPS}] re-rendering the held-out frames with their tracked motion and audio into {val_video}")
     render_stats = render_from_subject(avatar_dir, prepared_dir, val_video, split="val")
@@ -117,7 +137,7 @@ def run_demo(out: Path, fast: bool = False) -> dict:
     print(f"[8/{STEPS}] evaluating the avatar on its held-out frames into {report_dir}")
     metrics = evaluate(avatar_dir, prepared_dir, report_dir, EvalConfig(frames=24 if fast else None)).metrics
     seconds = time.time() - started
-    print(f"done in {seconds:.0f} s. Outputs:")
+    print(f"done in {seconds:.0f} s; kernels: {_kernel_line(kernels)}. Outputs:")
     for key, path in report["files"].items():
         print(f"  {key:12s} {path}")
     print(f"  {'dataset':12s} {prepared_dir} (manifest.json lists every file)")
@@ -133,7 +153,7 @@ def run_demo(out: Path, fast: bool = False) -> dict:
     print(f"  {'orbit':12s} {orbit_video} (within the views the training clip covers; the torso stays in the "
           "training view)")
     summary = {
-        "fast": fast, "seconds": round(seconds, 1),
+        "fast": fast, "seconds": round(seconds, 1), "config": str(config_path), "kernels": kernels,
         "check": check, "tracking": {"rotation_median_deg": float(np.median(rot_err)),
                                      "translation_median_mm": float(np.median(trans_err)), "still_jitter_deg": jitter},
         "train": result, "render": render_stats, "speech": speech_stats,

@@ -36,7 +36,8 @@ def _no_outputs(directory: Path) -> None:
 def test_help_lists_only_working_subcommands():
     parser = build_parser()
     choices = next(a for a in parser._actions if a.dest == "command").choices
-    assert sorted(choices) == ["demo", "eval", "export", "import-ernerf", "motion", "prep", "render", "synth", "train"]
+    assert sorted(choices) == ["demo", "eval", "export", "import-ernerf", "motion", "prep", "presets", "render", "synth",
+                               "train"]  # fmt: skip
 
 
 def test_photo_without_a_face(tmp_path, capsys):

@@ -44,11 +44,11 @@ import subprocess
 import sys
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from avatar3d.errors import Avatar3DError, MissingToolError
+from avatar3d.resources import import_root
 
 __all__ = ["TTSPhone", "TTSSpeech", "synthesize_with_phonemes", "ipa_to_arpabet", "IPA_TO_ARPABET", "LIBRARY"]
 
@@ -279,7 +279,7 @@ def _run_child(text: str, voice: str, rate: int, pitch: int) -> tuple[int, list,
     from avatar3d.synth.speech import espeak_path
 
     espeak_path()  # a missing espeak-ng is reported as such, before the library is looked for
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(import_root())  # the child imports this same copy of avatar3d
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     code = "import sys; sys.path.insert(0, sys.argv[1]); import runpy; " \

@@ -8,7 +8,12 @@ field ``backend`` or env ``AVATAR3D_BACKEND``, which wins) that cannot run is a
 clear :class:`BackendUnavailable` error instead.
 
 An op describes its sources with an :class:`ExtensionSpec`; :func:`resolve_backend`
-returns which backend runs tensors on a given device and the loaded module.
+returns which backend runs tensors on a given device and the loaded module. Sources come
+from :func:`avatar3d.resources.kernel_source_dir` (package data in a wheel, ``cuda_ext/`` in
+a checkout); builds go to :func:`avatar3d.resources.kernel_build_dir` (the checkout's
+``build/torch_extensions``, else ``$AVATAR3D_CACHE/torch_extensions``, default
+``~/.cache/avatar3d/torch_extensions``). A new kernel adds its spec to :data:`KERNEL_SPECS`
+so ``python -m avatar3d.nerf.build_kernels`` (what ``tools/install.sh`` runs) prebuilds it.
 """
 from __future__ import annotations
 
@@ -20,18 +25,24 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Literal, get_args
+from typing import Any, Iterable, Literal, get_args
 
 import torch
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.resources import kernel_build_dir, kernel_source_dir
 
 Backend = Literal["auto", "cuda", "cpu", "torch"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 ENV_VAR = "AVATAR3D_BACKEND"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CUDA_EXT_DIR = REPO_ROOT / "cuda_ext"
-BUILD_ROOT = REPO_ROOT / "build" / "torch_extensions"
+CUDA_EXT_DIR = kernel_source_dir()  # include/, cpu/, cuda/, bindings/
+BUILD_ROOT = kernel_build_dir()  # the default ExtensionSpec.build_root (read at spec creation)
+# Every compiled op as "module:ATTRIBUTE" of its ExtensionSpec: what `python -m avatar3d.nerf.build_kernels`
+# and tools/install.sh prebuild. A new kernel registers itself by adding one line here.
+KERNEL_SPECS: tuple[str, ...] = (
+    "avatar3d.nerf.encoding:HASHGRID_SPEC",
+    "avatar3d.nerf.raymarch:RAYMARCH_SPEC",
+)
 
 
 class BackendUnavailable(Avatar3DError):
@@ -46,7 +57,7 @@ class ExtensionSpec:
     cpu_sources: tuple[Path, ...]
     cuda_sources: tuple[Path, ...] = ()  # binding .cpp + kernel .cu files
     include_dirs: tuple[Path, ...] = (CUDA_EXT_DIR / "include", CUDA_EXT_DIR / "cuda")
-    build_root: Path = field(default=BUILD_ROOT)
+    build_root: Path = field(default_factory=kernel_build_dir)
 
     def module_name(self, kind: str) -> str:
         return f"avatar3d_{self.name}_{kind}"
@@ -82,8 +93,20 @@ def cuda_available() -> bool:
     return torch.version.cuda is not None and torch.cuda.is_available()
 
 
+def kernel_specs(refs: Iterable[str] = KERNEL_SPECS) -> list[ExtensionSpec]:
+    """The registered specs (``"module:ATTRIBUTE"`` references), imported."""
+    specs = []
+    for ref in refs:
+        module, _, attr = ref.partition(":")
+        spec = getattr(importlib.import_module(module), attr, None)
+        if not isinstance(spec, ExtensionSpec):
+            raise Avatar3DError(f"kernel {ref!r} is not an ExtensionSpec: fix KERNEL_SPECS in {__file__}")
+        specs.append(spec)
+    return specs
+
+
 def _jit_build(spec: ExtensionSpec, kind: str) -> ModuleType:
-    """Compile with ninja into ``build/torch_extensions/<module>`` (cached by torch on source hash)."""
+    """Compile with ninja into ``<build_root>/<module>`` (cached by torch on source hash)."""
     from torch.utils import cpp_extension
 
     name = spec.module_name(kind)
@@ -170,6 +193,24 @@ def resolve_backend(spec: ExtensionSpec, requested: str, device: torch.device) -
             stacklevel=3,
         )
     return "torch", None
+
+
+def describe_backends(specs: Iterable[ExtensionSpec], device: torch.device | str,
+                      requested: str = "auto") -> dict[str, dict[str, Any]]:
+    """Per op: the backend that runs tensors on ``device`` ("cuda", "cpu" or "torch" for the mirror) and
+    where its build came from, for logs and run summaries (loads, or JIT-builds, what is not loaded yet)."""
+    device = torch.device(device)
+    summary: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        backend, module = resolve_backend(spec, requested_backend(requested), device)
+        record = _RECORDS.get((spec.name, backend, str(spec.build_root))) if module is not None else None
+        summary[spec.name] = {
+            "backend": backend,
+            "build": record.source if record else "",  # "prebuilt" | "jit" | "" (the mirror)
+            "build_seconds": round(record.seconds, 1) if record else 0.0,
+            "module_file": str(getattr(module, "__file__", "") or ""),
+        }
+    return summary
 
 
 def ensure_backend(spec: ExtensionSpec, requested: str) -> None:

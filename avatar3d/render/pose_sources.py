@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,8 @@ from typing import Callable
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-from avatar3d.dataset.contract import LANDMARKS, LANDMARK_FLAGS
+from avatar3d import resources
+from avatar3d.dataset.contract import LANDMARK_FLAGS, LANDMARKS
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.blendshape_names import UPPER_FACE_PREFIXES
 from avatar3d.render.ar2 import StationaryAR2, consecutive_runs, critically_damped
@@ -198,7 +198,7 @@ class DrivingTrack:
 
 def cache_dir() -> Path:
     """The user cache (``$AVATAR3D_CACHE``, as the synthetic subject's calibration uses)."""
-    return Path(os.environ.get("AVATAR3D_CACHE", Path.home() / ".cache" / "avatar3d"))
+    return resources.cache_dir()
 
 
 def check_driving_video(path: str | Path) -> Path:

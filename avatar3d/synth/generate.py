@@ -29,6 +29,7 @@ from avatar3d.face import landmark_sets as rg
 from avatar3d.io.atomic import save_npz_atomic, write_json_atomic
 from avatar3d.io.audio import write_wav
 from avatar3d.io.video import VideoWriter
+from avatar3d.resources import cache_dir
 from avatar3d.synth.calibrate import Calibration, calibrate, project_landmarks, landmark_points
 from avatar3d.synth.camera import head_rotation
 from avatar3d.synth.motion import HeadMotionConfig, blink_track, head_track
@@ -150,10 +151,6 @@ def build_speech(config: SynthConfig, rng: np.random.Generator, progress: bool =
     return SpeechTrack(audio=audio, phones=fill_silence(phones, total / SAMPLE_RATE), sentences=spans)
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("AVATAR3D_CACHE", Path.home() / ".cache" / "avatar3d"))
-
-
 def subject_scene(config: SynthConfig, source: SourcePhoto | None = None, progress: bool = True
                   ) -> tuple[Scene, Calibration, str]:
     """Build the rigged scene for the photo and its landmark calibration (cached on disk)."""
@@ -162,7 +159,7 @@ def subject_scene(config: SynthConfig, source: SourcePhoto | None = None, progre
     scene = build_scene(source, config.size, focal_factor=config.focal_factor, depth_scale=config.depth_scale)
     key = hashlib.sha256(json.dumps([source.sha256, config.size, config.focal_factor, config.depth_scale,
                                      config.calibration_views, RIG_VERSION]).encode()).hexdigest()[:16]
-    cache = _cache_dir() / "synth" / f"calibration-{key}.npz"
+    cache = cache_dir() / "synth" / f"calibration-{key}.npz"
     if cache.is_file():
         with np.load(cache) as data:
             cal = Calibration(offsets=data["offsets"], train_error_px=float(data["train"]),
