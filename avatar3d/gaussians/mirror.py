@@ -176,4 +176,4 @@ def rasterize_torch(
     rgb = sh_colors_torch(sh, dirs, sh_degree)
     offsets, ids = bin_tiles_torch(rect, means[:, 2], camera)
     color, alpha, depth = blend_torch(mean2d, conic, opacities, rgb, means[:, 2], offsets, ids, camera)
-    return color, alpha, depth, mean2d.detach(), radius.to(torch.int32)
+    return color, alpha, depth, mean2d.detach(), radius.clamp(max=float(1 << 30)).to(torch.int32)  # as the kernels

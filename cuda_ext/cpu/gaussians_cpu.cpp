@@ -124,8 +124,10 @@ void bin_tiles(const A3dGsCamera& cam, int64_t n, const int32_t* rects, const in
 
 template <typename T>
 void gather_tile(const int32_t* ids, int64_t begin, int64_t end, const T* mean2d, const T* conic, const T* opac,
-                 const T* rgb, const T* means, std::vector<A3dGsSplat<T>>& buf) {
+                 const T* rgb, const T* means, const int32_t* radii, std::vector<A3dGsSplat<T>>& buf,
+                 std::vector<T>& rad) {
     buf.resize(end - begin);
+    rad.resize(end - begin);
     for (int64_t j = begin; j < end; ++j) {
         const int32_t g = ids[j];
         A3dGsSplat<T>& s = buf[j - begin];
@@ -134,71 +136,113 @@ void gather_tile(const int32_t* ids, int64_t begin, int64_t end, const T* mean2d
         s.opacity = opac[g];
         s.rgb[0] = rgb[3 * g], s.rgb[1] = rgb[3 * g + 1], s.rgb[2] = rgb[3 * g + 2];
         s.z = means[3 * g + 2];
+        rad[j - begin] = radii[g] >= (1 << 30) ? T(1e30) : T(radii[g]);  // clamped radius: unbounded reach
+    }
+}
+
+constexpr int32_t kSub = 4;                       // pixels per side of a sub-block
+constexpr int32_t kSubs = A3D_GS_TILE / kSub;      // sub-blocks per tile side
+constexpr int32_t kBlocks = kSubs * kSubs;
+
+// Per 4x4 sub-block of the tile at pixel (x0, y0): the indices into buf of the splats that can reach
+// alpha >= 1/255 inside it (a3d_gs_splat_reach), in list order. Pixels then walk only their
+// block's list: the same splats blend in the same order, the others would have been skipped.
+template <typename T>
+void block_lists(const std::vector<A3dGsSplat<T>>& buf, const std::vector<T>& radius, int32_t x0, int32_t y0,
+                 std::vector<int32_t>* lists) {
+    for (int32_t b = 0; b < kBlocks; ++b) lists[b].clear();
+    const int32_t n = (int32_t)buf.size();
+    for (int32_t j = 0; j < n; ++j) {
+        T hx;
+        if (!a3d_gs_splat_reach(buf[j].opacity, radius[j], &hx)) continue;
+        const T hy = hx;
+        const T lo_x = buf[j].mx - hx, hi_x = buf[j].mx + hx, lo_y = buf[j].my - hy, hi_y = buf[j].my + hy;
+        for (int32_t by = 0; by < kSubs; ++by) {
+            const T first_y = T(y0 + by * kSub) + T(0.5), last_y = first_y + T(kSub - 1);
+            if (hi_y < first_y || lo_y > last_y) continue;
+            for (int32_t bx = 0; bx < kSubs; ++bx) {
+                const T first_x = T(x0 + bx * kSub) + T(0.5), last_x = first_x + T(kSub - 1);
+                if (hi_x < first_x || lo_x > last_x) continue;
+                lists[by * kSubs + bx].push_back(j);
+            }
+        }
     }
 }
 
 template <typename T>
 void blend_fwd_loop(const A3dGsCamera& cam, const int64_t* off, const int32_t* ids, const T* mean2d, const T* conic,
-                    const T* opac, const T* rgb, const T* means, T* color, T* alpha, T* depth, T* t_final,
+                    const T* opac, const T* rgb, const T* means, const int32_t* radii, T* color, T* alpha, T* depth, T* t_final,
                     int32_t* n_contrib) {
     const int64_t n_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
 #pragma omp parallel
     {
         std::vector<A3dGsSplat<T>> buf;
+        std::vector<T> rad;
+        std::vector<int32_t> lists[kBlocks];
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < n_tiles; ++t) {
-            gather_tile(ids, off[t], off[t + 1], mean2d, conic, opac, rgb, means, buf);
-            const int32_t tx = (int32_t)(t % cam.tiles_x), ty = (int32_t)(t / cam.tiles_x);
-            const int32_t x_end = std::min(cam.width, (tx + 1) * A3D_GS_TILE);
-            const int32_t y_end = std::min(cam.height, (ty + 1) * A3D_GS_TILE);
-            const int64_t n_list = (int64_t)buf.size();
-            for (int32_t y = ty * A3D_GS_TILE; y < y_end; ++y)
-                for (int32_t x = tx * A3D_GS_TILE; x < x_end; ++x) {
-                    const T px = T(x) + T(0.5), py = T(y) + T(0.5);
-                    T trans = T(1), c[3] = {T(0), T(0), T(0)}, dep = T(0);
-                    int32_t last = 0;
-                    for (int64_t j = 0; j < n_list; ++j) {
-                        const int step = a3d_gs_blend_fwd(buf[j], px, py, &trans, c, &dep);
-                        if (step == 2) break;
-                        if (step == 1) last = (int32_t)(j + 1);
+            gather_tile(ids, off[t], off[t + 1], mean2d, conic, opac, rgb, means, radii, buf, rad);
+            const int32_t x0 = (int32_t)(t % cam.tiles_x) * A3D_GS_TILE, y0 = (int32_t)(t / cam.tiles_x) * A3D_GS_TILE;
+            block_lists(buf, rad, x0, y0, lists);
+            for (int32_t b = 0; b < kBlocks; ++b) {
+                const std::vector<int32_t>& list = lists[b];
+                const int32_t bx0 = x0 + (b % kSubs) * kSub, by0 = y0 + (b / kSubs) * kSub;
+                for (int32_t y = by0; y < std::min(cam.height, by0 + kSub); ++y)
+                    for (int32_t x = bx0; x < std::min(cam.width, bx0 + kSub); ++x) {
+                        const T px = T(x) + T(0.5), py = T(y) + T(0.5);
+                        T trans = T(1), c[3] = {T(0), T(0), T(0)}, dep = T(0);
+                        int32_t last = 0;
+                        for (const int32_t j : list) {
+                            const int step = a3d_gs_blend_fwd(buf[j], px, py, &trans, c, &dep);
+                            if (step == 2) break;
+                            if (step == 1) last = j + 1;
+                        }
+                        const int64_t p = (int64_t)y * cam.width + x;
+                        color[3 * p] = c[0], color[3 * p + 1] = c[1], color[3 * p + 2] = c[2];
+                        alpha[p] = T(1) - trans;
+                        depth[p] = dep;
+                        t_final[p] = trans;
+                        n_contrib[p] = last;
                     }
-                    const int64_t p = (int64_t)y * cam.width + x;
-                    color[3 * p] = c[0], color[3 * p + 1] = c[1], color[3 * p + 2] = c[2];
-                    alpha[p] = T(1) - trans;
-                    depth[p] = dep;
-                    t_final[p] = trans;
-                    n_contrib[p] = last;
-                }
+            }
         }
     }
 }
 
-// Per-instance gradients (slot j of ids), tile by tile, pixels back to front.
+// Per-instance gradients (slot j of ids), tile by tile, pixels back to front over their block's list.
 template <typename T>
 void blend_bwd_loop(const A3dGsCamera& cam, const int64_t* off, const int32_t* ids, const T* mean2d, const T* conic,
-                    const T* opac, const T* rgb, const T* means, const T* v_color, const T* v_alpha, const T* v_depth,
+                    const T* opac, const T* rgb, const T* means, const int32_t* radii, const T* v_color, const T* v_alpha, const T* v_depth,
                     const T* t_final, const int32_t* n_contrib, T* slots) {
     const int64_t n_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
 #pragma omp parallel
     {
         std::vector<A3dGsSplat<T>> buf;
+        std::vector<T> rad;
+        std::vector<int32_t> lists[kBlocks];
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < n_tiles; ++t) {
-            gather_tile(ids, off[t], off[t + 1], mean2d, conic, opac, rgb, means, buf);
+            gather_tile(ids, off[t], off[t + 1], mean2d, conic, opac, rgb, means, radii, buf, rad);
             T* tile_slots = slots + A3D_GS_N_GRAD * off[t];
-            const int32_t tx = (int32_t)(t % cam.tiles_x), ty = (int32_t)(t / cam.tiles_x);
-            const int32_t x_end = std::min(cam.width, (tx + 1) * A3D_GS_TILE);
-            const int32_t y_end = std::min(cam.height, (ty + 1) * A3D_GS_TILE);
-            for (int32_t y = ty * A3D_GS_TILE; y < y_end; ++y)
-                for (int32_t x = tx * A3D_GS_TILE; x < x_end; ++x) {
-                    const int64_t p = (int64_t)y * cam.width + x;
-                    const T px = T(x) + T(0.5), py = T(y) + T(0.5);
-                    const T vc[3] = {v_color[3 * p], v_color[3 * p + 1], v_color[3 * p + 2]};
-                    T trans = t_final[p], acc[3] = {T(0), T(0), T(0)}, acc_z = T(0);
-                    for (int64_t j = (int64_t)n_contrib[p] - 1; j >= 0; --j)
-                        a3d_gs_blend_bwd(buf[j], px, py, vc, v_alpha[p], v_depth[p], t_final[p], &trans, acc, &acc_z,
-                                         tile_slots + A3D_GS_N_GRAD * j);
-                }
+            const int32_t x0 = (int32_t)(t % cam.tiles_x) * A3D_GS_TILE, y0 = (int32_t)(t / cam.tiles_x) * A3D_GS_TILE;
+            block_lists(buf, rad, x0, y0, lists);
+            for (int32_t b = 0; b < kBlocks; ++b) {
+                const std::vector<int32_t>& list = lists[b];
+                const int32_t bx0 = x0 + (b % kSubs) * kSub, by0 = y0 + (b / kSubs) * kSub;
+                for (int32_t y = by0; y < std::min(cam.height, by0 + kSub); ++y)
+                    for (int32_t x = bx0; x < std::min(cam.width, bx0 + kSub); ++x) {
+                        const int64_t p = (int64_t)y * cam.width + x;
+                        const T px = T(x) + T(0.5), py = T(y) + T(0.5);
+                        const T vc[3] = {v_color[3 * p], v_color[3 * p + 1], v_color[3 * p + 2]};
+                        T trans = t_final[p], acc[3] = {T(0), T(0), T(0)}, acc_z = T(0);
+                        const int32_t last = n_contrib[p];
+                        for (auto it = list.rbegin(); it != list.rend(); ++it) {
+                            if (*it >= last) continue;
+                            a3d_gs_blend_bwd(buf[*it], px, py, vc, v_alpha[p], v_depth[p], t_final[p], &trans, acc,
+                                             &acc_z, tile_slots + A3D_GS_N_GRAD * (*it));
+                        }
+                    }
+            }
         }
     }
 }
@@ -271,7 +315,7 @@ std::vector<torch::Tensor> gaussians_fwd(torch::Tensor means, torch::Tensor quat
                      tile_offsets, ids);
         blend_fwd_loop<T>(cam, tile_offsets.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), mean2d.data_ptr<T>(),
                           conic.data_ptr<T>(), in.opacities.data_ptr<T>(), rgb.data_ptr<T>(), in.means.data_ptr<T>(),
-                          color.data_ptr<T>(), alpha.data_ptr<T>(), depth.data_ptr<T>(), t_final.data_ptr<T>(),
+                          radii.data_ptr<int32_t>(), color.data_ptr<T>(), alpha.data_ptr<T>(), depth.data_ptr<T>(), t_final.data_ptr<T>(),
                           n_contrib.data_ptr<int32_t>());
     });
     return {color, alpha, depth, mean2d, conic, rgb, radii, tile_offsets, ids, t_final, n_contrib};
@@ -311,7 +355,7 @@ std::vector<torch::Tensor> gaussians_bwd(torch::Tensor v_color, torch::Tensor v_
     A3D_GS_DISPATCH(in.means.scalar_type(), {
         blend_bwd_loop<T>(cam, tile_offsets.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), mean2d.data_ptr<T>(),
                           conic.data_ptr<T>(), in.opacities.data_ptr<T>(), rgb.data_ptr<T>(), in.means.data_ptr<T>(),
-                          v_color.data_ptr<T>(), v_alpha.data_ptr<T>(), v_depth.data_ptr<T>(), t_final.data_ptr<T>(),
+                          radii.data_ptr<int32_t>(), v_color.data_ptr<T>(), v_alpha.data_ptr<T>(), v_depth.data_ptr<T>(), t_final.data_ptr<T>(),
                           n_contrib.data_ptr<int32_t>(), slots.data_ptr<T>());
         reduce_and_project_bwd<T>(in, (int)sh_degree, cam, slots, ids, conic, radii, v_means, v_quats, v_scales,
                                   v_opac, v_sh, v_dirs, v_view, v_mean2d);

@@ -389,6 +389,19 @@ A3D_HD T a3d_gs_alpha(const A3dGsSplat<T>& s, T px, T py, T* gauss, T* dx, T* dy
     return a3d_gs_min(T(A3D_GS_ALPHA_MAX), s.opacity * *gauss);
 }
 
+// Half-size (pixels) of a square around mean2d outside which a splat is certain to have alpha < 1/255:
+// opacity exp(-p/2) >= 1/255 needs p <= P = 2 ln(255 opacity), and p >= |d|^2 / lambda_max, so
+// |d| <= sqrt(P lambda_max) <= sqrt(P) radius / 3 (radius = ceil(3 sqrt(lambda_max)) from the
+// covariance itself; no inverse of an ill-conditioned conic involved). Widened by 0.1 % + 1e-3 px:
+// a filter that changes no result. False: the splat can never reach 1/255.
+template <typename T>
+A3D_HD bool a3d_gs_splat_reach(T opacity, T radius, T* half) {
+    const T level = T(255) * opacity;
+    if (!(level > T(1))) return false;
+    *half = sqrt(T(2) * log(level)) * radius / T(A3D_GS_SIGMAS) * T(1.001) + T(1e-3);
+    return true;
+}
+
 // Front-to-back step: 0 skipped (alpha < 1/255), 1 blended, 2 stop (would take T below 1e-4; not blended).
 template <typename T>
 A3D_HD int a3d_gs_blend_fwd(const A3dGsSplat<T>& s, T px, T py, T* trans, T color[3], T* depth) {
