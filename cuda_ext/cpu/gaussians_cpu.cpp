@@ -12,6 +12,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "gaussians.h"
@@ -116,27 +117,47 @@ void bin_tiles(const A3dGsCamera& cam, int64_t n, const int32_t* rects, const in
         for (int32_t ty = r[1]; ty < r[3]; ++ty)
             for (int32_t tx = r[0]; tx < r[2]; ++tx) pid[fill[(int64_t)ty * cam.tiles_x + tx]++] = (int32_t)i;
     }
-#pragma omp parallel for schedule(dynamic, 4)
-    for (int64_t t = 0; t < n_tiles; ++t)  // stable: equal depths keep the index order
-        std::stable_sort(pid + off[t], pid + off[t + 1],
-                         [means](int32_t a, int32_t b) { return means[3 * a + 2] < means[3 * b + 2]; });
+#pragma omp parallel
+    {
+        std::vector<std::pair<T, int32_t>> keys;  // (depth, id): contiguous, ties broken by index
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t t = 0; t < n_tiles; ++t) {
+            keys.clear();
+            for (int64_t j = off[t]; j < off[t + 1]; ++j) keys.emplace_back(means[3 * pid[j] + 2], pid[j]);
+            std::sort(keys.begin(), keys.end());
+            for (int64_t j = off[t]; j < off[t + 1]; ++j) pid[j] = keys[j - off[t]].second;
+        }
+    }
 }
 
+// One packed splat per Gaussian (one or two cache lines), so each tile gathers with one read per instance;
+// reach[i] is the radius the reach square is derived from (clamped radii: unbounded).
 template <typename T>
-void gather_tile(const int32_t* ids, int64_t begin, int64_t end, const T* mean2d, const T* conic, const T* opac,
-                 const T* rgb, const T* means, const int32_t* radii, std::vector<A3dGsSplat<T>>& buf,
-                 std::vector<T>& rad) {
-    buf.resize(end - begin);
-    rad.resize(end - begin);
-    for (int64_t j = begin; j < end; ++j) {
-        const int32_t g = ids[j];
-        A3dGsSplat<T>& s = buf[j - begin];
+void pack_splats(int64_t n, const T* mean2d, const T* conic, const T* opac, const T* rgb, const T* means,
+                 const int32_t* radii, std::vector<A3dGsSplat<T>>& splats, std::vector<T>& reach) {
+    splats.resize(n);
+    reach.resize(n);
+#pragma omp parallel for schedule(static)
+    for (int64_t g = 0; g < n; ++g) {
+        A3dGsSplat<T>& s = splats[g];
         s.mx = mean2d[2 * g], s.my = mean2d[2 * g + 1];
         s.ca = conic[3 * g], s.cb = conic[3 * g + 1], s.cc = conic[3 * g + 2];
         s.opacity = opac[g];
+        s.p_skip = a3d_gs_skip_power(s.opacity);
         s.rgb[0] = rgb[3 * g], s.rgb[1] = rgb[3 * g + 1], s.rgb[2] = rgb[3 * g + 2];
         s.z = means[3 * g + 2];
-        rad[j - begin] = radii[g] >= (1 << 30) ? T(1e30) : T(radii[g]);  // clamped radius: unbounded reach
+        reach[g] = radii[g] >= (1 << 30) ? T(1e30) : T(radii[g]);
+    }
+}
+
+template <typename T>
+void gather_tile(const int32_t* ids, int64_t begin, int64_t end, const std::vector<A3dGsSplat<T>>& splats,
+                 const std::vector<T>& reach, std::vector<A3dGsSplat<T>>& buf, std::vector<T>& rad) {
+    buf.resize(end - begin);
+    rad.resize(end - begin);
+    for (int64_t j = begin; j < end; ++j) {
+        buf[j - begin] = splats[ids[j]];
+        rad[j - begin] = reach[ids[j]];
     }
 }
 
@@ -156,13 +177,15 @@ void block_lists(const std::vector<A3dGsSplat<T>>& buf, const std::vector<T>& ra
         T hx;
         if (!a3d_gs_splat_reach(buf[j].opacity, radius[j], &hx)) continue;
         const T hy = hx;
-        const T lo_x = buf[j].mx - hx, hi_x = buf[j].mx + hx, lo_y = buf[j].my - hy, hi_y = buf[j].my + hy;
-        for (int32_t by = 0; by < kSubs; ++by) {
-            const T first_y = T(y0 + by * kSub) + T(0.5), last_y = first_y + T(kSub - 1);
-            if (hi_y < first_y || lo_y > last_y) continue;
-            for (int32_t bx = 0; bx < kSubs; ++bx) {
-                const T first_x = T(x0 + bx * kSub) + T(0.5), last_x = first_x + T(kSub - 1);
-                if (hi_x < first_x || lo_x > last_x) continue;
+        // pixel columns/rows whose centre (i + 0.5) lies in the square, as sub-block ranges of this tile
+        const T c0 = ceil(buf[j].mx - hx - T(0.5)) - T(x0), c1 = floor(buf[j].mx + hx - T(0.5)) - T(x0);
+        const T r0 = ceil(buf[j].my - hy - T(0.5)) - T(y0), r1 = floor(buf[j].my + hy - T(0.5)) - T(y0);
+        if (c1 < T(0) || r1 < T(0) || c0 > T(A3D_GS_TILE - 1) || r0 > T(A3D_GS_TILE - 1)) continue;
+        const int32_t bx0 = c0 <= T(0) ? 0 : (int32_t)c0 / kSub, by0 = r0 <= T(0) ? 0 : (int32_t)r0 / kSub;
+        const int32_t bx1 = c1 >= T(A3D_GS_TILE - 1) ? kSubs - 1 : (int32_t)c1 / kSub;
+        const int32_t by1 = r1 >= T(A3D_GS_TILE - 1) ? kSubs - 1 : (int32_t)r1 / kSub;
+        for (int32_t by = by0; by <= by1; ++by) {
+            for (int32_t bx = bx0; bx <= bx1; ++bx) {
                 lists[by * kSubs + bx].push_back(j);
             }
         }
@@ -170,9 +193,12 @@ void block_lists(const std::vector<A3dGsSplat<T>>& buf, const std::vector<T>& ra
 }
 
 template <typename T>
-void blend_fwd_loop(const A3dGsCamera& cam, const int64_t* off, const int32_t* ids, const T* mean2d, const T* conic,
+void blend_fwd_loop(const A3dGsCamera& cam, int64_t n, const int64_t* off, const int32_t* ids, const T* mean2d, const T* conic,
                     const T* opac, const T* rgb, const T* means, const int32_t* radii, T* color, T* alpha, T* depth, T* t_final,
                     int32_t* n_contrib) {
+    std::vector<A3dGsSplat<T>> splats;
+    std::vector<T> reach;
+    pack_splats(n, mean2d, conic, opac, rgb, means, radii, splats, reach);
     const int64_t n_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
 #pragma omp parallel
     {
@@ -181,7 +207,7 @@ void blend_fwd_loop(const A3dGsCamera& cam, const int64_t* off, const int32_t* i
         std::vector<int32_t> lists[kBlocks];
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < n_tiles; ++t) {
-            gather_tile(ids, off[t], off[t + 1], mean2d, conic, opac, rgb, means, radii, buf, rad);
+            gather_tile(ids, off[t], off[t + 1], splats, reach, buf, rad);
             const int32_t x0 = (int32_t)(t % cam.tiles_x) * A3D_GS_TILE, y0 = (int32_t)(t / cam.tiles_x) * A3D_GS_TILE;
             block_lists(buf, rad, x0, y0, lists);
             for (int32_t b = 0; b < kBlocks; ++b) {
@@ -211,9 +237,12 @@ void blend_fwd_loop(const A3dGsCamera& cam, const int64_t* off, const int32_t* i
 
 // Per-instance gradients (slot j of ids), tile by tile, pixels back to front over their block's list.
 template <typename T>
-void blend_bwd_loop(const A3dGsCamera& cam, const int64_t* off, const int32_t* ids, const T* mean2d, const T* conic,
+void blend_bwd_loop(const A3dGsCamera& cam, int64_t n, const int64_t* off, const int32_t* ids, const T* mean2d, const T* conic,
                     const T* opac, const T* rgb, const T* means, const int32_t* radii, const T* v_color, const T* v_alpha, const T* v_depth,
                     const T* t_final, const int32_t* n_contrib, T* slots) {
+    std::vector<A3dGsSplat<T>> splats;
+    std::vector<T> reach;
+    pack_splats(n, mean2d, conic, opac, rgb, means, radii, splats, reach);
     const int64_t n_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
 #pragma omp parallel
     {
@@ -222,7 +251,7 @@ void blend_bwd_loop(const A3dGsCamera& cam, const int64_t* off, const int32_t* i
         std::vector<int32_t> lists[kBlocks];
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < n_tiles; ++t) {
-            gather_tile(ids, off[t], off[t + 1], mean2d, conic, opac, rgb, means, radii, buf, rad);
+            gather_tile(ids, off[t], off[t + 1], splats, reach, buf, rad);
             T* tile_slots = slots + A3D_GS_N_GRAD * off[t];
             const int32_t x0 = (int32_t)(t % cam.tiles_x) * A3D_GS_TILE, y0 = (int32_t)(t / cam.tiles_x) * A3D_GS_TILE;
             block_lists(buf, rad, x0, y0, lists);
@@ -313,7 +342,7 @@ std::vector<torch::Tensor> gaussians_fwd(torch::Tensor means, torch::Tensor quat
                         radii.data_ptr<int32_t>(), rects.data_ptr<int32_t>(), touched.data_ptr<int64_t>());
         bin_tiles<T>(cam, n, rects.data_ptr<int32_t>(), touched.data_ptr<int64_t>(), in.means.data_ptr<T>(),
                      tile_offsets, ids);
-        blend_fwd_loop<T>(cam, tile_offsets.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), mean2d.data_ptr<T>(),
+        blend_fwd_loop<T>(cam, n, tile_offsets.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), mean2d.data_ptr<T>(),
                           conic.data_ptr<T>(), in.opacities.data_ptr<T>(), rgb.data_ptr<T>(), in.means.data_ptr<T>(),
                           radii.data_ptr<int32_t>(), color.data_ptr<T>(), alpha.data_ptr<T>(), depth.data_ptr<T>(), t_final.data_ptr<T>(),
                           n_contrib.data_ptr<int32_t>());
@@ -353,7 +382,7 @@ std::vector<torch::Tensor> gaussians_bwd(torch::Tensor v_color, torch::Tensor v_
     auto v_opac = torch::zeros({n}, opt), v_sh = torch::zeros({n, k, 3}, opt), v_dirs = torch::zeros({n, 3}, opt);
     auto v_view = torch::zeros({n, 9}, opt), v_mean2d = torch::zeros({n, 2}, opt);
     A3D_GS_DISPATCH(in.means.scalar_type(), {
-        blend_bwd_loop<T>(cam, tile_offsets.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), mean2d.data_ptr<T>(),
+        blend_bwd_loop<T>(cam, n, tile_offsets.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), mean2d.data_ptr<T>(),
                           conic.data_ptr<T>(), in.opacities.data_ptr<T>(), rgb.data_ptr<T>(), in.means.data_ptr<T>(),
                           radii.data_ptr<int32_t>(), v_color.data_ptr<T>(), v_alpha.data_ptr<T>(), v_depth.data_ptr<T>(), t_final.data_ptr<T>(),
                           n_contrib.data_ptr<int32_t>(), slots.data_ptr<T>());

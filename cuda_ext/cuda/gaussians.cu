@@ -25,6 +25,7 @@ __device__ A3dGsSplat<T> load_splat(int32_t g, const T* __restrict__ mean2d, con
     s.mx = mean2d[2 * g], s.my = mean2d[2 * g + 1];
     s.ca = conic[3 * g], s.cb = conic[3 * g + 1], s.cc = conic[3 * g + 2];
     s.opacity = opac[g];
+    s.p_skip = a3d_gs_skip_power(s.opacity);
     s.rgb[0] = rgb[3 * g], s.rgb[1] = rgb[3 * g + 1], s.rgb[2] = rgb[3 * g + 2];
     s.z = means[3 * g + 2];
     return s;
