@@ -10,7 +10,7 @@ head pose, fx = fy = 1.3 * width. With a GPU: the CUDA build alone at --gpu-size
 gsplat's ``rasterization`` on the same scene for reference if it imports.
 
 Usage: python tools/bench/gaussians.py [--gaussians 50000] [--size 128] [--repeats 5] [--mirror-repeats 1]
-       [--gpu-size 512]
+       [--gpu-size 512] [--threads N]
 The last line printed is one JSON object with the figures.
 """
 from __future__ import annotations
@@ -137,7 +137,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--mirror-repeats", type=int, default=1, help="timed runs of the torch mirror (slow)")
     ap.add_argument("--gpu-size", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     record = load_extension(GAUSSIANS_SPEC, "cpu")
