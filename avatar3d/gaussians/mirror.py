@@ -89,7 +89,7 @@ def project_torch(
         mid = 0.5 * (ca + cc)
         radius = torch.ceil(SIGMAS * torch.sqrt(mid + torch.sqrt((mid * mid - det).clamp_min(0.1))))
         lo, hi = mean2d - radius[:, None], mean2d + radius[:, None]
-        lim = torch.tensor([camera.tiles_x, camera.tiles_y], dtype=dt)
+        lim = torch.tensor([camera.tiles_x, camera.tiles_y], dtype=dt, device=means.device)
         r0 = torch.minimum(torch.floor(lo / TILE).clamp_min(0), lim)
         r1 = torch.minimum((torch.floor(hi / TILE) + 1).clamp_min(0), lim)
         ok = ok & (r1 > r0).all(-1)
@@ -103,14 +103,15 @@ def bin_tiles_torch(rect: torch.Tensor, depth: torch.Tensor, camera: PinholeCame
     """Tile lists: offsets [n_tiles + 1] and Gaussian ids [n_instances], by tile, then depth, then index."""
     w = rect[:, 2] - rect[:, 0]
     counts = w * (rect[:, 3] - rect[:, 1])  # [N]
-    gid = torch.repeat_interleave(torch.arange(rect.shape[0]), counts)
+    dev = rect.device
+    gid = torch.repeat_interleave(torch.arange(rect.shape[0], device=dev), counts)
     start = torch.cumsum(counts, 0) - counts
-    local = torch.arange(gid.shape[0]) - start[gid]
+    local = torch.arange(gid.shape[0], device=dev) - start[gid]
     tile = (rect[gid, 1] + local // w[gid]) * camera.tiles_x + rect[gid, 0] + local % w[gid]
     order = torch.sort(depth.detach()[gid], stable=True).indices
     order = order[torch.sort(tile[order], stable=True).indices]
     n_tiles = camera.tiles_x * camera.tiles_y
-    offsets = torch.zeros(n_tiles + 1, dtype=torch.long)
+    offsets = torch.zeros(n_tiles + 1, dtype=torch.long, device=dev)
     offsets[1:] = torch.cumsum(torch.bincount(tile, minlength=n_tiles), 0)
     return offsets, gid[order]
 
@@ -124,10 +125,12 @@ def blend_torch(
     color = mean2d.new_zeros(camera.tiles_y * TILE, camera.tiles_x * TILE, 3)
     trans_out = mean2d.new_ones(camera.tiles_y * TILE, camera.tiles_x * TILE)
     depth_out = mean2d.new_zeros(camera.tiles_y * TILE, camera.tiles_x * TILE)
-    local = torch.arange(TILE, dtype=dt) + 0.5
+    dev = mean2d.device
+    local = torch.arange(TILE, dtype=dt, device=dev) + 0.5
+    bounds = offsets.tolist()
     tile_rows, tile_cols, tile_c, tile_t, tile_d = [], [], [], [], []
     for t in range(camera.tiles_x * camera.tiles_y):
-        s, e = int(offsets[t]), int(offsets[t + 1])
+        s, e = bounds[t], bounds[t + 1]
         if s == e:
             continue
         tx, ty = t % camera.tiles_x, t // camera.tiles_x
@@ -152,8 +155,9 @@ def blend_torch(
         tile_t.append(torch.prod(one_minus, 1).reshape(TILE, TILE))
         tile_d.append((w @ depth[g]).reshape(TILE, TILE))
     if tile_rows:  # one differentiable scatter of all tiles
-        rows = torch.tensor(tile_rows)[:, None, None] * TILE + torch.arange(TILE)[None, :, None]
-        cols = torch.tensor(tile_cols)[:, None, None] * TILE + torch.arange(TILE)[None, None, :]
+        span = torch.arange(TILE, device=dev)
+        rows = torch.tensor(tile_rows, device=dev)[:, None, None] * TILE + span[None, :, None]
+        cols = torch.tensor(tile_cols, device=dev)[:, None, None] * TILE + span[None, None, :]
         rows, cols = rows.expand(-1, TILE, TILE), cols.expand(-1, TILE, TILE)
         color = color.index_put((rows, cols), torch.stack(tile_c))
         trans_out = trans_out.index_put((rows, cols), torch.stack(tile_t))
