@@ -32,14 +32,14 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from avatar3d.dataset.contract import (BACKGROUND_LABEL, FRAMES, HEAD_LABEL, LABEL_NAMES, LABELS_MEMBER, LANDMARKS,
-                                       MOUTH_LABEL, PARSING, TORSO_LABEL, iter_labels, load_labels)
+                                       MOUTH_LABEL, PARSING, TORSO_LABEL)
 from avatar3d.errors import Avatar3DError
 from avatar3d.face import landmark_sets as rg
 from avatar3d.io.atomic import atomic_path, write_json_atomic

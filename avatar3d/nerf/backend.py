@@ -42,6 +42,7 @@ BUILD_ROOT = kernel_build_dir()  # the default ExtensionSpec.build_root (read at
 KERNEL_SPECS: tuple[str, ...] = (
     "avatar3d.nerf.encoding:HASHGRID_SPEC",
     "avatar3d.nerf.raymarch:RAYMARCH_SPEC",
+    "avatar3d.gaussians.rasterize:GAUSSIANS_SPEC",
 )
 
 

@@ -25,7 +25,6 @@ from avatar3d.audio.alignment import align_phones
 from avatar3d.audio.phones import Phone, fill_silence
 from avatar3d.config import to_dict
 from avatar3d.errors import Avatar3DError
-from avatar3d.face import landmark_sets as rg
 from avatar3d.io.atomic import save_npz_atomic, write_json_atomic
 from avatar3d.io.audio import write_wav
 from avatar3d.io.video import VideoWriter

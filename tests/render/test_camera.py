@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.cli import main
 from avatar3d.io.audio import write_wav
 from avatar3d.io.video import probe_video, read_video

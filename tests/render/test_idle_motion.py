@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.cli import main
 from avatar3d.errors import Avatar3DError
 from avatar3d.render.drive import DriveConfig, build_tracks

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion, distance_transform_edt, map_coordinates
 
+from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.cli import main
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.video import probe_video, read_video

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.errors import Avatar3DError
 from avatar3d.render.drive import DriveConfig, build_tracks
 from avatar3d.render.pose_sources import (DrivingTrack, fit_head_motion, frame_positions, generated_pose,

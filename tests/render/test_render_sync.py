@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.io.video import probe_video, read_audio, read_video
 from avatar3d.render.camera import ViewRenderer, camera_track, stereo_eyes
 from avatar3d.render.drive import DriveTracks
@@ -39,7 +40,7 @@ def _tracks(bundle: AvatarBundle, moved: np.ndarray) -> DriveTracks:
 def test_mp4_frame_i_is_rendered_from_track_i(tiny_avatar_run, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     avatar = load_avatar(tiny_avatar_run[0])
-    model, bundle = avatar.model, avatar.bundle
+    bundle = avatar.bundle
     moved = np.zeros(N_FRAMES, bool)
     moved[list(MOVED)] = True
     tracks = _tracks(bundle, moved)
