@@ -12,20 +12,29 @@ kernels ran (the compiled C++/CUDA build or the pure-torch mirror).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
-import dataclasses
-
 import numpy as np
 
+from avatar3d.config import load_config
 from avatar3d.dataset.contract import TRACKING
 from avatar3d.errors import Avatar3DError
-from avatar3d.io.atomic import check_parent_writable, json_safe, write_json_atomic
+from avatar3d.eval.evaluate import EvalConfig, evaluate
 from avatar3d.eval.pose import rotation_errors_deg, still_jitter_deg, translation_errors_mm
+from avatar3d.io.atomic import check_parent_writable, json_safe, write_json_atomic
+from avatar3d.nerf.backend import describe_backends
+from avatar3d.nerf.encoding import HASHGRID_SPEC
+from avatar3d.nerf.raymarch import RAYMARCH_SPEC
+from avatar3d.render.drive import DriveConfig
+from avatar3d.render.replay import render_from_subject
+from avatar3d.render.speech import SpeechSource, render_from_speech
 from avatar3d.resources import preset_path, resolve_config
 from avatar3d.synth.check import check_clip, load_groundtruth
 from avatar3d.synth.generate import SynthConfig, generate
+from avatar3d.train.config import TrainConfig
+from avatar3d.train.trainer import resolve_device, train
 from data_prep.pipeline import prepare
 
 DEFAULT_PRESET = "cpu_small"  # the TrainConfig the demo starts from (a preset name or a YAML file)
@@ -44,9 +53,6 @@ def _train_config(fast: bool, base: str | Path = DEFAULT_PRESET):  # type: ignor
     Why the tiny network for --fast: in 90 s at 64² it runs ~700 steps where cpu_small's runs ~450, and
     the held-out head came out 27.7-28.6 dB against 21.9-24.4 dB (two runs each, 8 s clip).
     """
-    from avatar3d.config import load_config
-    from avatar3d.train.config import TrainConfig
-
     config = load_config(TrainConfig, base)
     if not fast:
         return dataclasses.replace(config, time_budget_s=DEMO_TRAIN_MINUTES * 60.0)
@@ -63,10 +69,6 @@ def _train_config(fast: bool, base: str | Path = DEFAULT_PRESET):  # type: ignor
 
 def _kernels(device):  # type: ignore[no-untyped-def]
     """Which build ran the NeRF's ops: "cpu"/"cuda" (compiled) or "torch" (the mirror), and where it came from."""
-    from avatar3d.nerf.backend import describe_backends
-    from avatar3d.nerf.encoding import HASHGRID_SPEC
-    from avatar3d.nerf.raymarch import RAYMARCH_SPEC
-
     return describe_backends((HASHGRID_SPEC, RAYMARCH_SPEC), device)
 
 
@@ -106,8 +108,6 @@ def run_demo(out: Path, fast: bool = False, config: str | Path = DEFAULT_PRESET)
         jitter = still_jitter_deg(tracking["R"], truth["head_still"])
     print(f"  tracking vs ground truth: rotation {np.median(rot_err):.2f}° median, translation "
           f"{np.median(trans_err):.1f} mm median (after one global similarity), jitter while still {jitter:.3f}°")
-    from avatar3d.render.replay import render_from_subject
-    from avatar3d.train.trainer import resolve_device, train
 
     avatar_dir = Path(out) / "avatar"
     train_config = _train_config(fast, config_path)
@@ -120,18 +120,15 @@ def run_demo(out: Path, fast: bool = False, config: str | Path = DEFAULT_PRESET)
     val_video = Path(out) / "avatar_val.mp4"
     print(f"[5/{STEPS}] re-rendering the held-out frames with their tracked motion and audio into {val_video}")
     render_stats = render_from_subject(avatar_dir, prepared_dir, val_video, split="val")
-    from avatar3d.render.speech import SpeechSource, render_from_speech
 
     new_video, new_curves = Path(out) / "avatar_new_sentence.mp4", Path(out) / "avatar_new_sentence.csv"
     print(f"[6/{STEPS}] making the avatar say a new sentence into {new_video}: \"{NEW_SENTENCE}\"")
     speech_stats = render_from_speech(avatar_dir, SpeechSource(text=NEW_SENTENCE), new_video, blendshapes=new_curves)
-    from avatar3d.render.drive import DriveConfig
 
     orbit_video = Path(out) / "avatar_orbit.mp4"
     print(f"[7/{STEPS}] a short orbit of the camera around the still head into {orbit_video}")
     render_from_speech(avatar_dir, SpeechSource(text=ORBIT_SENTENCE), orbit_video, camera="orbit",
                        config=DriveConfig(pose="static"))
-    from avatar3d.eval.evaluate import EvalConfig, evaluate
 
     report_dir = Path(out) / "eval"
     print(f"[8/{STEPS}] evaluating the avatar on its held-out frames into {report_dir}")

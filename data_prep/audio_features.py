@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
+import soundfile as sf
 
-from avatar3d.dataset.contract import AUDIO, AUDIO_FEATURES
 from avatar3d.audio.features import AudioFeatureConfig, frame_features, frontend_name
+from avatar3d.dataset.contract import AUDIO, AUDIO_FEATURES
 from avatar3d.errors import Avatar3DError
-from avatar3d.io.hashing import file_sha256
 from avatar3d.io.atomic import save_npz_atomic
 from avatar3d.io.audio import read_wav
+from avatar3d.io.hashing import file_sha256
 
 __all__ = ["extract_audio_features", "AUDIO_NAME", "FEATURES_NAME"]
 
@@ -75,7 +76,6 @@ def extract_audio_features(subject_dir: Union[str, Path], fps: float, n_frames: 
     if not force and _up_to_date(out, digest, fps, n_frames, frontend):
         return out
 
-    import soundfile as sf
 
     try:
         source_rate = int(sf.info(str(wav)).samplerate)

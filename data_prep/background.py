@@ -31,11 +31,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from avatar3d.dataset.contract import FRAMES, PLATE, PLATE_UNSEEN
+from avatar3d.dataset.contract import FRAMES, PLATE, PLATE_UNSEEN, iter_labels
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path, write_json_atomic
 from avatar3d.io.video import read_video
-from avatar3d.dataset.contract import iter_labels
 from data_prep.segment import BACKGROUND, PARSING_NAME
 
 PathLike = Union[str, Path]

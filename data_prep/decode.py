@@ -35,6 +35,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import av
 import cv2
 import numpy as np
 from tqdm import tqdm
@@ -44,6 +45,7 @@ from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import write_json_atomic
 from avatar3d.io.audio import write_wav
 from avatar3d.io.video import VideoWriter, probe_video, read_audio
+from avatar3d.vision.face_mesh import FaceMeshDetector
 
 PathLike = Union[str, Path]
 
@@ -346,8 +348,6 @@ class _Scan:
 
 
 def _open(path: Path) -> tuple[Any, Any]:
-    import av
-
     container = av.open(str(path), mode="r")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -359,8 +359,6 @@ class _FaceBoxes:
     detector misses, MediaPipe's full-range detector finds the face and the mesh runs on a crop around it."""
 
     def __init__(self) -> None:
-        from avatar3d.vision.face_mesh import FaceMeshDetector
-
         self._mesh = FaceMeshDetector(video=False)
         self._far: Any = None
 
@@ -369,7 +367,7 @@ class _FaceBoxes:
         offset = np.zeros(2)
         if found is None:
             if self._far is None:
-                from mediapipe.python.solutions import face_detection
+                from mediapipe.python.solutions import face_detection  # lazy: heavy (~1-2 s) import
 
                 self._far = face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
             result = self._far.process(img)
@@ -398,8 +396,6 @@ class _FaceBoxes:
 
 def _scan(path: Path, config: DecodeConfig, header_duration: float, progress: bool) -> _Scan:
     """Pass 1: every frame's time stamp, the orientation, and face boxes on a subsample."""
-    import av
-
     detector = _FaceBoxes() if config.crop_box is None else None
     interval = max(config.sample_every_s, header_duration / max(config.max_samples, 1))
     times: list[float] = []
@@ -451,8 +447,6 @@ def _scan(path: Path, config: DecodeConfig, header_duration: float, progress: bo
 
 def _first_audio_time(path: Path) -> float:
     """Presentation time of the first decoded audio sample (0 when unknown)."""
-    import av
-
     with av.open(str(path), mode="r") as container:
         try:
             for frame in container.decode(audio=0):
@@ -480,8 +474,6 @@ def _audio(path: Path, config: DecodeConfig, video_start: float, n_frames: int, 
 
 def decode(src: PathLike, out_dir: PathLike, config: Optional[DecodeConfig] = None, progress: bool = True) -> DecodeResult:
     """Decode ``src`` into ``out_dir`` (frames.mp4, audio.wav, decode.json); see the module docstring."""
-    import av
-
     config = config or DecodeConfig()
     src, out = Path(src), Path(out_dir)
     fps = config.fps_fraction()

@@ -18,17 +18,21 @@ from typing import Callable
 
 import numpy as np
 
-from avatar3d.dataset.contract import FORMAT_VERSION, AUDIO, AUDIO_FEATURES, FRAMES, LANDMARKS, LANDMARK_FLAGS, MANIFEST, PARSING, TRACKING, PLATE, TRANSFORMS_TRAIN, TRANSFORMS_VAL
 from avatar3d.audio.features import AudioFeatureConfig
+from avatar3d.dataset.contract import (AUDIO, AUDIO_FEATURES, FORMAT_VERSION, FRAMES, LANDMARK_FLAGS, LANDMARKS,
+                                       MANIFEST, PARSING, PLATE, TRACKING, TRANSFORMS_TRAIN, TRANSFORMS_VAL)
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.default_model import load_face_model
 from avatar3d.io.atomic import save_npz_atomic, write_json_atomic
 from avatar3d.io.hashing import file_sha256
+from data_prep.audio_features import extract_audio_features
 from data_prep.background import BackgroundConfig, estimate_background
 from data_prep.decode import DecodeConfig, DecodeResult, decode
 from data_prep.landmarks import LandmarkConfig, detect_landmarks
+from data_prep.preview import PREVIEW_NAME, write_preview
 from data_prep.segment import SegmentConfig, segment
 from data_prep.track import TrackConfig, track
-
+from data_prep.transforms import write_transforms
 
 
 @dataclass
@@ -74,8 +78,6 @@ def _run_landmarks(source: Path, out: Path, config: PrepConfig, progress: bool) 
 
 
 def _run_track(source: Path, out: Path, config: PrepConfig, progress: bool) -> None:
-    from avatar3d.face.default_model import load_face_model
-
     info = DecodeResult.load(out)
     landmarks = np.load(out / LANDMARKS)
     size = config.decode.size
@@ -87,8 +89,6 @@ def _run_track(source: Path, out: Path, config: PrepConfig, progress: bool) -> N
 
 
 def _run_transforms(source: Path, out: Path, config: PrepConfig, progress: bool) -> None:
-    from data_prep.transforms import write_transforms
-
     write_transforms(out, _summary(out, config))  # the manifest's summary is only written at the end
 
 
@@ -101,8 +101,6 @@ def _run_background(source: Path, out: Path, config: PrepConfig, progress: bool)
 
 
 def _run_audio(source: Path, out: Path, config: PrepConfig, progress: bool) -> None:
-    from data_prep.audio_features import extract_audio_features
-
     n_frames = len(np.load(out / LANDMARKS, mmap_mode="r"))
     extract_audio_features(out, config.decode.fps, n_frames, config.audio, force=True)
 
@@ -198,9 +196,6 @@ def prepare(clip: str | Path, out_dir: str | Path, config: PrepConfig | None = N
 
 def _write_preview(out: Path, config: PrepConfig, log: Callable[[str], None]) -> None:
     """The diagnostic video; not a stage: cheap, never an input to anything, redone on request."""
-    from avatar3d.face.default_model import load_face_model
-    from data_prep.preview import PREVIEW_NAME, write_preview
-
     log("[preview] writing " + PREVIEW_NAME)
     write_preview(out, out / PREVIEW_NAME, model=load_face_model(config.face_model))
 

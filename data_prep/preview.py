@@ -24,12 +24,14 @@ from typing import Iterator, Optional, Union
 import cv2
 import numpy as np
 
-from avatar3d.dataset.contract import AUDIO, FRAMES, LANDMARKS, LANDMARK_FLAGS, MANIFEST, PARSING, PREVIEW, TRACKING
+from avatar3d.dataset.contract import (AUDIO, FRAMES, LANDMARK_FLAGS, LANDMARKS, MANIFEST, PARSING, PREVIEW, TRACKING,
+                                       iter_labels)
 from avatar3d.errors import Avatar3DError
+from avatar3d.face.default_model import load_face_model
 from avatar3d.face.model import MorphableModel
+from avatar3d.io.audio import read_wav
 from avatar3d.io.video import VideoWriter, read_video
 from data_prep.fitted import fitted_projection, load_tracking
-from avatar3d.dataset.contract import iter_labels
 from data_prep.segment import HEAD, MOUTH, TORSO
 
 PathLike = Union[str, Path]
@@ -120,8 +122,6 @@ def write_preview(subject_dir: PathLike, out_path: PathLike, max_seconds: float 
     flags = np.load(_require(subject / LANDMARK_FLAGS, "landmarks"))
     tracking = load_tracking(subject)
     if model is None:
-        from avatar3d.face.default_model import load_face_model
-
         model = load_face_model()
     residual = _residuals(subject)
     n = max(1, min(len(flags), int(round(max_seconds * float(fps)))))
@@ -132,8 +132,6 @@ def write_preview(subject_dir: PathLike, out_path: PathLike, max_seconds: float 
 
     audio, rate = None, None
     if (subject / AUDIO).is_file():
-        from avatar3d.io.audio import read_wav
-
         audio, rate = read_wav(subject / AUDIO)
         audio = audio[: int(round(n / fps * rate))]
     label_iter: Iterator[Optional[np.ndarray]] = (

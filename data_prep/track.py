@@ -45,7 +45,7 @@ from avatar3d.errors import Avatar3DError
 from avatar3d.face import landmark_sets as rg
 from avatar3d.face.model import MorphableModel
 from data_prep.track_solver import (Problem, State, project, rodrigues, rotations, solve_keyframes, solve_sequence,
-                                   translations)
+                                    translations)
 
 
 @dataclass(frozen=True)

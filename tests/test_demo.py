@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from avatar3d.dataset.reader import load_subject
 from avatar3d.eval.image_metrics import head_mask, psnr
 from avatar3d.io.video import probe_video, read_audio, read_video
-from avatar3d.dataset.reader import load_subject
 from tests.installed_wheel import REPO, build_wheel, install_in_venv, kernel_sources, outside_env, preset_files
 
 NERF_KERNELS = ("hashgrid", "raymarch")

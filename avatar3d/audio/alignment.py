@@ -50,7 +50,7 @@ def decoder(kind: str):
     cmn=batch makes results independent of what was decoded before (live
     CMN would carry its estimate over from the previous utterance).
     """
-    from pocketsphinx import Decoder, get_model_path
+    from pocketsphinx import Decoder, get_model_path  # lazy: loads its models; only aligning needs it
 
     common = dict(hmm=get_model_path("en-us/en-us"), loglevel="FATAL", cmn="batch", lm=None)
     if kind == "loop":

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from scipy.signal import resample_poly
 
 from avatar3d.errors import Avatar3DError
 
@@ -136,7 +137,6 @@ def resample_mono(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     if int(rate) == int(target):
         return x
-    from scipy.signal import resample_poly
 
     g = math.gcd(int(rate), int(target))
     return resample_poly(x, int(target) // g, int(rate) // g).astype(np.float32)

@@ -40,6 +40,7 @@ import torch
 
 from avatar3d.audio.features import as_mono_audio  # the one validation of mono float audio
 from avatar3d.errors import Avatar3DError
+from avatar3d.io.audio import resample
 from avatar3d.io.hashing import file_sha256
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "SpeechEncoderConfig", "SpeechEncoder", "load_speech_encoder",
@@ -144,7 +145,7 @@ def _import_transformers():  # type: ignore[no-untyped-def]
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     try:
-        import transformers
+        import transformers  # lazy: an optional extra (avatar3d[encoder]), ~2 s to import
     except ImportError as exc:
         raise Avatar3DError(f"the speech-encoder front-end needs the transformers package: {_INSTALL_HINT}") from exc
     return transformers
@@ -234,8 +235,6 @@ class SpeechEncoder:
         if rate <= 0:
             raise Avatar3DError(f"sample_rate={sample_rate} must be a positive number of Hz")
         if rate != self.sample_rate:
-            from avatar3d.io.audio import resample
-
             x = resample(x, rate, self.sample_rate).astype(np.float32)
         if self.do_normalize:  # Wav2Vec2FeatureExtractor's zero_mean_unit_var_norm, over the whole utterance
             mean = float(np.mean(x, dtype=np.float64))

@@ -37,6 +37,8 @@ it -- when a p/b seals the lips -- is found in the audio and given to the stop
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import math
 import os
@@ -46,9 +48,12 @@ import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.signal import resample_poly
 
+from avatar3d.audio.phones import Phone
 from avatar3d.errors import Avatar3DError, MissingToolError
 from avatar3d.resources import import_root
+from avatar3d.synth.speech import check_speech_request, espeak_path
 
 __all__ = ["TTSPhone", "TTSSpeech", "synthesize_with_phonemes", "ipa_to_arpabet", "IPA_TO_ARPABET", "LIBRARY"]
 
@@ -133,8 +138,6 @@ class TTSSpeech:
     def as_phones(self) -> list:
         """The timeline as :class:`avatar3d.audio.phones.Phone` (ARPAbet stand-ins), with
         neighbouring silences merged: what the lip-closure tools and constraints take."""
-        from avatar3d.audio.phones import Phone
-
         out: list = []
         for p in self.phones:
             if out and p.label == SIL and out[-1].label == SIL:
@@ -191,9 +194,6 @@ def _child_main() -> None:  # pragma: no cover - runs in the child; exercised th
     Standard library only: nothing of the parent's process state is needed.  On failure one JSON line
     {"error": ...} and exit code 3.
     """
-    import ctypes
-    import ctypes.util
-
     req = json.loads(sys.stdin.buffer.read().decode("utf-8"))
     out = sys.stdout.buffer
 
@@ -276,8 +276,6 @@ def _child_main() -> None:  # pragma: no cover - runs in the child; exercised th
 
 def _run_child(text: str, voice: str, rate: int, pitch: int) -> tuple[int, list, np.ndarray]:
     """Run :func:`_child_main` in a fresh interpreter; returns (rate, events, int16 samples)."""
-    from avatar3d.synth.speech import espeak_path
-
     espeak_path()  # a missing espeak-ng is reported as such, before the library is looked for
     root = str(import_root())  # the child imports this same copy of avatar3d
     env = dict(os.environ)
@@ -376,8 +374,6 @@ def synthesize_with_phonemes(text: str, voice: str = "en-us", words_per_minute: 
     validated the same way; the 22050 Hz samples are identical, then resampled to
     ``sample_rate``).  Costs one child process (~0.3 s) plus the synthesis.
     """
-    from avatar3d.synth.speech import check_speech_request
-
     resolved = check_speech_request(text, voice, words_per_minute, pitch, sample_rate)
     native, events, pcm = _run_child(str(text), resolved, int(words_per_minute), int(pitch))
     if len(pcm) == 0:
@@ -390,8 +386,6 @@ def synthesize_with_phonemes(text: str, voice: str = "en-us", words_per_minute: 
                             "give words the voice can read")
     audio = pcm.astype(np.float32) / 32768.0
     if native != int(sample_rate):
-        from scipy.signal import resample_poly
-
         g = math.gcd(native, int(sample_rate))
         audio = resample_poly(audio, int(sample_rate) // g, native // g)
     audio = np.clip(audio, -1.0, 1.0).astype(np.float32)

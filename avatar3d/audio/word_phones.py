@@ -92,7 +92,7 @@ _NOT_WORDS = re.compile(r"^(<.*>|\[.*\]|\+.*\+)$")  # <s>, </s>, <sil>, [NOISE],
 @functools.lru_cache(maxsize=4)
 def _word_decoder(language_weight: float):
     """The en-US word recogniser (acoustic model + 3-gram LM + cmudict, all inside the wheel); ~0.5 s to build."""
-    from pocketsphinx import Decoder, get_model_path
+    from pocketsphinx import Decoder, get_model_path  # lazy: loads its models; only word alignment needs it
 
     return Decoder(hmm=get_model_path("en-us/en-us"), lm=get_model_path("en-us/en-us.lm.bin"),
                    dict=get_model_path("en-us/cmudict-en-us.dict"), lw=float(language_weight),

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from avatar3d.dataset.contract import (AUDIO, MANIFEST, PLATE, CACHE_DIR, FRAMES, LANDMARK_FLAGS, LANDMARKS, PARSING,
+from avatar3d.dataset.contract import (AUDIO, CACHE_DIR, FRAMES, LANDMARK_FLAGS, LANDMARKS, MANIFEST, PARSING, PLATE,
                                        TRACKING, iter_labels, prep_fix, read_manifest, require_files)
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.landmark_sets import LIPS

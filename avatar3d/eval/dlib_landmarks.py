@@ -18,6 +18,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Iterable
 
+import cv2
 import numpy as np
 
 __all__ = ["DLIB_INSTALL", "MOUTH_68", "N_68", "dlib_unavailable_reason", "detect_landmarks_68"]
@@ -53,7 +54,7 @@ def _detector() -> tuple[Any, Any]:
     reason = dlib_unavailable_reason()
     if reason is not None:
         raise RuntimeError(reason)
-    import dlib
+    import dlib  # lazy: an optional extra (avatar3d[dlib]); its absence is reported, not raised
 
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(_model_path()))
 
@@ -65,8 +66,6 @@ def detect_landmarks_68(frames: Iterable[np.ndarray], *, min_size: int = 256) ->
     (bicubic) first and the points scaled back: the HOG detector's smallest face is ~80 px. The
     largest face is kept when there are several.
     """
-    import cv2
-
     detect, predict = _detector()
     out: list[np.ndarray] = []
     for frame in frames:

@@ -17,17 +17,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
-from avatar3d.dataset.contract import FRAMES
+from avatar3d import __version__
 from avatar3d.avatar.loading import load_avatar
+from avatar3d.dataset.contract import FRAMES
 from avatar3d.dataset.reader import LIP_IDS, load_subject
 from avatar3d.errors import Avatar3DError
+from avatar3d.eval.dlib_landmarks import MOUTH_68, N_68, detect_landmarks_68, dlib_unavailable_reason
 from avatar3d.eval.image_metrics import frame_metrics, head_mask, mean_metrics
 from avatar3d.eval.landmark_metrics import blink_rate, detect_landmarks, eye_aspect_ratio, landmark_distance
+from avatar3d.eval.lpips import MIN_SIZE, load_lpips, lpips_pairs, resolve_weights
+from avatar3d.eval.report import render_html
 from avatar3d.eval.results import EvalRun
 from avatar3d.eval.sync import MIN_PAIRS, audio_envelope, mouth_opening_from_landmarks, sync_offset
 from avatar3d.io.atomic import json_safe, write_json_atomic, write_text_atomic
+from avatar3d.io.audio import read_wav
+from avatar3d.io.video import read_video
 
 __all__ = ["EvalConfig", "evaluate", "LPIPS_UNAVAILABLE"]
 
@@ -52,11 +60,8 @@ def _num(x: float) -> float | None:
 
 def _reference_frames(data: Any, ids: np.ndarray, size: int) -> np.ndarray:
     """uint8 [n, size, size, 3] reference frames: the training cache at its resolution, else decoded and resized."""
-    import cv2
-
     if size == data.resolution:
         return np.stack([np.asarray(data.frames[int(i)]) for i in ids])
-    from avatar3d.io.video import read_video
 
     wanted = {int(i): k for k, i in enumerate(ids)}
     out = np.zeros((len(ids), size, size, 3), np.uint8)
@@ -95,14 +100,9 @@ def _sync_entry(result: Any, envelope: np.ndarray) -> dict[str, Any]:
 def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, config: EvalConfig | None = None, *,
              progress: bool = True, log: Callable[[str], None] = print) -> EvalRun:
     """Render the held-out frames, measure them, write ``metrics.json`` and ``report.html`` into ``out_dir``."""
-    from avatar3d import __version__
-    from avatar3d.eval.report import render_html
-    from avatar3d.io.audio import read_wav
-
     config = config or EvalConfig()
     lpips_metric, lpips_files = None, None
     if config.lpips_weights is not None:  # read and checked before any rendering: bad weights fail at once
-        from avatar3d.eval.lpips import load_lpips, resolve_weights
 
         lpips_files = resolve_weights(config.lpips_weights)
         lpips_metric = load_lpips(lpips_files)
@@ -130,8 +130,6 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     # --- render ---------------------------------------------------------------------------
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(ids), desc="eval render", unit="frame", dynamic_ncols=True)
     rendered = np.zeros((len(ids), size, size, 3), np.uint8)
     seconds = 0.0
@@ -147,7 +145,6 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     reference = _reference_frames(data, ids, size)
 
     # --- image metrics ----------------------------------------------------------------------
-    import cv2
 
     rows, heads = [], []
     for k, i in enumerate(ids):
@@ -233,8 +230,6 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
 def _dlib_lmd_entry(rendered: np.ndarray, reference: np.ndarray, size: int, min_size: int) -> dict[str, Any]:
     """metrics.json's ``lmd_dlib``: LMD from dlib's 68 points (mouth = points 48-67, the anchors' mouth LMD),
     or None means and ``unavailable``: why (dlib is optional; see avatar3d.eval.dlib_landmarks)."""
-    from avatar3d.eval.dlib_landmarks import MOUTH_68, N_68, detect_landmarks_68, dlib_unavailable_reason
-
     reason = dlib_unavailable_reason()
     if reason is not None:
         return {"mouth": None, "face": None, "unavailable": reason}
@@ -251,8 +246,6 @@ def _lpips_entry(metric: Any, files: Any, rendered: np.ndarray, reference: np.nd
                  heads: list[np.ndarray]) -> dict[str, Any]:
     """metrics.json's ``lpips``: the means with their provenance, or None means and ``unavailable``: the
     reason -- a mapping either way, like the ``lmd`` and ``sync`` entries."""
-    from avatar3d.eval.lpips import MIN_SIZE, lpips_pairs
-
     if metric is None:
         return {"full": None, "head": None, "unavailable": LPIPS_UNAVAILABLE}
     if rendered.shape[1] < MIN_SIZE:

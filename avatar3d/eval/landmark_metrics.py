@@ -16,10 +16,11 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
+import cv2
 import numpy as np
 
-from avatar3d.face.landmark_sets import (EYE_LEFT_LOWER, EYE_LEFT_UPPER, EYE_RIGHT_LOWER, EYE_RIGHT_UPPER,
-                                    LIPS)
+from avatar3d.face.landmark_sets import EYE_LEFT_LOWER, EYE_LEFT_UPPER, EYE_RIGHT_LOWER, EYE_RIGHT_UPPER, LIPS
+from avatar3d.vision.face_mesh import FaceMeshDetector
 
 __all__ = [
     "LMDResult",
@@ -44,10 +45,6 @@ def detect_landmarks(frames: Iterable[np.ndarray], *, min_size: int = 256, video
     landmarks scaled back, because MediaPipe's face detector rarely fires below ~128 px.
     ``video=True``: tracking mode, frames must be consecutive.
     """
-    import cv2
-
-    from avatar3d.vision.face_mesh import FaceMeshDetector
-
     out: list[np.ndarray] = []
     with FaceMeshDetector(video=video, refine_landmarks=False) as detect:
         for frame in frames:

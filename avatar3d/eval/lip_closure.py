@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import soundfile as sf
 
 from avatar3d.audio.phones import BILABIALS, SIL, Phone, silences
 from avatar3d.errors import Avatar3DError
@@ -278,7 +279,6 @@ def read_recording(rec: Recording) -> tuple[np.ndarray, int]:
     """(float32 mono audio, sample rate); ``.raw`` files are 16 kHz little-endian int16 (the package's format)."""
     if rec.path.suffix == ".raw":
         return (np.fromfile(rec.path, dtype="<i2").astype(np.float32) / 32768.0), 16000
-    import soundfile as sf
 
     try:
         audio, sr = sf.read(str(rec.path), dtype="float32", always_2d=True)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from avatar3d.eval.landmark_metrics import MIN_RATE_DURATION_S
@@ -49,8 +50,6 @@ def fmt(value: Any, digits: int = 2, unit: str = "") -> str:
 
 def png_data_uri(rgb: np.ndarray) -> str:
     """``data:image/png;base64,...`` of an RGB uint8 image."""
-    import cv2
-
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(np.asarray(rgb, np.uint8)[..., ::-1]))
     if not ok:
         raise RuntimeError("PNG encoding failed")
@@ -58,7 +57,7 @@ def png_data_uri(rgb: np.ndarray) -> str:
 
 
 def _figure_uri(fig: Any) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: heavy (~0.5 s); only the report plots
 
     FigureCanvasAgg(fig)
     stream = io.BytesIO()
@@ -68,7 +67,7 @@ def _figure_uri(fig: Any) -> str:
 
 def _plots(run: EvalRun) -> list[tuple[str, str]]:
     """(caption, data URI) for the three plots."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: heavy (~0.5 s); only the report plots
 
     out: list[tuple[str, str]] = []
     fig = Figure(figsize=(9, 2.8))

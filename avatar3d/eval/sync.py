@@ -28,9 +28,14 @@ from pathlib import Path
 from typing import Iterable, Union
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from scipy.signal import butter, sosfiltfilt
 
 from avatar3d.errors import Avatar3DError
+from avatar3d.eval.landmark_metrics import detect_landmarks
 from avatar3d.face.landmark_sets import EYE_OUTER_CORNERS, LIP_INNER_LOWER, LIP_INNER_UPPER
+from avatar3d.io.audio import read_wav
+from avatar3d.io.video import probe_video, read_audio, read_video
 
 __all__ = [
     "SyncResult",
@@ -100,9 +105,6 @@ def audio_envelope(audio: np.ndarray, sample_rate: int, fps: float, n_frames: in
     ``peak - ENVELOPE_FLOOR_DB`` so silence is flat rather than noise. Frames past the end
     of the audio get the floor value.
     """
-    from scipy.ndimage import gaussian_filter1d
-    from scipy.signal import butter, sosfiltfilt
-
     x = np.asarray(audio, dtype=np.float64)
     if x.ndim == 2:
         x = x.mean(axis=1)
@@ -162,8 +164,6 @@ def mouth_opening_curve(frames: Iterable[np.ndarray], *, min_size: int = 256, vi
     uses MediaPipe's tracking mode (faster on long clips; frames must be consecutive; it
     read ~0.1 frame later than per-frame detection on the synthetic clip).
     """
-    from avatar3d.eval.landmark_metrics import detect_landmarks
-
     return mouth_opening_from_landmarks(detect_landmarks(frames, min_size=min_size, video=video))
 
 
@@ -242,9 +242,6 @@ def measure_video_sync(video: PathLike, audio: PathLike | None = None, *, max_la
 
     The frame rate comes from the video stream; audio is read at 16 kHz mono.
     """
-    from avatar3d.io.audio import read_wav
-    from avatar3d.io.video import probe_video, read_audio, read_video
-
     info = probe_video(video)
     mouth = mouth_opening_curve(read_video(video), min_size=min_size)
     if audio is None:

@@ -42,19 +42,24 @@ from typing import TYPE_CHECKING, Iterator, Literal, Optional, Union
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from avatar3d.audio.features import AudioFeatureConfig
+from avatar3d.audio.speech_encoder import load_speech_encoder
 from avatar3d.dataset.contract import (AUDIO, FRAMES, LABEL_NAMES, LANDMARK_FLAGS, LANDMARKS, MANIFEST, PARSING, PLATE,
                                        TRACKING, TRANSFORMS_TRAIN, TRANSFORMS_VAL, iter_labels)
-from avatar3d.audio.features import AudioFeatureConfig
 from avatar3d.errors import Avatar3DError
 from avatar3d.face import landmark_sets as rg
+from avatar3d.face.default_model import load_face_model
 from avatar3d.io.atomic import atomic_path, save_npz_atomic, write_json_atomic
 from avatar3d.io.audio import read_wav, write_wav
 from avatar3d.io.hashing import file_sha256
 from avatar3d.io.video import VideoWriter, read_video
-from data_prep.landmarks import EXCLUDED, LandmarkConfig
-from data_prep.track import TrackConfig
-from data_prep.transforms import c2w_to_head_pose, head_pose_to_c2w
+from data_prep.audio_features import extract_audio_features
+from data_prep.landmarks import EXCLUDED, LandmarkConfig, detect_landmarks
+from data_prep.segment import PARSING_NAME, LabelWriter, write_member
+from data_prep.track import TrackConfig, track
+from data_prep.transforms import c2w_to_head_pose, head_pose_to_c2w, write_transforms
 
 if TYPE_CHECKING:
     from avatar3d.audio.speech_encoder import SpeechEncoder
@@ -423,8 +428,6 @@ AUDIO_FEATURE_NAME = "aud_hu.npy"
 
 def _load_encoder(config: ErnerfExportConfig, fps: float, warnings: list[str]) -> SpeechEncoder:
     """The encoder for aud_hu.npy, checked before anything is written: two of its frames per video frame."""
-    from avatar3d.audio.speech_encoder import load_speech_encoder
-
     enc = load_speech_encoder(config.speech_encoder, config.encoder_layer)
     if abs(enc.frame_rate - 2.0 * fps) > 1e-6:
         raise Avatar3DError(f"--speech-encoder {enc.folder}: {AUDIO_FEATURE_NAME} holds two encoder frames per video "
@@ -505,8 +508,6 @@ def _subject_frames(subject: Path, n: int) -> Iterator[tuple[np.ndarray, np.ndar
 def export_ernerf(subject_dir: PathLike, out_dir: PathLike, config: Optional[ErnerfExportConfig] = None,
                   progress: bool = True) -> ExportReport:
     """Write the subject (or its first ``config.max_frames`` frames) as an ER-NeRF data folder ``out_dir``."""
-    from tqdm import tqdm
-
     config = config or ErnerfExportConfig()
     subject, out = Path(subject_dir), Path(out_dir)
     started = time.perf_counter()
@@ -666,8 +667,6 @@ def _split_from(folder: ErnerfFolder) -> dict:
 
 
 def _write_frames(folder: ErnerfFolder, out: Path, fps: float, audio: np.ndarray, progress: bool) -> None:
-    from tqdm import tqdm
-
     with VideoWriter(out / FRAMES, fps, audio=audio, sample_rate=16000, crf=16,
                      size=(folder.size, folder.size)) as writer:
         for i in tqdm(range(folder.n_frames), desc="import: frames", unit="frame", disable=not progress):
@@ -689,8 +688,6 @@ def _write_audio(folder: ErnerfFolder, out: Path, fps: float) -> np.ndarray:
 
 def _write_parsing(folder: ErnerfFolder, out: Path, landmarks: np.ndarray, min_mouth_area: float) -> None:
     """parsing/<i>.png -> parsing.npz (the segment stage's format), with the mouth interior from landmarks."""
-    from data_prep.segment import PARSING_NAME, LabelWriter, write_member
-
     n, s = folder.n_frames, folder.size
     has_face = np.isfinite(landmarks[:, :468, :2]).all(axis=(1, 2))
     with atomic_path(out / PARSING_NAME) as tmp:
@@ -751,10 +748,6 @@ def _rotation_disagreement(R_a: np.ndarray, R_b: np.ndarray, ok: np.ndarray) -> 
 
 def _track_and_pose(folder: ErnerfFolder, out: Path, config: ErnerfImportConfig, progress: bool) -> dict:
     """Run our landmark + tracking stages on the imported frames, then choose the poses; returns a summary."""
-    from avatar3d.face.default_model import load_face_model
-    from data_prep.landmarks import detect_landmarks
-    from data_prep.track import track
-
     detect_landmarks(out, config.landmarks, progress=progress)
     landmarks = np.load(out / LANDMARKS)
     result = track(landmarks, folder.size, folder.size, load_face_model(config.face_model), config.track,
@@ -788,9 +781,6 @@ def import_ernerf(ernerf_dir: PathLike, subject_dir: PathLike, config: Optional[
     Frames, parsing, background and audio are taken as they are; landmarks, expressions and blink
     come from our own stages run on the frames (ER-NeRF has no expression coefficients); head
     poses per ``config.poses``."""
-    from data_prep.audio_features import extract_audio_features
-    from data_prep.transforms import write_transforms
-
     config = config or ErnerfImportConfig()
     started = time.perf_counter()
     folder = read_ernerf_folder(ernerf_dir)

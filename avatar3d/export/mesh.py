@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from avatar3d.avatar.bundle import AvatarBundle
+from avatar3d.avatar.loading import load_avatar
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path, check_writable
 from avatar3d.nerf.occupancy import unpack_bits
-from avatar3d.avatar.bundle import AvatarBundle
-from avatar3d.avatar.loading import load_avatar
 
 MESH_SUFFIXES = {".glb": "glb", ".ply": "ply", ".obj": "obj"}
 DECIMATION_AGGRESSION = 3
@@ -211,8 +211,8 @@ def surface_colors(model: Any, code: torch.Tensor, vertices: np.ndarray, normals
 def extract_head_mesh(model: Any, bundle: AvatarBundle,
                       config: MeshExportConfig = MeshExportConfig()) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """(trimesh.Trimesh in head space, metres, with vertex colours; info dict) at the neutral expression."""
-    import trimesh
-    from skimage.measure import marching_cubes
+    import trimesh  # lazy: heavy (~0.5 s); only `export --mesh` needs it
+    from skimage.measure import marching_cubes  # lazy: heavy (~0.5 s); only `export --mesh`
 
     if config.resolution < 16 or config.resolution > 1024:
         raise Avatar3DError(f"mesh resolution {config.resolution}: use 16..1024 cells along the longest side")
@@ -265,8 +265,8 @@ def decimate(mesh: Any, max_faces: int) -> Any:
     closed (no hole), but where thin parts collapse two sheets may pinch on an edge, which trimesh
     then does not call watertight: the export reports it.
     """
-    import fast_simplification
-    import trimesh
+    import fast_simplification  # lazy: only `export --mesh --max-faces` needs it
+    import trimesh  # lazy: heavy (~0.5 s); only `export --mesh` needs it
 
     if max_faces < 4:
         raise Avatar3DError(f"--max-faces {max_faces}: a closed surface needs at least 4 triangles")

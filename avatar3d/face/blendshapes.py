@@ -29,9 +29,9 @@ from scipy.sparse.csgraph import dijkstra
 from scipy.sparse.linalg import spsolve
 
 from avatar3d.face.blendshape_names import ARKIT_NAMES
-from avatar3d.face.landmark_sets import (BROW_INNER, BROW_LEFT, CHEEKS, CHIN, EYE_LEFT_LOWER, EYE_LEFT_UPPER,
-                                         FACE_OVAL, LIP_INNER_LOWER, LIP_INNER_UPPER, LIP_OUTER_LOWER,
-                                         LIP_OUTER_UPPER, MOUTH_CORNERS_INNER, MOUTH_CORNERS_OUTER, SUBNASALE)
+from avatar3d.face.landmark_sets import (BROW_INNER, BROW_LEFT, CHEEKS, CHIN, EYE_LEFT_LOWER, EYE_LEFT_UPPER, FACE_OVAL,
+                                         LIP_INNER_LOWER, LIP_INNER_UPPER, LIP_OUTER_LOWER, LIP_OUTER_UPPER,
+                                         MOUTH_CORNERS_INNER, MOUTH_CORNERS_OUTER, SUBNASALE)
 from avatar3d.face.topology import triangles
 
 # --- landmarks, named for the side the basis is built on (the subject's left, +x) ---------

@@ -55,8 +55,8 @@ _SEED_PAIRS = ((234, 454), (33, 263), (133, 362), (61, 291), (127, 356), (132, 3
 
 def detect_astronaut_landmarks() -> np.ndarray:
     """[468, 3] MediaPipe landmarks of skimage's astronaut photo, in pixels (x, y down, z away)."""
-    import mediapipe as mp
-    from skimage import data
+    import mediapipe as mp  # lazy: heavy (~1-2 s); only rebuilding the face model needs it
+    from skimage import data  # lazy: heavy (~0.5 s); the astronaut photo, only for that rebuild
 
     img = np.ascontiguousarray(data.astronaut())
     h, w = img.shape[:2]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
+from avatar3d.face.blendshapes import mirror_map
 from avatar3d.face.topology import triangles
 
 N_LAPLACIAN_MODES = 16
@@ -87,8 +88,6 @@ def _mirror_op(field: np.ndarray, mirror: np.ndarray) -> np.ndarray:
 
 def build_identity_basis(mean: np.ndarray, n_modes: int = N_LAPLACIAN_MODES) -> np.ndarray:
     """[Ki, V, 3] float32 identity basis; rows orthogonal, RMS per row = its std."""
-    from avatar3d.face.blendshapes import mirror_map
-
     v = np.asarray(mean, dtype=np.float64)
     n = len(v)
     mirror = mirror_map(v)

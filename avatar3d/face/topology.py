@@ -21,7 +21,7 @@ _SEED_ORDER = (1, 4, 44)
 
 
 def _edges(name: str) -> list[tuple[int, int]]:
-    from mediapipe.python.solutions import face_mesh_connections as fmc
+    from mediapipe.python.solutions import face_mesh_connections as fmc  # lazy: heavy (~1-2 s) import
 
     return [tuple(e) for e in getattr(fmc, name)]
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
 
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import atomic_path
@@ -26,7 +28,6 @@ def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     orig_rate, target_rate = int(orig_rate), int(target_rate)
     if orig_rate == target_rate or audio.size == 0:
         return audio.astype(np.float32, copy=False)
-    from scipy.signal import resample_poly
 
     g = gcd(orig_rate, target_rate)
     out = resample_poly(audio, target_rate // g, orig_rate // g)
@@ -38,8 +39,6 @@ def write_wav(path: PathLike, audio: np.ndarray, sample_rate: int) -> Path:
 
     Samples outside [-1, 1] are clipped (16-bit PCM would otherwise wrap around).
     """
-    import soundfile as sf
-
     p = Path(path)
     arr = np.asarray(audio)
     if arr.ndim not in (1, 2):
@@ -63,8 +62,6 @@ def read_wav(path: PathLike, sample_rate: Optional[int] = None) -> tuple[np.ndar
     Multi-channel audio is averaged to mono. If ``sample_rate`` is given the
     signal is resampled to it. Returns ``(audio, sample_rate)``.
     """
-    import soundfile as sf
-
     p = Path(path)
     if not p.exists():
         raise Avatar3DError(f"{p}: file not found; check the path")

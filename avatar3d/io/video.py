@@ -36,7 +36,7 @@ _AAC_RATES = frozenset({96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 
 def import_av() -> Any:
     """Import PyAV lazily so that modules importing this one load without it."""
     try:
-        import av
+        import av  # lazy: the one place PyAV loads, so a broken install gets the pip fix in one line
     except ImportError as exc:  # pragma: no cover - av is a hard dependency
         raise MissingToolError(f"PyAV is not installed; run {_PIP_FIX}") from exc
     return av

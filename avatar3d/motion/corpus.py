@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from avatar3d.audio.alignment import align_phones, reset_aligners
@@ -310,8 +311,6 @@ def make_utterance(spec: UtteranceSpec, config: CorpusConfig) -> dict[str, np.nd
 def make_shard(specs: list[UtteranceSpec], config: CorpusConfig,
                on_item: Callable[[], None] | None = None) -> list[dict[str, np.ndarray]]:
     """Make a shard's utterances in order, from fresh aligners (reproducible whatever ran before)."""
-    import torch
-
     reset_aligners()  # a shard is reproducible whatever ran before it in this process
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # short clips: extra threads only add overhead (and contend with the other workers)

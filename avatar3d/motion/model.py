@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from avatar3d.audio.features import LOG_FLOOR, AudioFeatureConfig, frame_features, hop_samples, resample_mono
+from avatar3d.audio.speech_encoder import SpeechEncoder, fingerprint_mismatch, load_speech_encoder
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.blendshape_names import MOUTH_BLENDSHAPES
 from avatar3d.io.atomic import atomic_path
@@ -413,7 +414,6 @@ def _matching_encoder(frontend: Any, speech_encoder: Any, where: str) -> Any:
     if speech_encoder is None:
         raise Avatar3DError(f"{where} was trained on a speech encoder ({label}): pass that encoder's local folder "
                             "(--speech-encoder DIR / speech_encoder=DIR)")
-    from avatar3d.audio.speech_encoder import SpeechEncoder, fingerprint_mismatch, load_speech_encoder
 
     enc = speech_encoder if isinstance(speech_encoder, SpeechEncoder) else \
         load_speech_encoder(speech_encoder, layer=int(expected.get("layer", -1)))

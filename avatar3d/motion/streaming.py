@@ -45,10 +45,13 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.signal import lfilter
 
 from avatar3d.audio.features import (LOG_FLOOR, energy, fft_size, hop_samples, log_mel, pitch, resample_mono,
                                      window_samples, yin_lags)
 from avatar3d.errors import Avatar3DError
+from avatar3d.io.video import decode_error, first_stream, import_av, open_input
 from avatar3d.motion.model import MotionModel, hops_per_frame, load_default, scalar_features
 
 __all__ = ["GateConfig", "MouthFrames", "MotionStream", "speech_gate", "silent_output", "predict_stream",
@@ -108,8 +111,6 @@ class _DCBlocker:
         self.zi = np.zeros(1, np.float64)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        from scipy.signal import lfilter
-
         y, self.zi = lfilter([1.0, -1.0], [1.0, -self.a], x.astype(np.float64), zi=self.zi)
         return y.astype(np.float32)
 
@@ -364,8 +365,6 @@ class MotionStream:
 
 def _ac_level_db(seg: np.ndarray, first: int, count: int, hop: int, window: int) -> np.ndarray:
     """RMS dB of each analysis window after removing its mean (same windows as ``energy``), [count]."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
     starts = (np.arange(first, first + count) * hop) - (window // 2 - hop // 2)
     frames = sliding_window_view(seg.astype(np.float64), window)[starts]
     return (10.0 * np.log10(np.maximum(frames.var(axis=1), LOG_FLOOR))).astype(np.float32)
@@ -412,8 +411,6 @@ def iter_audio_chunks(path: str | Path, sample_rate: int = 16000, chunk_samples:
     this holds one decoded packet plus one chunk.  Same FFmpeg downmix and
     resampler, same end trim to the stream's stored duration (AAC padding).
     """
-    from avatar3d.io.video import decode_error, first_stream, import_av, open_input
-
     if int(chunk_samples) < 1:
         raise Avatar3DError(f"chunk_samples={chunk_samples} must be at least 1")
     av = import_av()

@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from avatar3d.dataset.contract import AUDIO, LANDMARK_FLAGS, MANIFEST, TRACKING
 from avatar3d.audio.features import AudioFeatureConfig, frame_features
+from avatar3d.dataset.contract import AUDIO, LANDMARK_FLAGS, MANIFEST, TRACKING
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.blendshape_names import MOUTH_BLENDSHAPES
 from avatar3d.io.audio import read_wav
 from avatar3d.io.hashing import file_sha256
+from avatar3d.motion.corpus import cached_streams
 from avatar3d.motion.model import hops_per_frame
 
 MARKER = MANIFEST
@@ -171,8 +172,6 @@ def _encoder_stream(encoder: Any, x: np.ndarray, sample_rate: int, rows: int, ca
     if cache_dir is None:
         stream = compute()[0]
     else:
-        from avatar3d.motion.corpus import cached_streams
-
         meta = {"fingerprint": encoder.fingerprint, "key": encoder.cache_key(), "file": name, "rows": rows}
         stream = cached_streams(Path(cache_dir) / name, meta, compute)[0]
     if len(stream) != rows:

@@ -35,14 +35,16 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from avatar3d.audio.speech_encoder import SpeechEncoder, load_speech_encoder
 from avatar3d.errors import Avatar3DError
 from avatar3d.motion import distributed as dd
 from avatar3d.motion.corpus import corpus_fps, encoder_cache_dir, encoder_streams, load_split, read_index
-from avatar3d.motion.model import (
-    MotionModel, MotionModelConfig, Normalisation, fit_normalisation, gather_windows, read_blob, scalar_features,
-)
+from avatar3d.motion.model import (MotionModel, MotionModelConfig, Normalisation, fit_normalisation, gather_windows,
+                                   read_blob, scalar_features)
+from avatar3d.motion.subject_corpus import load_subject_corpus
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,6 @@ def load_training_corpus(corpus_dir: str | Path, fps: float, speech_encoder: Any
     if not root.is_dir():
         raise Avatar3DError(f"{root}: corpus folder not found; pass a synthetic corpus (index.json) or a folder "
                             "of `avatar3d prep` subject folders")
-    from avatar3d.motion.subject_corpus import load_subject_corpus
 
     cache = encoder_cache_dir(root, speech_encoder) if speech_encoder is not None else None
     train, _val, signature = load_subject_corpus(root, fps, speech_encoder=speech_encoder, cache_dir=cache)
@@ -191,7 +192,6 @@ def resolve_speech_encoder(speech_encoder: Any, layer: int = -1) -> Any:
     """A loaded SpeechEncoder from a folder (with ``layer``) or one already loaded; None stays None."""
     if speech_encoder is None:
         return None
-    from avatar3d.audio.speech_encoder import SpeechEncoder, load_speech_encoder
 
     return speech_encoder if isinstance(speech_encoder, SpeechEncoder) else load_speech_encoder(speech_encoder, layer)
 
@@ -263,8 +263,6 @@ def pretrain(corpus_dir: str | Path, out_path: str | Path, config: MotionModelCo
     model.net.to(device)
     net: torch.nn.Module = model.net
     if ctx.is_distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
         net = DistributedDataParallel(model.net, device_ids=[device.index] if device.type == "cuda" else None)
     model.net.train()
     bar = tqdm(total=int(steps), initial=step, disable=not (progress and ctx.is_main), desc="motion pretrain",

@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any, Iterable, Literal, get_args
 
 import torch
+from torch.utils import cpp_extension
 
 from avatar3d.errors import Avatar3DError
 from avatar3d.resources import kernel_build_dir, kernel_source_dir
@@ -108,8 +109,6 @@ def kernel_specs(refs: Iterable[str] = KERNEL_SPECS) -> list[ExtensionSpec]:
 
 def _jit_build(spec: ExtensionSpec, kind: str) -> ModuleType:
     """Compile with ninja into ``<build_root>/<module>`` (cached by torch on source hash)."""
-    from torch.utils import cpp_extension
-
     name = spec.module_name(kind)
     build_dir = Path(spec.build_root) / name
     build_dir.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,8 @@ import numpy as np
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.blendshape_names import UPPER_FACE_PREFIXES
 from avatar3d.render.frame_order import ping_pong
+from avatar3d.render.idle_motion import generated_idle
+from avatar3d.render.pose_sources import check_driving_video, generated_pose, track_driving_video, video_pose
 
 POSE_MODES = ("subject", "static", "generated")  # or the path of a driving video
 BLINK_MODES = ("auto", "off", "from-pose-source")
@@ -66,8 +68,6 @@ class DriveConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "pose", str(self.pose))  # a Path is accepted and kept as its text
         if self.pose not in POSE_MODES:
-            from avatar3d.render.pose_sources import check_driving_video
-
             check_driving_video(self.pose)  # missing / not a video: one line naming the file, before any work
         if self.blink not in BLINK_MODES:
             raise Avatar3DError(f"--blink {self.blink!r}: use one of {', '.join(BLINK_MODES)}")
@@ -178,8 +178,6 @@ def build_tracks(
     then a generated upper face (``DriveTracks.idle_note``); a driving video is tracked here (minutes
     for a long video; cached, see pose_sources).
     """
-    from avatar3d.render.pose_sources import generated_pose, track_driving_video, video_pose
-
     train_ids = np.asarray(train_ids, dtype=np.int64)
     if config.pose == "static":
         source = np.full(n_frames, most_average_frame(R, t, train_ids), dtype=np.int64)
@@ -203,8 +201,6 @@ def build_tracks(
         played = source if config.pose == "subject" else ping_pong(train_ids, n_frames)
         expr[:, upper] = expression[played][:, upper]
     if idle == "generated" and upper:
-        from avatar3d.render.idle_motion import generated_idle
-
         curves, idle_note = generated_idle(expression, names, train_ids, n_frames, config.seed)
         log(f"[render] {idle_note}")
         for name, curve in curves.items():

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import eigh
 
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.blendshape_names import UPPER_FACE_PREFIXES
@@ -95,8 +96,6 @@ def slow_features(values: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np
     z = unmix (x - mean) has Cov z = I and E[Δz Δz^T] = diag(λ); basis = unmix^{-1} maps back.
     A ridge of 1e-6 of the mean variance keeps C invertible when two channels are nearly collinear.
     """
-    from scipy.linalg import eigh
-
     cov = np.cov(values, rowvar=False, bias=True).reshape(values.shape[1], values.shape[1])
     cov = cov + 1e-6 * max(float(np.trace(cov)) / len(cov), 1e-12) * np.eye(len(cov))
     second = steps.T @ steps / max(len(steps), 1)

@@ -30,10 +30,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import av
+import cv2
 import numpy as np
 
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import check_parent_writable
+from avatar3d.io.video import VideoWriter
 
 RGBA_PATTERN = re.compile(r"^(frame_\d{5,}\.png|rgba\.webm|rgba\.mov)$")
 DEPTH_PATTERN = re.compile(r"^depth_\d{5,}\.png$")
@@ -93,8 +96,6 @@ def depth_mm(frame: Frame, matte: MatteConfig = MatteConfig()) -> np.ndarray:
 
 
 def _png_bytes(image: np.ndarray, where: Path) -> bytes:
-    import cv2
-
     if image.ndim == 3:  # RGBA -> OpenCV's BGRA
         image = image[..., [2, 1, 0, 3]]
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(image))
@@ -159,8 +160,6 @@ class StagedDir:
 
 def alpha_movie_codec() -> tuple[str, str, str, dict[str, str]] | None:
     """(encoder, file suffix, pixel format, options) for a movie with alpha, or None if FFmpeg has neither."""
-    import av
-
     if "libvpx-vp9" in av.codecs_available:
         return "libvpx-vp9", ".webm", "yuva420p", {"crf": "18", "b": "0", "deadline": "good", "cpu-used": "4",
                                                     "row-mt": "1"}  # fmt: skip
@@ -183,8 +182,6 @@ class RgbaSink:
         self.movie: Path | None = None
 
     def _start(self, width: int, height: int) -> None:
-        import av
-
         if self.codec is None:
             self.log("[render] this FFmpeg has neither libvpx-vp9 nor prores_ks: no alpha movie, PNGs only")
             return
@@ -201,8 +198,6 @@ class RgbaSink:
             self._start(rgba.shape[1], rgba.shape[0])
         self.dir.write(f"frame_{self.n:05d}.png", _png_bytes(rgba, self.dir.final))
         if self._stream is not None:
-            import av
-
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgba), format="rgba")
             vf.pts = self.n
             for packet in self._stream.encode(vf):
@@ -257,8 +252,6 @@ class Mp4Sink:
     """
 
     def __init__(self, path: Path, fps: float, audio: np.ndarray | Iterator[np.ndarray] | None, sample_rate: int):
-        from avatar3d.io.video import VideoWriter
-
         self.writer = VideoWriter(path, fps, audio=audio, sample_rate=sample_rate if audio is not None else None)
         self.writer.__enter__()
 

@@ -47,10 +47,16 @@ from avatar3d import resources
 from avatar3d.dataset.contract import LANDMARK_FLAGS, LANDMARKS
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.blendshape_names import UPPER_FACE_PREFIXES
+from avatar3d.face.default_model import load_face_model
+from avatar3d.io.atomic import save_npz_atomic
+from avatar3d.io.hashing import file_sha256
+from avatar3d.io.video import probe_video
 from avatar3d.render.ar2 import StationaryAR2, consecutive_runs, critically_damped
 from avatar3d.render.camera import RANGE_PERCENTILES
 from avatar3d.render.frame_order import ping_pong
-from data_prep.track import TrackConfig
+from data_prep.decode import DecodeConfig, decode
+from data_prep.landmarks import DETECTED, INTERPOLATED, detect_landmarks
+from data_prep.track import TrackConfig, track
 
 CACHE_VERSION = 1
 MIN_MODEL_FRAMES = 50  # consecutive training frames the head-motion model needs (2 s at 25 fps)
@@ -203,8 +209,6 @@ def cache_dir() -> Path:
 
 def check_driving_video(path: str | Path) -> Path:
     """One-line errors for a ``--pose`` path that is missing or not a video (header check only: cheap)."""
-    from avatar3d.io.video import probe_video
-
     path = Path(path)
     hint = "give a video of a face or one of subject, static, generated"
     if not path.exists():
@@ -221,8 +225,6 @@ def check_driving_video(path: str | Path) -> Path:
 
 
 def _settings_key(path: Path, config: VideoPoseConfig) -> str:
-    from avatar3d.io.hashing import file_sha256
-
     settings = json.dumps([CACHE_VERSION, config.size, config.max_fps, dataclasses.asdict(config.track)],
                           sort_keys=True)  # fmt: skip
     return f"{file_sha256(path)[:24]}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
@@ -246,13 +248,6 @@ def _no_face(exc: Avatar3DError) -> bool:
 def track_driving_video(path: str | Path, config: VideoPoseConfig = VideoPoseConfig(), *, progress: bool = False,
                         log: Callable[[str], None] = print) -> DrivingTrack:  # fmt: skip
     """Decode, landmark and track ``path`` with the prep stages in a temporary folder (or take the cached result)."""
-    from avatar3d.face.default_model import load_face_model
-    from avatar3d.io.atomic import save_npz_atomic
-    from avatar3d.io.video import probe_video
-    from data_prep.decode import DecodeConfig, decode
-    from data_prep.landmarks import DETECTED, INTERPOLATED, detect_landmarks
-    from data_prep.track import track
-
     path = check_driving_video(path)
     cached = cache_dir() / "driving-pose" / f"{_settings_key(path, config)}.npz" if config.cache else None
     if cached is not None and cached.is_file():

@@ -6,18 +6,20 @@ can judge image quality and lip sync side by side with the source.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from avatar3d.avatar.loading import load_avatar
+from avatar3d.dataset.reader import load_subject
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import check_writable
 from avatar3d.io.audio import read_wav
 from avatar3d.io.video import VideoWriter
-from avatar3d.avatar.loading import load_avatar
-from avatar3d.dataset.reader import load_subject
 
 
 def split_ids(data, split: str) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -36,8 +38,6 @@ def render_from_subject(
     progress: bool = True, log: Callable[[str], None] = print,
 ) -> dict[str, float]:  # fmt: skip
     """Writes ``out`` (H.264 + AAC mp4) of the split's frames; returns frame count and render FPS."""
-    import time
-
     check_writable(Path(out))
     loaded = load_avatar(avatar)
     data = load_subject(subject, int(loaded.bundle.resolution), progress=progress)
@@ -54,8 +54,6 @@ def render_from_subject(
     a0, a1 = int(round(ids[0] / data.fps * rate)), int(round((ids[-1] + 1) / data.fps * rate))
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(ids), desc="render", unit="frame", dynamic_ncols=True)
     seconds = 0.0
     with VideoWriter(out, data.fps, audio=audio[a0:a1], sample_rate=rate) as writer:

@@ -18,19 +18,30 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
-from avatar3d.dataset.contract import MANIFEST, TRACKING
-from avatar3d.errors import Avatar3DError
-from avatar3d.io.atomic import check_writable
-from avatar3d.io.video import read_audio
-from avatar3d.motion.phone_constraints import BILABIAL_LABELS, PhoneConstraintConfig, apply_phone_constraints
-from avatar3d.render.camera import CameraPath, ViewRenderer, camera_track, parse_camera, stereo_eyes
-from avatar3d.render.drive import DriveConfig, DriveTracks, build_tracks
-from avatar3d.render.outputs import (DEPTH_PATTERN, RGBA_PATTERN, DepthSink, Frame, MatteConfig, Mp4Sink, Outputs,
-                                     RgbaSink, check_output_dir)  # fmt: skip
+from avatar3d.audio.alignment import align_phones
+from avatar3d.audio.features import frame_features, resample_mono
+from avatar3d.audio.phones import SIL, Phone
+from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
+from avatar3d.audio.word_phones import WindowDecoder
 from avatar3d.avatar.base import Avatar
 from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.avatar.loading import load_avatar
+from avatar3d.dataset.contract import MANIFEST, TRACKING
+from avatar3d.errors import Avatar3DError
+from avatar3d.export.livelink import LLF_COUNT, LLF_HEADER, arkit_weights, livelink_table, timecode
+from avatar3d.io.atomic import atomic_path, check_writable
+from avatar3d.io.hashing import file_sha256
+from avatar3d.io.video import read_audio
+from avatar3d.motion.model import load
+from avatar3d.motion.personalize import personalize
+from avatar3d.motion.phone_constraints import BILABIAL_LABELS, PhoneConstraintConfig, apply_phone_constraints
+from avatar3d.motion.streaming import GateConfig, MotionStream, iter_audio_chunks, silent_output, speech_gate
+from avatar3d.render.camera import CameraPath, ViewRenderer, camera_track, parse_camera, stereo_eyes
+from avatar3d.render.drive import DriveConfig, DriveTracks, build_tracks
+from avatar3d.render.outputs import (DEPTH_PATTERN, RGBA_PATTERN, DepthSink, Frame, MatteConfig, Mp4Sink,  # fmt: skip
+                                     Outputs, RgbaSink, check_output_dir)
 
 SAMPLE_RATE = 16000
 PERSONAL_MODEL_NAME = "motion.pt"
@@ -84,11 +95,8 @@ class SpeechAudio:
     def chunks(self, chunk_samples: int, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
         """float32 chunks of ``chunk_samples`` (the last may be shorter) at ``sample_rate``."""
         if self.path is not None:
-            from avatar3d.motion.streaming import iter_audio_chunks
-
             return iter_audio_chunks(self.path, sample_rate, chunk_samples)
         assert self.array is not None
-        from avatar3d.audio.features import resample_mono
 
         x = resample_mono(self.array, SAMPLE_RATE, sample_rate)
         return (x[i:i + chunk_samples] for i in range(0, len(x), chunk_samples))
@@ -142,8 +150,6 @@ class SpeechSource:
         """The audio and, per ``phones``, its phone timeline; logs which timeline drives the lips."""
         self._check()
         if self.text is not None:
-            from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
-
             tts = synthesize_with_phonemes(self.text, voice=self.voice, sample_rate=SAMPLE_RATE)
             source = SpeechAudio(array=tts.audio)
             spoken = SpokenSpeech(source, tuple(tts.as_phones()), "espeak-ng's own phoneme timings") \
@@ -155,8 +161,6 @@ class SpeechSource:
             elif importlib.util.find_spec("pocketsphinx") is None:
                 spoken = SpokenSpeech(source, None, "off (pocketsphinx is not importable; pip install pocketsphinx)")
             else:
-                from avatar3d.audio.word_phones import WindowDecoder
-
                 words = WindowDecoder() if self.phones == "auto" else None
                 phones, cuts = phone_loop_timeline(source.chunks(self.stream.chunk_samples), self.stream, words)
                 origin = words.describe() if words else "pocketsphinx phone-loop decoding (no transcript)"
@@ -178,8 +182,6 @@ class SpeechSource:
 
     def _check_file(self) -> Path:
         """The file, after decoding only its first ``MIN_SPEECH_S`` (missing, unreadable, too short: one line)."""
-        from avatar3d.motion.streaming import iter_audio_chunks
-
         path = Path(self.audio_path)
         if not path.is_file():
             raise Avatar3DError(f"{path}: audio file not found; check the path")
@@ -205,8 +207,6 @@ def phone_loop_timeline(chunks: Iterable[np.ndarray], config: StreamConfig = Str
     ``decode_window(audio, sample_rate) -> phones`` replaces the phone loop as the decoder of a window
     (``--phones auto``: :class:`avatar3d.audio.word_phones.WindowDecoder`, recognised words force-aligned).
     """
-    from avatar3d.audio.alignment import align_phones
-
     window = int(round(config.phone_window_s * SAMPLE_RATE))
     search = int(round(config.phone_cut_search_s * SAMPLE_RATE))
     phones: list = []
@@ -249,8 +249,6 @@ def quiet_cut(x: np.ndarray, lo: int) -> int:
 
 def _append_shifted(phones: list, new: list, offset_s: float) -> None:
     """Append a window's phones moved by ``offset_s``, contiguous with the last one; SILs meeting at the cut merge."""
-    from avatar3d.audio.phones import SIL, Phone
-
     for p in new:
         start, end = p.start + offset_s, p.end + offset_s
         if phones:
@@ -267,8 +265,6 @@ def _own_rate_curves(mouth_model, chunks: Iterable[np.ndarray]) -> tuple[dict[st
     Through :class:`avatar3d.motion.streaming.MotionStream`: the same frames as one offline pass
     (float rounding only, ~1e-6), memory bounded by a chunk plus the curves themselves (16 floats a frame).
     """
-    from avatar3d.motion.streaming import GateConfig, MotionStream
-
     if getattr(mouth_model, "speech_encoder", None) is not None:
         return _offline_curves(mouth_model, chunks, GateConfig())
     stream = MotionStream(mouth_model, GateConfig())
@@ -291,9 +287,6 @@ def _offline_curves(mouth_model, chunks: Iterable[np.ndarray], gate) -> tuple[di
     The whole speech is held (4 bytes a sample: ~230 MB an hour) and predicted in one pass; the encoder
     itself runs in bounded chunks.  The same voice-activity gate as the stream's is applied.
     """
-    from avatar3d.audio.features import frame_features
-    from avatar3d.motion.streaming import silent_output, speech_gate
-
     parts = [np.asarray(c, np.float32) for c in chunks]
     audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     if len(audio) == 0:
@@ -312,8 +305,6 @@ def _offline_curves(mouth_model, chunks: Iterable[np.ndarray], gate) -> tuple[di
 def _at_frame_rate(mouth_model, own: dict[str, np.ndarray], fps: float, n: int, phones,  # type: ignore[no-untyped-def]
                    constraints: PhoneConstraintConfig, window_s: float) -> dict[str, np.ndarray]:
     """Own-rate curves resampled to ``n`` frames at ``fps``, then the phone constraints (window by window)."""
-    from avatar3d.motion.streaming import silent_output
-
     rate = float(mouth_model.config.fps)
     t_out = (np.arange(n) + 0.5) / fps
     t_own = (np.arange(len(next(iter(own.values())))) + 0.5) / rate
@@ -339,7 +330,6 @@ def constrain_in_windows(curves: dict[str, np.ndarray], phones, fps: float,  # t
     n = len(next(iter(curves.values())))
     if n <= window:
         return apply_phone_constraints(curves, phones, fps, constraints, rest=rest).curves
-    from avatar3d.audio.phones import Phone
 
     margin = int(np.ceil(margin_s * fps))
     starts = np.array([p.start for p in phones])
@@ -371,8 +361,6 @@ def gated_mouth_curves(mouth_model, audio: np.ndarray, fps: float, n: int, phone
     ``fps`` so that a phone shorter than a frame still closes its nearest frame.  ``audio`` is the
     whole 16 kHz track; :func:`drive_from_speech` reads a file chunk by chunk instead.
     """
-    from avatar3d.audio.features import resample_mono
-
     x = resample_mono(audio, SAMPLE_RATE, mouth_model.audio.sample_rate)
     own, _ = _own_rate_curves(mouth_model, [x])
     return _at_frame_rate(mouth_model, own, fps, n, phones, constraints, window_s)
@@ -425,9 +413,6 @@ def write_blendshapes_csv(path: Path, tracks: DriveTracks, fps: float, block: in
     Byte for byte what :func:`avatar3d.export.livelink.write_livelink_csv` writes (tested), but without
     building every row's text first: an hour at 25 fps is ~70 MB of text, twice over when joined.
     """
-    from avatar3d.export.livelink import LLF_COUNT, LLF_HEADER, arkit_weights, livelink_table, timecode
-    from avatar3d.io.atomic import atomic_path
-
     weights = arkit_weights(tracks.expression_names, tracks.expression, tracks.blink)
     n = len(tracks.R)
     if n == 0:
@@ -481,8 +466,6 @@ def render_tracks(avatar: Avatar, tracks: DriveTracks, out: Path | None,
         raise Avatar3DError("nothing to render to: give -o OUT.mp4, --rgba DIR or --depth DIR")
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(views), desc="render", unit="frame", dynamic_ncols=True)
     seconds = 0.0
     with Outputs(sinks) as outputs:
@@ -507,7 +490,6 @@ def _stale(model, subject: Path) -> bool:  # type: ignore[no-untyped-def]
     tracking = subject / TRACKING
     if not tracking.is_file():
         return False
-    from avatar3d.io.hashing import file_sha256
 
     made_from = model.info.get("personalization", {}).get("signature", {}).get("tracking_sha256")
     return made_from != file_sha256(tracking)
@@ -522,8 +504,6 @@ def mouth_model_for(avatar: Path, bundle: AvatarBundle, path: Path | None = None
     personalised to its subject: made on first use from the subject folder recorded at training
     time and kept as ``AVATAR/motion.pt``.
     """
-    from avatar3d.motion.model import load
-
     if path is not None:
         return load(path)
     own = avatar / PERSONAL_MODEL_NAME
@@ -538,7 +518,6 @@ def mouth_model_for(avatar: Path, bundle: AvatarBundle, path: Path | None = None
         raise Avatar3DError(f"{avatar}: no personalised motion model ({PERSONAL_MODEL_NAME}) and its subject folder "
                             f"{subject or '(not recorded)'} is gone; run `avatar3d motion personalize SUBJECT -o {own}` "
                             "or pass --motion-model FILE")  # fmt: skip
-    from avatar3d.motion.personalize import personalize
 
     log(f"[render] personalising the motion model to {subject} (first use; kept as {own})")
     personalize(subject, own, progress=progress)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from avatar3d.io.atomic import save_npz_atomic, write_json_atomic
 from avatar3d.io.audio import write_wav
 from avatar3d.io.video import VideoWriter
 from avatar3d.resources import cache_dir
-from avatar3d.synth.calibrate import Calibration, calibrate, project_landmarks, landmark_points
+from avatar3d.synth.calibrate import Calibration, calibrate, landmark_points, project_landmarks
 from avatar3d.synth.camera import head_rotation
 from avatar3d.synth.motion import HeadMotionConfig, blink_track, head_track
 from avatar3d.synth.photo import SourcePhoto, load_photo, prepare_source
@@ -102,8 +103,6 @@ def _language(voice: str) -> str:
 
 
 def _split_sentences(text: str) -> list[str]:
-    import re
-
     parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+", text.strip()) if p.strip()]
     if not parts:
         raise Avatar3DError("the text to speak is empty: pass non-empty --text or --text-file")

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avatar3d.face import landmark_sets as rg
+from avatar3d.face.default_model import FACE_WIDTH_M, ORIGIN_BEHIND  # same canonical frame as the face model
 from avatar3d.face.topology import triangles as face_triangles
 from avatar3d.synth.camera import Intrinsics
 from avatar3d.synth.photo import SourcePhoto
 
-from avatar3d.face.default_model import FACE_WIDTH_M, ORIGIN_BEHIND  # same canonical frame as the face model
 JAW_MAX_DEG = 20.0  # jawOpen = 1 rotates the jaw by this much
 
 

@@ -33,7 +33,7 @@ class SourcePhoto:
 def load_photo(photo: str | None) -> tuple[np.ndarray, str]:
     """RGB uint8 image and a display name; ``None`` or "astronaut" gives skimage's astronaut."""
     if photo is None or photo == DEFAULT_PHOTO:
-        import skimage.data
+        import skimage.data  # lazy: heavy (~0.5 s); only the default photo needs it
 
         return np.ascontiguousarray(skimage.data.astronaut()), "skimage.data.astronaut (NASA, public domain)"
     path = Path(photo)

@@ -42,7 +42,7 @@ class FaceMeshDetector:
     """
 
     def __init__(self, *, video: bool = False, refine_landmarks: bool = True, min_confidence: float = 0.5):
-        from mediapipe.python.solutions import face_mesh
+        from mediapipe.python.solutions import face_mesh  # lazy: heavy (~1-2 s); only a detector needs it
 
         with quiet_native_stderr():
             self._mesh = face_mesh.FaceMesh(
@@ -85,7 +85,7 @@ class PersonSegmenter:
     """One MediaPipe selfie-segmentation graph reused for every frame (building one costs ~50 ms)."""
 
     def __init__(self, model_selection: int = 0) -> None:
-        from mediapipe.python.solutions import selfie_segmentation
+        from mediapipe.python.solutions import selfie_segmentation  # lazy: heavy (~1-2 s) import
 
         with quiet_native_stderr():
             self._seg = selfie_segmentation.SelfieSegmentation(model_selection=model_selection)

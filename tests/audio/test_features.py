@@ -7,9 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from avatar3d.audio.features import (
-    AudioFeatureConfig, energy, frame_features, log_mel, mel_center_frequencies, pitch,
-)
+from avatar3d.audio.features import AudioFeatureConfig, energy, frame_features, log_mel, mel_center_frequencies, pitch
 from avatar3d.errors import Avatar3DError
 
 SR = 16000

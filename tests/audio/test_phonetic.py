@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avatar3d.audio.phonetic import (PHONE_CLASSES, class_index, phone_class_features, phone_frames,
-                                     track_from_phones)
 from avatar3d.audio.phones import Phone
+from avatar3d.audio.phonetic import PHONE_CLASSES, class_index, phone_class_features, phone_frames, track_from_phones
 from avatar3d.errors import Avatar3DError
 
 BILABIAL, SIL = class_index("bilabial"), class_index("sil")

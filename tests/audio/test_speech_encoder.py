@@ -24,7 +24,6 @@ from avatar3d.errors import Avatar3DError
 from tests.speech_encoders import TINY, one_torch_thread  # noqa: F401  (autouse fixture)
 
 
-
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random checkpoints: HuBERT (GroupNorm conv features, the *base* layout), a second HuBERT init, and
@@ -199,8 +198,8 @@ def test_skipping_layers_after_the_chosen_one_changes_nothing(encoders: dict[str
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_motion_model_trained_on_an_encoder_round_trips_and_refuses_others(encoders: dict[str, Path],
                                                                            tmp_path: Path) -> None:
-    from avatar3d.motion.corpus import (CorpusConfig, build_corpus, encoder_cache_dir, load_split, read_index,
-                                        utterance_audio, UtteranceSpec)
+    from avatar3d.motion.corpus import (CorpusConfig, UtteranceSpec, build_corpus, encoder_cache_dir, load_split,
+                                        read_index, utterance_audio)
     from avatar3d.motion.model import MotionModelConfig, load
     from avatar3d.motion.streaming import MotionStream
     from avatar3d.motion.train import MotionTrainConfig, pretrain

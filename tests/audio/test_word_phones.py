@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from avatar3d.audio.alignment import align_phones
+from avatar3d.audio.phones import SIL
 from avatar3d.audio.phonetic import phone_frames
 from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
 from avatar3d.audio.word_phones import WindowDecoder, WordPhonesConfig, reset_word_decoder, word_phones
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.lip_closure import (TESTDATA_DIR, LipGeometry, evaluate_lip_closure, pocketsphinx_recordings,
                                        read_recording)
-from avatar3d.audio.alignment import align_phones
-from avatar3d.audio.phones import SIL
 from avatar3d.motion.model import load_default
 from avatar3d.render.speech import StreamConfig, gated_mouth_curves, phone_loop_timeline
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from avatar3d.dataset.contract import iter_labels
 from avatar3d.errors import Avatar3DError
 from avatar3d.face import landmark_sets as rg
 from avatar3d.face.default_model import load_face_model
@@ -11,7 +12,6 @@ from avatar3d.io.video import probe_video, read_video
 from data_prep.fitted import fitted_projection, load_tracking
 from data_prep.pipeline import prepare
 from data_prep.preview import PREVIEW_NAME, write_preview
-from avatar3d.dataset.contract import iter_labels
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,14 @@ import cv2
 import numpy as np
 import pytest
 
+from avatar3d.dataset.contract import iter_labels, load_labels
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.video import read_video
 from data_prep.background import BackgroundResult, estimate_background, push_pull_fill, robust_plate
 from data_prep.decode import DecodeConfig, DecodeResult, decode
 from data_prep.landmarks import detect_landmarks
-from data_prep.segment import (BACKGROUND, HEAD, MOUTH, TORSO, SegmentConfig, SegmentResult, head_region,
-                               iter_labels, load_labels, parse_frame, segment)
+from data_prep.segment import (BACKGROUND, HEAD, MOUTH, TORSO, SegmentConfig, SegmentResult, head_region, parse_frame,
+                               segment)
 
 PROXY_TOL = 12  # intensity levels: codec noise on the static plate stays below this
 

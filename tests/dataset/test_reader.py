@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
+from avatar3d.dataset.reader import LIP_IDS, SubjectData, load_subject, mouth_boxes
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import save_npz_atomic
 from avatar3d.io.video import read_video
-from avatar3d.dataset.reader import LIP_IDS, SubjectData, load_subject, mouth_boxes
 
 R = 64
 

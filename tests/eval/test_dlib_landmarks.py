@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar3d.eval.dlib_landmarks import DLIB_INSTALL, MOUTH_68, N_68, dlib_unavailable_reason, detect_landmarks_68
+from avatar3d.eval.dlib_landmarks import DLIB_INSTALL, MOUTH_68, N_68, detect_landmarks_68, dlib_unavailable_reason
 from avatar3d.eval.landmark_metrics import landmark_distance
 from avatar3d.face.landmark_sets import LIPS
 from avatar3d.io.video import read_video

@@ -23,8 +23,8 @@ def tiny_eval(tiny_avatar_run, avatar_subject: Path, tmp_path_factory: pytest.Te
 
 def test_metrics_json_matches_the_training_evaluator(tiny_eval, tiny_avatar_run, avatar_subject: Path) -> None:
     """The written PSNR/SSIM are the held-out figures the trainer's own evaluator computes."""
-    from avatar3d.dataset.reader import load_subject
     from avatar3d.avatar.loading import load_avatar
+    from avatar3d.dataset.reader import load_subject
     from avatar3d.train.trainer import evaluate_frames
 
     run, out = tiny_eval

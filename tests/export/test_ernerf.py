@@ -13,18 +13,8 @@ import pytest
 
 from avatar3d.cli import main
 from avatar3d.errors import Avatar3DError
-from avatar3d.export.ernerf import (
-    BGR_BACKGROUND,
-    BGR_HEAD,
-    BGR_NECK,
-    BGR_TORSO,
-    ErnerfImportConfig,
-    au45_to_blink,
-    blink_to_au45,
-    import_ernerf,
-    labels_to_parsing,
-    parsing_to_labels,
-)
+from avatar3d.export.ernerf import (BGR_BACKGROUND, BGR_HEAD, BGR_NECK, BGR_TORSO, ErnerfImportConfig, au45_to_blink,
+                                    blink_to_au45, import_ernerf, labels_to_parsing, parsing_to_labels)
 from data_prep.track import TrackConfig
 from data_prep.transforms import c2w_to_head_pose
 
@@ -151,9 +141,9 @@ def test_export_layout_matches_what_ernerf_reads(exported) -> None:
 
 
 def test_import_round_trip_trains(imported) -> None:
+    from avatar3d.dataset.reader import load_subject
     from avatar3d.io.audio import read_wav
     from avatar3d.io.video import read_video
-    from avatar3d.dataset.reader import load_subject
 
     subject, folder, out, report = imported
     assert report.pose_source == "transforms" and report.n_frames == N and report.n_excluded == 0

@@ -10,14 +10,8 @@ import pytest
 
 from avatar3d.cli import main
 from avatar3d.errors import Avatar3DError
-from avatar3d.export.livelink import (
-    LLF_BLENDSHAPES,
-    LLF_HEADER,
-    head_angles,
-    rotation_from_angles,
-    timecode,
-    write_livelink_csv,
-)
+from avatar3d.export.livelink import (LLF_BLENDSHAPES, LLF_HEADER, head_angles, rotation_from_angles, timecode,
+                                      write_livelink_csv)
 
 # The header of a recorded Live Link Face take, spelled out independently of the module's tuples.
 RECORDED_HEADER = (
@@ -111,8 +105,8 @@ def test_bad_input_is_one_line_error_and_no_file(tmp_path):
 
 def test_cli_writes_the_training_clip(tiny_avatar_run, tmp_path, capsys):
     """`avatar3d export AVATAR --blendshapes`: one row per tracked frame, the tracked curves, real head yaw signs."""
-    from avatar3d.face.default_model import load_face_model
     from avatar3d.avatar.loading import load_avatar
+    from avatar3d.face.default_model import load_face_model
 
     avatar, _ = tiny_avatar_run
     out = tmp_path / "curves" / "take.csv"

@@ -52,8 +52,8 @@ def test_glb_is_a_coloured_head_in_metres(exported):
 
 def test_mesh_agrees_with_the_rendered_head(exported):
     """Seen from a training camera, the mesh's front surface lies where the NeRF renders its depth and colour."""
-    from avatar3d.nerf.model import pixel_dirs
     from avatar3d.avatar.loading import load_avatar
+    from avatar3d.nerf.model import pixel_dirs
 
     avatar, path, _ = exported
     loaded = load_avatar(avatar)

@@ -12,14 +12,13 @@ import math
 import numpy as np
 import pytest
 
+from avatar3d.audio.phones import Phone
 from avatar3d.audio.phonetic import phone_frames
 from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.lip_closure import LipGeometry, evaluate_lip_closure
 from avatar3d.motion.model import load_default
-from avatar3d.motion.phone_constraints import (OPENING, PAIRED, PRESSING, PhoneConstraintConfig,
-                                               apply_phone_constraints)
-from avatar3d.audio.phones import Phone
+from avatar3d.motion.phone_constraints import OPENING, PAIRED, PRESSING, PhoneConstraintConfig, apply_phone_constraints
 from avatar3d.render.speech import SpeechSource, gated_mouth_curves
 
 FPS = 25

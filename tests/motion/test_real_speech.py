@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from avatar3d.audio.phones import Phone
 from avatar3d.audio.phonetic import phone_frames
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.lip_closure import (TESTDATA_DIR, LipClosureConfig, LipGeometry, evaluate_lip_closure,
-                                       read_recording, pocketsphinx_recordings)
-from avatar3d.audio.phones import Phone
+                                       pocketsphinx_recordings, read_recording)
 from avatar3d.motion.model import load_default
 
 FPS = 25

@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from avatar3d.avatar.bundle import AvatarBundle
+from avatar3d.avatar.layers import LayerPlanes
+from avatar3d.avatar.loading import load_avatar
 from avatar3d.cli import main
 from avatar3d.io.audio import write_wav
 from avatar3d.io.video import probe_video, read_video
 from avatar3d.motion.model import DEFAULT_MODEL_PATH
-from avatar3d.render.camera import (ViewRenderer, camera_track, load_camera_path, move_view,
-                                    supported_range, view_angles)  # fmt: skip
+from avatar3d.render.camera import (ViewRenderer, camera_track, load_camera_path, move_view,  # fmt: skip
+                                    supported_range, view_angles)
 from avatar3d.render.drive import DriveConfig, build_tracks
 from avatar3d.synth.speech import synthesize
-from avatar3d.avatar.layers import LayerPlanes
-from avatar3d.avatar.loading import load_avatar
 
 
 @pytest.fixture(scope="module")

@@ -20,19 +20,19 @@ import pytest
 import soundfile as sf
 import torch
 
+from avatar3d.audio.alignment import align_phones, reset_aligners
+from avatar3d.audio.phones import SIL, Phone
 from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
+from avatar3d.avatar.loading import load_avatar
 from avatar3d.cli import main
 from avatar3d.export.livelink import arkit_weights, write_livelink_csv
 from avatar3d.io.video import VideoWriter, probe_video, read_audio
 from avatar3d.motion.model import DEFAULT_MODEL_PATH, load_default
 from avatar3d.motion.phone_constraints import PhoneConstraintConfig, apply_phone_constraints
 from avatar3d.render.drive import DriveConfig
-from avatar3d.render.speech import (SpeechAudio, StreamConfig, constrain_in_windows, drive_from_speech,
-                                    gated_mouth_curves, phone_loop_timeline, write_blendshapes_csv)  # fmt: skip
-from avatar3d.audio.alignment import align_phones, reset_aligners
-from avatar3d.audio.phones import SIL, Phone
+from avatar3d.render.speech import (SpeechAudio, StreamConfig, constrain_in_windows, drive_from_speech,  # fmt: skip
+                                    gated_mouth_curves, phone_loop_timeline, write_blendshapes_csv)
 from avatar3d.synth.speech import synthesize
-from avatar3d.avatar.loading import load_avatar
 
 SR = 16000
 SENTENCES = ("Peter bought a big bag of bread.", "Mama made a warm apple pie for Bob.",

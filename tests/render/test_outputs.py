@@ -15,14 +15,14 @@ import pytest
 from scipy.ndimage import binary_erosion, distance_transform_edt, map_coordinates
 
 from avatar3d.avatar.bundle import AvatarBundle
+from avatar3d.avatar.loading import load_avatar
 from avatar3d.cli import main
+from avatar3d.dataset.reader import load_subject
 from avatar3d.errors import Avatar3DError
 from avatar3d.io.video import probe_video, read_video
 from avatar3d.render.drive import DriveTracks
 from avatar3d.render.outputs import RGBA_PATTERN, StagedDir
 from avatar3d.render.speech import render_tracks
-from avatar3d.dataset.reader import load_subject
-from avatar3d.avatar.loading import load_avatar
 
 FRAMES = 3
 BG_MARGIN_PX = 8  # at 64²: the tiny avatar's soft edge reaches ~6 px beyond the labelled person

@@ -16,9 +16,9 @@ import pytest
 from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.errors import Avatar3DError
 from avatar3d.render.drive import DriveConfig, build_tracks
-from avatar3d.render.pose_sources import (DrivingTrack, fit_head_motion, frame_positions, generated_pose,
+from avatar3d.render.pose_sources import (DrivingTrack, fit_head_motion, frame_positions, generated_pose,  # fmt: skip
                                           interpolate_rotations, mean_rotation, pose_offsets, pose_range,
-                                          relative_angles, track_driving_video, video_pose)  # fmt: skip
+                                          relative_angles, track_driving_video, video_pose)
 
 LONG = 15000  # 10 minutes at 25 fps
 

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from avatar3d.avatar.bundle import AvatarBundle
+from avatar3d.avatar.loading import load_avatar
 from avatar3d.io.video import probe_video, read_audio, read_video
 from avatar3d.render.camera import ViewRenderer, camera_track, stereo_eyes
 from avatar3d.render.drive import DriveTracks
 from avatar3d.render.outputs import Frame
 from avatar3d.render.speech import SAMPLE_RATE, render_tracks
-from avatar3d.avatar.loading import load_avatar
 
 MOVED = (4, 5, 11, 16)  # frames whose head is shifted: a pair, a single, the one before last
 N_FRAMES = 18

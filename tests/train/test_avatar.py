@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import torch
 
+from avatar3d.avatar.loading import load_avatar
 from avatar3d.config import load_config
+from avatar3d.dataset.reader import load_subject
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.image_metrics import head_mask, psnr
 from avatar3d.face.default_model import load_face_model
 from avatar3d.face.motion_regions import face_motion_regions
 from avatar3d.train.checkpoint import CHECKPOINT_NAME, load_state
-from avatar3d.dataset.reader import load_subject
-from avatar3d.avatar.loading import load_avatar
 from avatar3d.train.config import TrainConfig, config_to_yaml
 from avatar3d.train.trainer import evaluate_frames, train
 

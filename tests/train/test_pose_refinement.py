@@ -9,12 +9,12 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from avatar3d.config import load_config
-from avatar3d.eval.pose import rotation_errors_deg
-from avatar3d.dataset.reader import load_subject
-from avatar3d.train.pose_fit import PoseFitConfig, fit_poses
 from avatar3d.avatar.loading import load_avatar
+from avatar3d.config import load_config
+from avatar3d.dataset.reader import load_subject
+from avatar3d.eval.pose import rotation_errors_deg
 from avatar3d.train.config import TrainConfig
+from avatar3d.train.pose_fit import PoseFitConfig, fit_poses
 from avatar3d.train.sampler import RaySampler
 from avatar3d.train.trainer import train
 
