@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from avatar3d.dataset.contract import (AUDIO, CACHE_DIR, FRAMES, LANDMARK_FLAGS, LANDMARKS, MANIFEST, PARSING, PLATE,
-                                       TRACKING, iter_labels, prep_fix, read_manifest, require_files)
+                                       TRACKING, iter_labels, read_manifest, require_files)
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.landmark_sets import LIPS
 from avatar3d.io.atomic import atomic_path, write_json_atomic
@@ -162,7 +162,7 @@ def _square_manifest(root: Path) -> dict[str, Any]:
 
 def _mismatch(path: Path, count: int, n: int, root: Path) -> Avatar3DError:
     return Avatar3DError(f"{path} has {count} frames but the subject has {n}: the prep outputs are out of step; "
-                         f"{prep_fix(root)}")
+                         f"re-run `avatar3d prep CLIP -o {root}`")
 
 
 def _read_background(path: Path, resolution: int) -> np.ndarray:
@@ -257,7 +257,7 @@ def _in_step(frames_in: Iterator[np.ndarray], labels_in: Iterator[np.ndarray], r
             if (item is sentinel) != (i == n):
                 what = f"{i} frames" if item is sentinel else f"more than {n} frames"
                 raise Avatar3DError(f"{root / name} has {what} but {TRACKING} has {n}: the prep outputs are out "
-                                    f"of step; {prep_fix(root)}")
+                                    f"of step; re-run `avatar3d prep CLIP -o {root}`")
         yield image, label
 
 
