@@ -26,7 +26,7 @@ from avatar3d.avatar.loading import load_avatar
 from avatar3d.dataset.contract import FRAMES
 from avatar3d.dataset.reader import LIP_IDS, load_subject
 from avatar3d.errors import Avatar3DError
-from avatar3d.eval.dlib_landmarks import MOUTH_68, N_68, detect_landmarks_68, dlib_unavailable_reason
+from avatar3d.eval import dlib_landmarks
 from avatar3d.eval.image_metrics import frame_metrics, head_mask, mean_metrics
 from avatar3d.eval.landmark_metrics import blink_rate, detect_landmarks, eye_aspect_ratio, landmark_distance
 from avatar3d.eval.lpips import MIN_SIZE, load_lpips, lpips_pairs, resolve_weights
@@ -230,12 +230,12 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
 def _dlib_lmd_entry(rendered: np.ndarray, reference: np.ndarray, size: int, min_size: int) -> dict[str, Any]:
     """metrics.json's ``lmd_dlib``: LMD from dlib's 68 points (mouth = points 48-67, the anchors' mouth LMD),
     or None means and ``unavailable``: why (dlib is optional; see avatar3d.eval.dlib_landmarks)."""
-    reason = dlib_unavailable_reason()
+    reason = dlib_landmarks.dlib_unavailable_reason()
     if reason is not None:
         return {"mouth": None, "face": None, "unavailable": reason}
-    result = landmark_distance(detect_landmarks_68(rendered, min_size=min_size),
-                               detect_landmarks_68(reference, min_size=min_size), size,
-                               mouth_ids=MOUTH_68, n_points=N_68)  # fmt: skip
+    result = landmark_distance(dlib_landmarks.detect_landmarks_68(rendered, min_size=min_size),
+                               dlib_landmarks.detect_landmarks_68(reference, min_size=min_size), size,
+                               mouth_ids=dlib_landmarks.MOUTH_68, n_points=dlib_landmarks.N_68)  # fmt: skip
     return {**result.to_dict(), "unit": "px at 512x512", "detector": "dlib 68-point shape predictor (iBUG 300-W)",
             **({"unavailable": f"no frame with a face found by dlib in both rendered and reference (found in "
                                f"{result.detection_rate_pred:.0%} / {result.detection_rate_ref:.0%}; its HOG detector "

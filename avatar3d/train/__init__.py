@@ -1,1 +1,1 @@
-"""Training the avatar: subject data, the training loop, checkpoints."""
+"""Training the avatar: sampler, losses, config, the loop, pose fitting, checkpoints."""

@@ -112,16 +112,18 @@ def test_a_personalised_model_of_an_older_tracking_is_made_again(spoken, tmp_pat
     """A re-tracked subject must not keep driving the avatar with the old tracking's coefficient scale."""
     import functools
 
+    from avatar3d.avatar.bundle import AvatarBundle
     from avatar3d.motion import personalize as personalize_module
     from avatar3d.motion.model import load
+    from avatar3d.render import speech as speech_module
     from avatar3d.render.speech import mouth_model_for
 
     # what is tested is *that* it is made again, from the subject on disk: 40 fine-tuning steps do (~15 s saved)
-    monkeypatch.setattr(personalize_module, "personalize", functools.partial(
+    monkeypatch.setattr(speech_module, "personalize", functools.partial(
         personalize_module.personalize, config=personalize_module.PersonalizeConfig(steps=40)))
 
     avatar = spoken[0]
-    bundle = torch.load(avatar / "avatar.pt", weights_only=False)
+    bundle = AvatarBundle.load(avatar)
     kept = mouth_model_for(avatar, bundle, progress=False, log=lambda s: None)
     assert kept.info["personalization"]["signature"]["tracking_sha256"]  # the first render personalised it
     copy = tmp_path / "avatar"
@@ -140,7 +142,7 @@ def test_an_avatar_whose_subject_is_gone_says_how_to_personalise(tiny_avatar_run
     avatar = tmp_path / "moved"
     shutil.copytree(tiny_avatar_run[0], avatar, ignore=shutil.ignore_patterns("tensorboard", "checkpoint.pt"))
     bundle = torch.load(avatar / "avatar.pt", weights_only=False)
-    bundle.subject = str(tmp_path / "gone")
+    bundle["subject"] = str(tmp_path / "gone")
     torch.save(bundle, avatar / "avatar.pt")
     assert main(["render", str(avatar), "--text", "hi", "-o", str(tmp_path / "y.mp4")]) == 2
     assert "avatar3d motion personalize" in capsys.readouterr().err
@@ -150,7 +152,7 @@ def test_an_avatar_from_an_incompatible_version_names_both_versions(tiny_avatar_
     avatar = tmp_path / "future"
     shutil.copytree(tiny_avatar_run[0], avatar, ignore=shutil.ignore_patterns("tensorboard", "checkpoint.pt"))
     bundle = torch.load(avatar / "avatar.pt", weights_only=False)
-    bundle.format_version, bundle.avatar3d_version = 99, "9.9.9"
+    bundle["format_version"], bundle["avatar3d_version"] = 99, "9.9.9"
     torch.save(bundle, avatar / "avatar.pt")
     assert main(["render", str(avatar), "--text", "hi", "-o", str(tmp_path / "z.mp4")]) == 2
     err = capsys.readouterr().err
