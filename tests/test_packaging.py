@@ -69,7 +69,7 @@ def test_checkout_finds_its_own_folders() -> None:
     assert resources.kernel_source_dir() == REPO / "cuda_ext" and resources.preset_dir() == REPO / "configs"
     assert resources.kernel_build_dir() == REPO / "build" / "torch_extensions"
     specs = kernel_specs()
-    assert [s.name for s in specs] == ["hashgrid", "raymarch"] and len(specs) == len(KERNEL_SPECS)
+    assert [s.name for s in specs] == ["hashgrid", "raymarch", "gaussians"] and len(specs) == len(KERNEL_SPECS)
     for spec in specs:
         assert all(Path(src).is_file() and Path(src).is_relative_to(REPO / "cuda_ext") for src in spec.cpu_sources)
 

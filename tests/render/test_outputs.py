@@ -39,15 +39,13 @@ def _own_tracks(bundle: AvatarBundle, ids: np.ndarray) -> DriveTracks:
 
 @pytest.fixture(scope="module")
 def avatar(tiny_avatar_run):
-    avatar = load_avatar(tiny_avatar_run[0])
-    model, bundle = avatar.model, avatar.bundle
-    return model, bundle
+    return load_avatar(tiny_avatar_run[0])
 
 
 @pytest.fixture(scope="module")
 def composited(avatar, avatar_subject, tmp_path_factory):
     """(folder, ids, labels [3, 64, 64]): mp4, RGBA and depth of three training frames, training camera."""
-    model, bundle = avatar
+    bundle = avatar.bundle
     ids = np.asarray(bundle.train_ids)[:FRAMES]
     folder = tmp_path_factory.mktemp("outputs")
     logs: list[str] = []
@@ -106,7 +104,7 @@ def test_alpha_movie_decodes_with_its_alpha_plane(composited) -> None:
 
 def test_depth_is_16_bit_millimetres_at_the_distance_of_the_face(composited, avatar) -> None:
     folder, ids, labels = composited
-    _, bundle = avatar
+    bundle = avatar.bundle
     for k in range(FRAMES):
         depth = cv2.imread(str(folder / "depth" / f"depth_{k:05d}.png"), cv2.IMREAD_UNCHANGED)
         assert depth.dtype == np.uint16 and depth.shape == (64, 64)
@@ -122,7 +120,7 @@ def test_depth_is_16_bit_millimetres_at_the_distance_of_the_face(composited, ava
 
 
 def test_stereo_disparity_matches_focal_times_ipd_over_depth(avatar, tmp_path) -> None:
-    model, bundle = avatar
+    bundle = avatar.bundle
     ids = np.asarray(bundle.train_ids)[:1]
     ipd_mm = 64.0
     render_tracks(avatar, _own_tracks(bundle, ids), tmp_path / "sbs.mp4", None, 64, progress=False,
