@@ -29,7 +29,7 @@ from avatar3d.avatar.base import Avatar
 from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.avatar.loading import load_avatar
 from avatar3d.dataset.contract import MANIFEST, TRACKING
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import Avatar3DError, InputError
 from avatar3d.export.livelink import LLF_COUNT, LLF_HEADER, arkit_weights, livelink_table, timecode
 from avatar3d.io.atomic import atomic_path, check_writable
 from avatar3d.io.hashing import file_sha256
@@ -184,7 +184,7 @@ class SpeechSource:
         """The file, after decoding only its first ``MIN_SPEECH_S`` (missing, unreadable, too short: one line)."""
         path = Path(self.audio_path)
         if not path.is_file():
-            raise Avatar3DError(f"{path}: audio file not found; check the path")
+            raise InputError(f"{path}: audio file not found; check the path")
         need = int(MIN_SPEECH_S * SAMPLE_RATE)
         head = iter_audio_chunks(path, SAMPLE_RATE, need)
         try:

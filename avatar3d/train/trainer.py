@@ -57,7 +57,7 @@ def motion_mask(expression_names: list[str], n_blink: int, channels: tuple[str, 
         return mask
     unknown = sorted(set(channels) - set(expression_names) - {"blink"})
     if unknown:
-        raise Avatar3DError(f"TrainConfig.motion_channels: unknown channel(s) {', '.join(unknown)}; use the "
+        raise Avatar3DError(f"motion_channels (train config YAML): unknown channel(s) {', '.join(unknown)}; use the "
                             f"tracker's expression names ({', '.join(expression_names[:4])}, ...) or 'blink'")
     mask[:] = 0.0
     for j, name in enumerate(expression_names):
@@ -82,9 +82,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise Avatar3DError("TrainConfig.device is 'cuda' but torch sees no GPU: use device: auto or cpu")
+        raise Avatar3DError("device: cuda in the train config, but torch sees no GPU: use device: auto or cpu")
     if name not in ("cpu", "cuda"):
-        raise Avatar3DError(f"TrainConfig.device={name!r}: use auto, cpu or cuda")
+        raise Avatar3DError(f"device: {name!r} in the train config: use auto, cpu or cuda")
     return torch.device(name)
 
 
