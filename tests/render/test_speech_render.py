@@ -140,7 +140,7 @@ def test_an_avatar_whose_subject_is_gone_says_how_to_personalise(tiny_avatar_run
     avatar = tmp_path / "moved"
     shutil.copytree(tiny_avatar_run[0], avatar, ignore=shutil.ignore_patterns("tensorboard", "checkpoint.pt"))
     bundle = torch.load(avatar / "avatar.pt", weights_only=False)
-    bundle.subject = str(tmp_path / "gone")
+    bundle["subject"] = str(tmp_path / "gone")  # the file holds a plain dict
     torch.save(bundle, avatar / "avatar.pt")
     assert main(["render", str(avatar), "--text", "hi", "-o", str(tmp_path / "y.mp4")]) == 2
     assert "avatar3d motion personalize" in capsys.readouterr().err
@@ -150,7 +150,7 @@ def test_an_avatar_from_an_incompatible_version_names_both_versions(tiny_avatar_
     avatar = tmp_path / "future"
     shutil.copytree(tiny_avatar_run[0], avatar, ignore=shutil.ignore_patterns("tensorboard", "checkpoint.pt"))
     bundle = torch.load(avatar / "avatar.pt", weights_only=False)
-    bundle.format_version, bundle.avatar3d_version = 99, "9.9.9"
+    bundle["format_version"], bundle["avatar3d_version"] = 99, "9.9.9"
     torch.save(bundle, avatar / "avatar.pt")
     assert main(["render", str(avatar), "--text", "hi", "-o", str(tmp_path / "z.mp4")]) == 3
     err = capsys.readouterr().err
