@@ -1,20 +1,20 @@
 """The ``avatar3d`` command: one entry point, one subcommand per stage that exists.
 
-Bad input raises :class:`~avatar3d.errors.Avatar3DError`; it is printed as one line
-(``error: ...``) and the exit code is 2.
+Failures are mapped by :mod:`avatar3d.edge`: one line ``error: ...`` and the exit code of
+its class (docs/errors.md, and the table at the end of ``avatar3d --help``). Each command
+guards its outputs (:func:`avatar3d.edge.output_folder` / ``output_file``) before any work.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
-from avatar3d import __version__
+from avatar3d import __version__, edge
 from avatar3d.config import load_config
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import EXIT_CODES, EXIT_USAGE, Avatar3DError
 
 
 def _positive_int(text: str) -> int:
@@ -75,7 +75,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     config = load_config(SynthConfig, args.config, text=text, voice=args.voice or args.lang, duration_s=args.duration,
                          words_per_minute=args.words_per_minute, pitch=args.pitch, fps=args.fps, size=args.size,
                          seed=args.seed, photo=args.photo, workers=args.workers)
-    report = generate(config, args.out)
+    with edge.output_folder(args.out):
+        report = generate(config, args.out)
     if args.check:
         # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
         from avatar3d.synth.check import check_clip
@@ -115,7 +116,8 @@ def _cmd_prep(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, **decode_changes))
     if args.preview:
         config = dataclasses.replace(config, preview=True)
-    manifest = prepare(args.clip, args.out, config)
+    with edge.output_folder(args.out):
+        manifest = prepare(args.clip, args.out, config)
     print(f"subject dataset in {args.out}: {manifest['n_frames']} frames, "
           f"train {manifest['split']['train']}, val {manifest['split']['val']}, "
           f"{manifest['excluded_frames']} frames excluded")
@@ -150,7 +152,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, steps=args.steps)
         if args.minutes:
             config = dataclasses.replace(config, time_budget_s=args.minutes * 60.0)
-    result = train(args.subject, args.out, config, resume=args.resume)
+    with edge.output_folder(args.out):
+        result = train(args.subject, args.out, config, resume=args.resume)
     print(json.dumps(result))
     return 0
 
@@ -212,6 +215,7 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
+    edge.output_file(args.out)
     if args.motion_from is not None:
         # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
         from avatar3d.render.replay import render_from_subject
@@ -267,6 +271,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    for flag, path in (("--mesh", args.mesh), ("--blendshapes", args.blendshapes)):
+        if path is not None:
+            edge.output_file(path, flag)
     if args.to_ernerf is not None:
         return _cmd_export_ernerf(args)
     if args.speech_encoder is not None or args.encoder_layer != -1:
@@ -312,8 +319,9 @@ def _cmd_export_ernerf(args: argparse.Namespace) -> int:
                             "run them as two commands")
     if args.speech_encoder is None and args.encoder_layer != -1:
         raise Avatar3DError("--encoder-layer needs --speech-encoder HUBERT_DIR")
-    report = export_ernerf(args.avatar, args.to_ernerf, ErnerfExportConfig(
-        max_frames=args.frames, speech_encoder=args.speech_encoder, encoder_layer=args.encoder_layer))
+    with edge.output_folder(args.to_ernerf, "--to-ernerf"):
+        report = export_ernerf(args.avatar, args.to_ernerf, ErnerfExportConfig(
+            max_frames=args.frames, speech_encoder=args.speech_encoder, encoder_layer=args.encoder_layer))
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     audio = (f"audio features in {report.audio_features} (train ER-NeRF with --asr_model hubert)"
@@ -342,7 +350,8 @@ def _cmd_import_ernerf(args: argparse.Namespace) -> int:
     # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
     from avatar3d.export.ernerf import ErnerfImportConfig, import_ernerf
 
-    report = import_ernerf(args.folder, args.out, ErnerfImportConfig(fps=args.fps, poses=args.poses))
+    with edge.output_folder(args.out):
+        report = import_ernerf(args.folder, args.out, ErnerfImportConfig(fps=args.fps, poses=args.poses))
     agree = report.rotation_disagreement_deg
     print(f"subject dataset in {report.path}: {report.n_frames} frames, poses from {report.pose_source}, "
           f"{report.n_excluded} frames excluded, {report.seconds:.1f} s"
@@ -373,8 +382,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
     from avatar3d.eval.evaluate import EvalConfig, evaluate
 
-    evaluate(args.avatar, args.subject, args.out,
-             EvalConfig(frames=args.frames, size=args.size, lpips_weights=args.lpips_weights))
+    with edge.output_folder(args.out):
+        evaluate(args.avatar, args.subject, args.out,
+                 EvalConfig(frames=args.frames, size=args.size, lpips_weights=args.lpips_weights))
     print(f"  metrics      {args.out / 'metrics.json'}")
     print(f"  report       {args.out / 'report.html'}")
     return 0
@@ -447,7 +457,7 @@ def _add_motion(sub: argparse._SubParsersAction) -> None:
     per.add_argument("--steps", type=int, help="most fine-tuning steps (default 400; early stopping ends sooner)")
     per.add_argument("--config", metavar="PRESET|YAML", help="PersonalizeConfig values: a YAML file or a preset name")
     per.set_defaults(func=_cmd_motion_personalize)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=lambda args: (p.print_help(), EXIT_USAGE)[1])
 
 
 def _cmd_motion_pretrain(args: argparse.Namespace) -> int:
@@ -458,6 +468,7 @@ def _cmd_motion_pretrain(args: argparse.Namespace) -> int:
     config = load_config(PretrainConfig, args.config, steps=args.steps, seed=args.seed)
     if args.speech_encoder is None and args.encoder_layer != -1:
         raise Avatar3DError("--encoder-layer needs --speech-encoder DIR")
+    edge.output_file(args.out)
     ctx = dd.init_from_env()
     try:
         model = pretrain(args.corpus, args.out, config.model, steps=config.steps, seed=config.seed,
@@ -477,6 +488,7 @@ def _cmd_motion_personalize(args: argparse.Namespace) -> int:
     from avatar3d.motion.personalize import PersonalizeConfig, format_table, personalize
 
     config = load_config(PersonalizeConfig, args.config, steps=args.steps)
+    edge.output_file(args.out)  # before the fine-tuning, not after it
     base = _encoder_motion_model(args.base, args.speech_encoder, "--base") or args.base
     report = personalize(args.subject, args.out, base, config)
     print(format_table(report))
@@ -497,7 +509,8 @@ def _encoder_motion_model(model_path: Path | None, encoder: Path | None, flag: s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avatar3d", description="Audio-driven 3D talking-head avatars.")
+    parser = argparse.ArgumentParser(prog="avatar3d", description="Audio-driven 3D talking-head avatars.",
+                                     epilog=exit_code_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"avatar3d {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_synth(sub)
@@ -513,24 +526,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_code_epilog() -> str:
+    """The exit-code table, for ``avatar3d --help`` (docs/errors.md says the same)."""
+    rows = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES)
+    return f"exit codes:\n{rows}\nerrors are one line on stderr: error: <what> <which file> <what to do>"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    try:
-        return int(args.func(args))
-    except Avatar3DError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        print("interrupted: partial outputs were not kept (all files are written atomically)", file=sys.stderr)
-        return 130
+        return EXIT_USAGE
+    return edge.run(lambda: int(args.func(args)), sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,8 @@ def extract_audio_features(subject_dir: Union[str, Path], fps: float, n_frames: 
         raise Avatar3DError(f"n_frames={n_frames} must be at least 1 (the manifest frame count)")
     fps, n_frames = float(fps), int(n_frames)
     if not wav.is_file():
-        raise Avatar3DError(f"{wav}: not found; run the decode stage first (or the clip was prepared with "
-                            "--no-audio, which has no audio features)")
+        raise Avatar3DError(f"{wav}: not found; prepare the subject from a clip with sound "
+                            "(`avatar3d prep CLIP -o SUBJECT`)")
     digest = file_sha256(wav)
     frontend = frontend_name(config)
     out = subject / FEATURES_NAME

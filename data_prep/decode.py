@@ -78,7 +78,7 @@ class DecodeConfig:
     max_samples: int = 240
     """Upper bound on sampled frames (the interval grows for long clips)."""
     audio: bool = True
-    """Require and extract audio; ``False`` (``--no-audio``) builds a silent dataset without ``audio.wav``."""
+    """Require and extract audio; ``False`` builds a silent dataset without ``audio.wav`` (not usable for training)."""
     min_duration_s: float = 1.0
     """Shorter clips are refused."""
     silence_peak: float = 1e-4
@@ -90,8 +90,19 @@ class DecodeConfig:
         """The output rate as an exact fraction (29.97 -> 30000/1001)."""
         fps = Fraction(self.fps).limit_denominator(1001) if isinstance(self.fps, float) else Fraction(self.fps)
         if fps <= 0:
-            raise Avatar3DError(f"DecodeConfig.fps must be positive, got {self.fps!r}")
+            raise Avatar3DError(f"the output frame rate (--fps, or decode.fps in a --config YAML) must be positive, "
+                                f"got {self.fps!r}")
         return fps
+
+    def check(self) -> None:
+        """One-line error for values no clip can satisfy, so prep refuses them before it creates anything."""
+        self.fps_fraction()
+        if int(self.size) <= 0 or int(self.size) % 2:
+            raise Avatar3DError(f"the output size (--size, or decode.size in a --config YAML) must be a positive even "
+                                f"number of pixels, got {self.size}")
+        if self.crop_box is not None and int(self.crop_box[2]) <= 0:
+            raise Avatar3DError(f"the crop side (decode.crop_box: [x0, y0, side] in a --config YAML) must be "
+                                f"positive, got {list(self.crop_box)}")
 
 
 # ---------------------------------------------------------------------------
@@ -476,17 +487,16 @@ def decode(src: PathLike, out_dir: PathLike, config: Optional[DecodeConfig] = No
     """Decode ``src`` into ``out_dir`` (frames.mp4, audio.wav, decode.json); see the module docstring."""
     config = config or DecodeConfig()
     src, out = Path(src), Path(out_dir)
+    config.check()
     fps = config.fps_fraction()
     size = int(config.size)
-    if size <= 0 or size % 2:
-        raise Avatar3DError(f"DecodeConfig.size must be a positive even number, got {config.size}")
     started = time.perf_counter()
 
     info = probe_video(src)  # missing / not media / corrupt header / no video stream -> one-line errors
     if config.audio and not info.has_audio:
         raise Avatar3DError(
             f"{src}: has no audio track; the avatar is driven by speech, so record with sound "
-            f"(or pass --no-audio / DecodeConfig(audio=False) to build a dataset without audio)"
+            f"(or add a sound track: `ffmpeg -i {src.name} -i speech.wav -map 0:v -map 1:a -c:v copy with_audio.mp4`)"
         )
     record_path = out / RECORD_NAME
     record_path.unlink(missing_ok=True)  # the completion marker goes first
@@ -513,22 +523,20 @@ def decode(src: PathLike, out_dir: PathLike, config: Optional[DecodeConfig] = No
         peak = float(np.abs(audio).max()) if audio.size else 0.0
         if peak < config.silence_peak:
             raise Avatar3DError(
-                f"{src}: the audio track is silent (peak {peak:.1e}); check the microphone / mute setting, "
-                f"or pass --no-audio / DecodeConfig(audio=False) to ignore it"
+                f"{src}: the audio track is silent (peak {peak:.1e}); the avatar learns from speech, so check the "
+                f"microphone / mute setting and record again"
             )
 
     uw, uh = scan.orientation.upright_size(scan.width, scan.height)
     face_size: Optional[float] = None
     if config.crop_box is not None:
         x0, y0, side = (int(v) for v in config.crop_box)
-        if side <= 0:
-            raise Avatar3DError(f"DecodeConfig.crop_box side must be positive, got {config.crop_box}")
         crop = CropBox(x0, y0, side, size)
     else:
         if not scan.boxes:
             raise Avatar3DError(
                 f"{src}: no face found in the {scan.n_sampled} sampled frames; film the person facing the camera "
-                f"in good light, or pass DecodeConfig(crop_box=(x0, y0, side)) to crop by hand"
+                f"in good light, or set decode.crop_box: [x0, y0, side] in a --config YAML to crop by hand"
             )
         crop, face_size = plan_crop(np.asarray(scan.boxes), uw, uh, config)
 

@@ -69,7 +69,7 @@ def fitted_vertices(tracking: Tracking, model: MorphableModel,
         raise Avatar3DError(
             f"tracking has {tracking.identity.shape[0]} identity / {tracking.expression.shape[1]} expression "
             f"coefficients but face model {model.name!r} has {model.n_identity} / {model.n_expression}; "
-            "pass the face model the clip was tracked with (PrepConfig.face_model)")
+            "pass the face model the clip was tracked with (face_model: in the prep --config YAML)")
     base = model.mean.astype(np.float64) + np.tensordot(tracking.identity, model.identity_basis, axes=1)
     shapes = base[None] + np.tensordot(tracking.expression[idx], model.expression_basis, axes=1)  # [n,V,3]
     shapes[..., 2] *= tracking.depth_scale

@@ -21,7 +21,7 @@ import numpy as np
 from avatar3d.audio.features import AudioFeatureConfig
 from avatar3d.dataset.contract import (AUDIO, AUDIO_FEATURES, FORMAT_VERSION, FRAMES, LANDMARK_FLAGS, LANDMARKS,
                                        MANIFEST, PARSING, PLATE, TRACKING, TRANSFORMS_TRAIN, TRANSFORMS_VAL)
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import Avatar3DError, InputError
 from avatar3d.face.default_model import load_face_model
 from avatar3d.io.atomic import save_npz_atomic, write_json_atomic
 from avatar3d.io.hashing import file_sha256
@@ -160,9 +160,10 @@ def prepare(clip: str | Path, out_dir: str | Path, config: PrepConfig | None = N
             log: Callable[[str], None] = print) -> dict:
     """Turn ``clip`` into a subject dataset in ``out_dir``; returns the manifest."""
     config = config or PrepConfig()
+    config.decode.check()  # before the subject folder exists: a refused run leaves nothing behind
     source = Path(clip)
     if not source.is_file():
-        raise Avatar3DError(f"clip {source} not found: pass the path of a video file")
+        raise InputError(f"clip {source} not found: pass the path of a video file")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _load_manifest(out)

@@ -1,4 +1,4 @@
-"""The `avatar3d` command: subcommands, and one-line errors with exit code 2 on bad input."""
+"""The `avatar3d` command: subcommands, and one-line errors with the exit code of their class (docs/errors.md)."""
 from __future__ import annotations
 
 import subprocess
@@ -18,8 +18,8 @@ def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def _assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
+def _assert_one_line_error(code: int, err: str, *needles: str, expected: int = 2) -> None:
+    assert code == expected, (code, err)
     last = err.rstrip("\n").split("\n")[-1]
     assert last.startswith("error: ") and "\r" not in last, err
     assert err.count("error") == 1, err
@@ -52,11 +52,11 @@ def test_photo_without_a_face(tmp_path, capsys):
 
 def test_missing_and_corrupt_photo(tmp_path, capsys):
     code, _, err = _run(capsys, ["synth", "-o", str(tmp_path / "o"), "--photo", str(tmp_path / "nope.jpg")])
-    _assert_one_line_error(code, err, "nope.jpg", "not found")
+    _assert_one_line_error(code, err, "nope.jpg", "not found", expected=3)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     code, _, err = _run(capsys, ["synth", "-o", str(tmp_path / "o"), "--photo", str(bad)])
-    _assert_one_line_error(code, err, "bad.png", "could not be decoded")
+    _assert_one_line_error(code, err, "bad.png", "could not be decoded", expected=3)
 
 
 def test_unknown_voice_lists_alternatives(tmp_path, capsys):
@@ -69,13 +69,13 @@ def test_empty_text_and_missing_text_file(tmp_path, capsys):
     code, _, err = _run(capsys, ["synth", "-o", str(tmp_path / "o"), "--text", "   "])
     _assert_one_line_error(code, err, "empty")
     code, _, err = _run(capsys, ["synth", "-o", str(tmp_path / "o"), "--text-file", str(tmp_path / "none.txt")])
-    _assert_one_line_error(code, err, "none.txt")
+    _assert_one_line_error(code, err, "none.txt", expected=3)
 
 
 def test_missing_espeak_says_how_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
     code, _, err = _run(capsys, ["synth", "-o", str(tmp_path / "o"), "--duration", "5"])
-    _assert_one_line_error(code, err, "espeak-ng", "apt-get install espeak-ng")
+    _assert_one_line_error(code, err, "espeak-ng", "apt-get install espeak-ng", expected=7)
 
 
 def test_odd_size_and_bad_config(tmp_path, capsys):
@@ -102,16 +102,16 @@ def test_entry_point_exit_code_in_a_real_process(tmp_path):
 
 def test_prep_of_a_missing_clip(tmp_path, capsys):
     code, _, err = _run(capsys, ["prep", str(tmp_path / "talk.mp4"), "-o", str(tmp_path / "subject")])
-    _assert_one_line_error(code, err, "talk.mp4", "not found")
+    _assert_one_line_error(code, err, "talk.mp4", "not found", expected=3)
 
 
 def test_train_and_render_bad_input(tmp_path, capsys):
-    assert main(["train", str(tmp_path / "nope"), "-o", str(tmp_path / "run")]) == 2
+    assert main(["train", str(tmp_path / "nope"), "-o", str(tmp_path / "run")]) == 3
     err = capsys.readouterr().err
     assert err.startswith("error:") and "nope" in err and "avatar3d prep" in err and err.count("\n") == 1
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
     assert main(["train", str(tmp_path), "-o", str(tmp_path / "run"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
-    assert main(["render", str(tmp_path / "no_avatar"), "--motion-from", str(tmp_path), "-o", str(tmp_path / "o.mp4")]) == 2
+    assert main(["render", str(tmp_path / "no_avatar"), "--motion-from", str(tmp_path), "-o", str(tmp_path / "o.mp4")]) == 3
     err = capsys.readouterr().err
     assert "avatar.pt" in err and "avatar3d train" in err and not (tmp_path / "o.mp4").exists()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from avatar3d import __version__
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import Avatar3DError, InputError
 from avatar3d.io.atomic import atomic_path
 
 AVATAR_FILE = "avatar.pt"
@@ -67,7 +67,7 @@ class AvatarBundle:
         version = raw.get("format_version", "none")
         if version not in READABLE_VERSIONS:
             by = raw.get("avatar3d_version", "an unknown version")
-            raise Avatar3DError(f"{source}: written by avatar3d {by} in avatar format {version}; this is avatar3d "
+            raise InputError(f"{source}: written by avatar3d {by} in avatar format {version}; this is avatar3d "
                                 f"{__version__}, which reads formats {', '.join(map(str, READABLE_VERSIONS))}: "
                                 "retrain it with `avatar3d train` or use that version")
         raw = dict(raw)
@@ -83,7 +83,7 @@ class AvatarBundle:
             values["format_version"] = int(version)
             bundle = cls(**values, extra=raw)
         except (KeyError, TypeError) as exc:
-            raise Avatar3DError(f"{source}: not a complete avatar file ({exc}); retrain it with `avatar3d train`") from None
+            raise InputError(f"{source}: not a complete avatar file ({exc}); retrain it with `avatar3d train`") from None
         bundle.subject = str(bundle.subject or "")
         bundle.expression_names = [str(n) for n in bundle.expression_names]
         return bundle
@@ -98,13 +98,13 @@ class AvatarBundle:
         """Reads an avatar folder's ``avatar.pt`` (or the file itself) with one-line errors."""
         path = avatar_file(path)
         if not path.is_file():
-            raise Avatar3DError(f"{path} not found: train an avatar first (`avatar3d train SUBJECT -o AVATAR`)")
+            raise InputError(f"{path} not found: train an avatar first (`avatar3d train SUBJECT -o AVATAR`)")
         try:
             raw = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # truncated / not a torch file
-            raise Avatar3DError(f"{path} is not a readable avatar ({type(exc).__name__}): retrain or restore it") from None
+            raise InputError(f"{path} is not a readable avatar ({type(exc).__name__}): retrain or restore it") from None
         if not isinstance(raw, dict):
-            raise Avatar3DError(f"{path} is not an avatar file: retrain it with `avatar3d train`")
+            raise InputError(f"{path} is not an avatar file: retrain it with `avatar3d train`")
         return cls.from_file_dict(raw, str(path))
 
     # ------------------------------------------------------------ questions readers ask

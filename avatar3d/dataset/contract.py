@@ -13,7 +13,7 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import Avatar3DError, InputError
 
 PathLike = Union[str, Path]
 
@@ -63,10 +63,10 @@ def require_files(root: PathLike, names: tuple[str, ...] = REQUIRED_FOR_TRAINING
     """One-line error naming the first missing file of ``names`` in the subject ``root``."""
     root = Path(root)
     if not root.is_dir():
-        raise Avatar3DError(f"subject folder {root} not found: {prep_fix(root)}")
+        raise InputError(f"subject folder {root} not found: {prep_fix(root)}")
     for name in names:
         if not (root / name).is_file():
-            raise Avatar3DError(f"{root / name} is missing: {prep_fix(root)}")
+            raise InputError(f"{root / name} is missing: {prep_fix(root)}")
 
 
 def read_manifest(root: PathLike) -> dict[str, Any]:
@@ -76,16 +76,16 @@ def read_manifest(root: PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise Avatar3DError(f"{path} is unreadable ({exc}): {fix}") from exc
+        raise InputError(f"{path} is unreadable ({exc}): {fix}") from exc
     if not isinstance(manifest, dict):
-        raise Avatar3DError(f"{path} is not a subject manifest: {fix}")
+        raise InputError(f"{path} is not a subject manifest: {fix}")
     version = manifest.get("format_version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
-        raise Avatar3DError(f"{path}: subject format {version}, this avatar3d reads format {FORMAT_VERSION}: "
+        raise InputError(f"{path}: subject format {version}, this avatar3d reads format {FORMAT_VERSION}: "
                             f"prepare the clip again with this version (`avatar3d prep CLIP -o NEW_FOLDER`)")
     for key in MANIFEST_KEYS:
         if key not in manifest:
-            raise Avatar3DError(f"{path} has no {key!r} (prep did not finish): {fix}")
+            raise InputError(f"{path} has no {key!r} (prep did not finish): {fix}")
     return manifest
 
 
@@ -93,7 +93,7 @@ def iter_labels(path: PathLike) -> Iterator[np.ndarray]:
     """Yield the label maps of ``parsing.npz`` one frame at a time (uint8 [H, W]) without loading the clip."""
     path = Path(path)
     if not path.is_file():
-        raise Avatar3DError(f"{path}: not found; run the segment stage (avatar3d prep) first")
+        raise InputError(f"{path}: not found; run the segment stage (avatar3d prep) first")
     try:
         zf = zipfile.ZipFile(path)
         member = zf.open(LABELS_MEMBER)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence, Union
@@ -26,7 +25,7 @@ from avatar3d.dataset.contract import (AUDIO, CACHE_DIR, FRAMES, LANDMARK_FLAGS,
                                        TRACKING, iter_labels, read_manifest, require_files)
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.landmark_sets import LIPS
-from avatar3d.io.atomic import atomic_path, write_json_atomic
+from avatar3d.io.atomic import atomic_path, sweep_stale_temps, write_json_atomic
 from avatar3d.io.hashing import file_sha256
 from avatar3d.io.video import read_video
 
@@ -37,7 +36,6 @@ __all__ = ["SubjectData", "load_subject", "mouth_boxes", "LIP_IDS", "CACHE_VERSI
 CACHE_VERSION = 1
 LIP_IDS = np.array(LIPS)
 MOUTH_PAD = 0.2  # of the lip box's width / height, on each side
-_TEMP = re.compile(r"^\.\w+\.tmp-(\d+)-[0-9a-f]+\.(npy|json)$")
 
 
 @dataclass
@@ -208,7 +206,7 @@ def _open_cache(cache: Path, record: dict[str, Any]) -> tuple[np.ndarray, np.nda
 def _build_cache(root: Path, cache: Path, resolution: int, size: int, n: int, progress: bool) -> None:
     """Decode frames.mp4 and parsing.npz once, in step, into uint8 .npy files at ``resolution``."""
     cache.mkdir(parents=True, exist_ok=True)
-    _remove_dead_temps(cache)
+    sweep_stale_temps(cache)  # temps of a killed build; a live build's are left alone
     r = resolution
     frames_in, labels_in = read_video(root / FRAMES), iter_labels(root / PARSING)
     with atomic_path(cache / "frames.npy") as frames_tmp, atomic_path(cache / "labels.npy") as labels_tmp, \
@@ -259,17 +257,3 @@ def _in_step(frames_in: Iterator[np.ndarray], labels_in: Iterator[np.ndarray], r
                 raise Avatar3DError(f"{root / name} has {what} but {TRACKING} has {n}: the prep outputs are out "
                                     f"of step; re-run `avatar3d prep CLIP -o {root}`")
         yield image, label
-
-
-def _remove_dead_temps(cache: Path) -> None:
-    """Delete temp files left by a killed build (their pid is gone); a live build's are left alone."""
-    for path in cache.iterdir():
-        match = _TEMP.match(path.name)
-        if not match:
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
-            path.unlink(missing_ok=True)
-        except (PermissionError, OSError):
-            pass

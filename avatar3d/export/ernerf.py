@@ -48,7 +48,7 @@ from avatar3d.audio.features import AudioFeatureConfig
 from avatar3d.audio.speech_encoder import load_speech_encoder
 from avatar3d.dataset.contract import (AUDIO, FRAMES, LABEL_NAMES, LANDMARK_FLAGS, LANDMARKS, MANIFEST, PARSING, PLATE,
                                        TRACKING, TRANSFORMS_TRAIN, TRANSFORMS_VAL, iter_labels)
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import Avatar3DError, InputError, OutputError
 from avatar3d.face import landmark_sets as rg
 from avatar3d.face.default_model import load_face_model
 from avatar3d.io.atomic import atomic_path, save_npz_atomic, write_json_atomic
@@ -192,7 +192,7 @@ def folder_kind(path: PathLike) -> Optional[str]:
 def _check_new_folder(out: Path) -> None:
     """Refuse to write into an existing non-empty folder (or onto a file): nothing is ever overwritten."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise Avatar3DError(f"{out} already exists and is not an empty folder; give a new folder to write into")
+        raise OutputError(f"{out} already exists and is not an empty folder; give a new folder to write into")
 
 
 def _temp_folder(out: Path) -> Path:
@@ -378,7 +378,7 @@ def _read_subject(subject: Path) -> dict:
         raise Avatar3DError(f"{subject} is an avatar folder (avatar.pt); --to-ernerf converts a prepared subject: "
                             "pass the folder `avatar3d prep -o` wrote")
     if kind != "subject":
-        raise Avatar3DError(f"{subject} is not a prepared subject (no manifest.json + frames.mp4); "
+        raise InputError(f"{subject} is not a prepared subject (no manifest.json + frames.mp4); "
                             "run `avatar3d prep CLIP -o SUBJECT` first")
     for name in (TRACKING, LANDMARKS, LANDMARK_FLAGS, PARSING, PLATE, AUDIO):
         if not (subject / name).is_file():
@@ -592,7 +592,7 @@ class ErnerfFolder:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise Avatar3DError(f"{path} is missing: an ER-NeRF / RAD-NeRF data folder needs it (their "
-                            "data_utils/process.py writes it, task 9)")
+                            "data_utils/process.py writes it in its last step)")
     try:
         data = json.loads(path.read_text())
         _ = [(int(f["img_id"]), np.asarray(f["transform_matrix"], float).reshape(4, 4)) for f in data["frames"]]
@@ -615,7 +615,7 @@ def read_ernerf_folder(root: PathLike) -> ErnerfFolder:
     ids = sorted(int(m.group(1)) for p in (root / "ori_imgs").glob("*.jpg")
                  if (m := re.fullmatch(r"(\d+)\.jpg", p.name))) if (root / "ori_imgs").is_dir() else []
     if not ids:
-        raise Avatar3DError(f"{root / 'ori_imgs'} has no <i>.jpg frames; run their process.py (task 3) first")
+        raise Avatar3DError(f"{root / 'ori_imgs'} has no <i>.jpg frames; run their data_utils/process.py (its frame extraction) first")
     if ids != list(range(len(ids))):
         gap = next(i for i, v in enumerate(ids) if v != i)
         raise Avatar3DError(f"{root / 'ori_imgs'}: frame {gap}.jpg is missing (frames must run 0..N-1)")
@@ -623,7 +623,7 @@ def read_ernerf_folder(root: PathLike) -> ErnerfFolder:
     missing = [i for i in range(n) if not (root / "parsing" / f"{i}.png").is_file()]
     if missing:
         raise Avatar3DError(f"{root / 'parsing' / f'{missing[0]}.png'} is missing ({len(missing)} parsing maps); "
-                            "run their process.py task 4 (face parsing)")
+                            "run their data_utils/process.py (its face-parsing step)")
     first = cv2.imread(str(root / "ori_imgs" / "0.jpg"))
     if first is None:
         raise Avatar3DError(f"{root / 'ori_imgs' / '0.jpg'} is unreadable; re-extract the frames")
@@ -710,7 +710,7 @@ def _write_parsing(folder: ErnerfFolder, out: Path, landmarks: np.ndarray, min_m
 def _write_background(folder: ErnerfFolder, out: Path) -> None:
     bgr = cv2.imread(str(folder.root / "bc.jpg"), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise Avatar3DError(f"{folder.root / 'bc.jpg'} is unreadable; re-run their process.py task 5")
+        raise Avatar3DError(f"{folder.root / 'bc.jpg'} is unreadable; re-run their data_utils/process.py (its background step)")
     if bgr.shape[:2] != (folder.size, folder.size):
         bgr = cv2.resize(bgr, (folder.size, folder.size), interpolation=cv2.INTER_AREA)
     with atomic_path(out / PLATE) as tmp:  # the temp name keeps .png, so cv2 picks the format

@@ -11,14 +11,16 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Union
 
 import numpy as np
 
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import Avatar3DError, OutputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -30,7 +32,15 @@ __all__ = [
     "write_json_atomic",
     "json_safe",
     "save_npz_atomic",
+    "check_writable",
+    "check_parent_writable",
+    "check_output_folder",
+    "check_output_file",
+    "sweep_stale_temps",
 ]
+
+# ``.NAME.tmp-PID-HEX[.ext]``: what temp_path_for and the staged folders (render frames, ER-NeRF export) create
+TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+(\.[^.]*)?$")
 
 
 def temp_path_for(final_path: PathLike) -> Path:
@@ -90,12 +100,12 @@ def atomic_path(final_path: PathLike) -> Iterator[Path]:
     """
     final = Path(final_path)
     if final.is_dir():
-        raise Avatar3DError(f"{final}: is a directory; give a file path for the output")
+        raise OutputError(f"{final}: is a directory; give a file path for the output")
     parent = final.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise Avatar3DError(
+        raise OutputError(
             f"{final}: cannot create output directory {parent} ({exc.strerror or exc}); "
             "choose a writable location"
         ) from exc
@@ -184,7 +194,7 @@ def check_writable(path: Path) -> None:
     """Fails early (before minutes of work) when the output cannot be written."""
     path = Path(path)
     if path.is_dir():
-        raise Avatar3DError(f"{path}: is a directory; give a file path for the output")
+        raise OutputError(f"{path}: is a directory; give a file path for the output")
     check_parent_writable(path)
 
 
@@ -196,7 +206,101 @@ def check_parent_writable(path: Path, label: str = "") -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise Avatar3DError(f"{what}: cannot create the folder {parent} ({exc.strerror or exc}); "
-                            "choose a writable location") from None  # fmt: skip
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise Avatar3DError(f"{what}: the folder {parent} is not writable; choose a writable location")
+        raise OutputError(f"{what}: cannot create the folder {parent} ({exc.strerror or exc}); "
+                          "choose a writable location") from None  # fmt: skip
+    _probe_writable(parent, what)
+
+
+def _nearest_existing(path: Path) -> Path:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Creates and removes a file in ``folder``: the only test that holds for root, read-only mounts and ACLs."""
+    probe = folder / f".avatar3d-probe.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        raise OutputError(f"{what}: cannot write in the folder {folder} ({exc.strerror or exc}); "
+                          "choose a writable location") from None  # fmt: skip
+    _remove_quietly(probe)
+
+
+def _check_creatable(path: Path, what: str) -> None:
+    """``path`` (absent) could be created: its nearest existing ancestor is a writable folder."""
+    probe = _nearest_existing(path.parent if str(path.parent) else Path("."))
+    if probe.exists() and not probe.is_dir():
+        raise OutputError(f"{what}: {probe} is a file, so nothing can be made under it; choose another location")
+    _probe_writable(probe, what)
+
+
+def check_output_folder(path: Path, label: str = "-o") -> None:
+    """Fails before any work when ``path`` cannot become an output folder; creates nothing.
+
+    Why nothing is created: a run refused later (a bad option, a corrupt input) must not leave
+    an empty folder behind. The nearest existing ancestor must be a writable folder.
+    """
+    path = Path(path)
+    what = f"{label} {path}" if label else str(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what}: is a file, not a folder; give a new or existing folder")
+    if path.is_dir():
+        _probe_writable(path, what)
+        return
+    _check_creatable(path, what)
+
+
+def check_output_file(path: Path, label: str = "-o") -> None:
+    """Fails before any work when ``path`` cannot become an output file; creates nothing."""
+    path = Path(path)
+    what = f"{label} {path}" if label else str(path)
+    if path.is_dir():
+        raise OutputError(f"{what}: is a directory; give a file path for the output")
+    _check_creatable(path, what)  # the file is replaced by a rename, so only its folder must be writable
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: the pid belongs to another user's live process
+        return True
+    return True
+
+
+def sweep_stale_temps(folder: PathLike, name: str | None = None) -> list[Path]:
+    """Removes the temp files and folders (``.NAME.tmp-PID-HEX[.ext]``) that killed processes left in ``folder``.
+
+    Why: SIGKILL (or a power cut) gives no chance to clean up, and hidden temps of a big render
+    or prep pile up unseen. A temp whose PID is still alive belongs to a running job and is kept.
+    ``name`` limits the sweep to the temps of one output (``.NAME.tmp-...``: a file's stem, a folder's name), for a folder
+    the user owns (the folder beside a render's ``-o``). Returns what was removed; a missing
+    folder or an entry that cannot be removed is skipped.
+    """
+    root = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        match = TEMP_NAME.match(path.name)
+        if name is not None and not path.name.startswith(f".{name}.tmp-"):
+            continue
+        if not match or _pid_alive(int(match.group(1))):
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import Avatar3DError, InputError
 from avatar3d.io.atomic import atomic_path
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -64,20 +64,20 @@ def read_wav(path: PathLike, sample_rate: Optional[int] = None) -> tuple[np.ndar
     """
     p = Path(path)
     if not p.exists():
-        raise Avatar3DError(f"{p}: file not found; check the path")
+        raise InputError(f"{p}: file not found; check the path")
     if p.is_dir():
-        raise Avatar3DError(f"{p}: is a directory, expected an audio file")
+        raise InputError(f"{p}: is a directory, expected an audio file")
     if p.stat().st_size == 0:
-        raise Avatar3DError(f"{p}: file is empty (0 bytes); re-export the audio")
+        raise InputError(f"{p}: file is empty (0 bytes); re-export the audio")
     try:
         data, rate = sf.read(str(p), dtype="float32", always_2d=True)
     except (RuntimeError, ValueError) as exc:  # LibsndfileError is a RuntimeError
         detail = " ".join(str(exc).split())
-        raise Avatar3DError(
+        raise InputError(
             f"{p}: not a readable audio file ({detail}); convert it to 16-bit PCM WAV"
         ) from exc
     if data.shape[0] == 0:
-        raise Avatar3DError(f"{p}: contains no audio samples; re-export the audio")
+        raise InputError(f"{p}: contains no audio samples; re-export the audio")
     audio = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     audio = np.ascontiguousarray(audio, dtype=np.float32)
     if sample_rate is not None:

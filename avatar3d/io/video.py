@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
-from avatar3d.errors import Avatar3DError, MissingToolError
+from avatar3d.errors import Avatar3DError, InputError, MissingToolError
 from avatar3d.io.atomic import atomic_path
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -374,15 +374,15 @@ def open_input(path: PathLike) -> Any:
     av = import_av()
     p = Path(path)
     if not p.exists():
-        raise Avatar3DError(f"{p}: file not found; check the path")
+        raise InputError(f"{p}: file not found; check the path")
     if p.is_dir():
-        raise Avatar3DError(f"{p}: is a directory, expected a media file")
+        raise InputError(f"{p}: is a directory, expected a media file")
     if p.stat().st_size == 0:
-        raise Avatar3DError(f"{p}: file is empty (0 bytes); re-export it")
+        raise InputError(f"{p}: file is empty (0 bytes); re-export it")
     try:
         return av.open(str(p), mode="r")
     except av.FFmpegError as exc:
-        raise Avatar3DError(
+        raise InputError(
             f"{p}: not a readable media file ({exc.strerror or type(exc).__name__}); re-export it as mp4"
         ) from exc
 
@@ -392,13 +392,13 @@ def first_stream(container: Any, kind: str, path: PathLike) -> Any:
     streams = container.streams.video if kind == "video" else container.streams.audio
     if not streams:
         container.close()
-        raise Avatar3DError(f"{path}: has no {kind} stream; give a file that contains {kind}")
+        raise InputError(f"{path}: has no {kind} stream; give a file that contains {kind}")
     return streams[0]
 
 
 def decode_error(path: PathLike, exc: Exception) -> Avatar3DError:
     """The one-line error for an FFmpeg failure while decoding ``path`` (raise it ``from exc``)."""
-    return Avatar3DError(f"{path}: corrupt media data ({exc.strerror or type(exc).__name__}); re-export the file")
+    return InputError(f"{path}: corrupt media data ({exc.strerror or type(exc).__name__}); re-export the file")
 
 
 def probe_video(path: PathLike) -> VideoInfo:

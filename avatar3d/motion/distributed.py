@@ -83,7 +83,7 @@ def init_from_env(backend: str | None = None, timeout_s: float = 600.0) -> DistC
     if backend == "nccl":
         if local >= torch.cuda.device_count():
             raise Avatar3DError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices: start at "
-                                "most one process per GPU (--nproc_per_node)")
+                                "most one process per GPU (torchrun --nproc_per_node=N)")
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     dist.init_process_group(backend, init_method="env://", world_size=world, rank=rank,

@@ -25,7 +25,7 @@ import numpy as np
 
 from avatar3d.audio.features import AudioFeatureConfig, frame_features
 from avatar3d.dataset.contract import AUDIO, LANDMARK_FLAGS, MANIFEST, TRACKING
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import Avatar3DError, InputError
 from avatar3d.face.blendshape_names import MOUTH_BLENDSHAPES
 from avatar3d.io.audio import read_wav
 from avatar3d.io.hashing import file_sha256
@@ -101,7 +101,7 @@ def load_subject_speech(subject_dir: str | Path, fps: float = 25.0,
     if not root.is_dir():
         raise Avatar3DError(f"subject folder {root} not found: {fix}")
     if not is_subject(root):
-        raise Avatar3DError(f"{root} is not a prepared subject (no {MARKER}): {fix}")
+        raise InputError(f"{root} is not a prepared subject (no {MARKER}): {fix}")
     try:
         manifest = json.loads((root / MARKER).read_text(encoding="utf-8"))
         subj_fps, n_subj = float(manifest["fps"]), int(manifest["n_frames"])
@@ -112,7 +112,7 @@ def load_subject_speech(subject_dir: str | Path, fps: float = 25.0,
     wav = root / AUDIO
     if not wav.is_file():
         raise Avatar3DError(f"{wav} is missing: the subject has no speech to learn from; prepare a clip with "
-                            "sound (without --no-audio)")
+                            "sound")
     tracking = root / TRACKING
     if not tracking.is_file():
         raise Avatar3DError(f"{tracking} is missing (tracking did not finish): re-run `avatar3d prep` into {root}")

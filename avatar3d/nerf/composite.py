@@ -174,11 +174,23 @@ def composite_step(
     state.compact(params.max_samples, threshold)
 
 
+MAX_RAYS_PER_PASS = 1 << 18  # 512² rays: a pass's buffers stay well under a GB at the default widths
+
+
+def _concat_states(parts: list[RenderState]) -> RenderState:
+    """One finished state from the states of consecutive passes (every ray done: no alive set)."""
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(p, name) for p in parts])
+
+    return RenderState(cat("rays_o"), cat("rays_d"), cat("t"), cat("far"), cat("n_done"), cat("trans"), cat("depth"),
+                       cat("color"), parts[0].alive.new_zeros(0), rounds=max(p.rounds for p in parts))  # fmt: skip
+
+
 @torch.no_grad()
 def render_inference(
     rays_o: torch.Tensor, rays_d: torch.Tensor, grid: OccupancyGrid, field_fn: FieldFn, params: MarchParams,
     *, n_steps: int = 4, threshold: float = 1e-4, backend: str = "auto", sample_budget: int = 0,
-    max_round_steps: int = 64,
+    max_round_steps: int = 64, max_rays: int = MAX_RAYS_PER_PASS,
 ) -> RenderState:  # fmt: skip
     """Renders rays in rounds with early termination; returns the final state (``opacity``, ``depth``, ``color``).
 
@@ -188,7 +200,18 @@ def render_inference(
     at most ``max_round_steps``): as rays finish, the survivors take longer strides, so a frame
     needs a handful of rounds rather than ``max_samples / n_steps`` -- on a GPU each round costs
     launches and host syncs whatever its size (instant-ngp's schedule).
+
+    More than ``max_rays`` rays are rendered in passes of that many: a round's sample buffers
+    grow with rays x steps, and one 4096² frame in one pass reached 21.8 GB. Rays are
+    independent, so the passes give the same pixels (with ``sample_budget`` > 0 the budget is
+    each pass's).
     """
+    if rays_o.shape[0] > max_rays > 0:
+        parts = [render_inference(rays_o[i:i + max_rays], rays_d[i:i + max_rays], grid, field_fn, params,
+                                  n_steps=n_steps, threshold=threshold, backend=backend, sample_budget=sample_budget,
+                                  max_round_steps=max_round_steps, max_rays=0)
+                 for i in range(0, rays_o.shape[0], max_rays)]  # fmt: skip
+        return _concat_states(parts)
     state = march_init(rays_o, rays_d, grid, params)
     while state.alive.numel():
         steps = n_steps

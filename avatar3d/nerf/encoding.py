@@ -72,7 +72,7 @@ class HashGridConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise Avatar3DError(f"HashGridConfig: {message}")
+                raise Avatar3DError(f"hash grid config (avatar: head/torso: grid: in the YAML): {message}")
 
     def level_scale(self) -> float:
         """Growth factor between levels, from ``finest_resolution`` when given."""

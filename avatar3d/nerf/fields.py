@@ -101,8 +101,8 @@ class HeadField(nn.Module):
         self.attention = nn.Linear(enc, config.motion_code_dim)
         regions = config.motion_regions or motion_regions
         if len(regions) == 0:
-            raise Avatar3DError("HeadField needs motion regions: pass face_motion_regions(load_face_model()) "
-                                "(avatar3d.face.motion_regions) or set HeadFieldConfig.motion_regions")
+            raise Avatar3DError("the head field needs motion regions: set avatar: head: motion_regions in the "
+                                "config YAML (or pass the face model's regions from avatar3d.face.motion_regions)")
         self.register_buffer("regions", torch.tensor(regions, dtype=torch.float32).view(-1, 4))
         self.density_net = mlp(enc + config.motion_code_dim, config.hidden, 1 + config.geo_dim)
         self.appearance = nn.Embedding(max(n_frames, 1), config.appearance_dim) if config.appearance_dim else None

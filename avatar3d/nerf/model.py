@@ -94,7 +94,7 @@ class AvatarModel(nn.Module):
         passes :func:`avatar3d.face.motion_regions.face_motion_regions`; loading passes the stored ones)."""
         super().__init__()
         if len(config.head_aabb) != 6:
-            raise Avatar3DError(f"AvatarConfig.head_aabb needs 6 numbers (lo xyz, hi xyz), got {config.head_aabb}")
+            raise Avatar3DError(f"avatar: head_aabb in the config YAML needs 6 numbers (lo xyz, hi xyz), got {config.head_aabb}")
         self.config = config
         self.motion_dim = motion_dim
         self.head = HeadField(config.head, motion_dim, tuple(config.head_aabb), n_frames,

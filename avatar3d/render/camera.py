@@ -188,9 +188,13 @@ def load_camera_path(path: str | Path) -> CameraPath:
             m = np.asarray(cam["camera_to_world"], dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
             raise _bad(path, f"camera_path[{k}].camera_to_world is not a list of numbers") from None
-        if m.size not in (12, 16) or not np.isfinite(m).all():
+        if m.size not in (12, 16):
             raise _bad(path, f"camera_path[{k}].camera_to_world needs 16 finite numbers (a row-major 4x4), "
                              f"got {m.size}")  # fmt: skip
+        if not np.isfinite(m).all():
+            j = int(np.flatnonzero(~np.isfinite(m))[0])
+            raise _bad(path, f"camera_path[{k}].camera_to_world[{j}] is {m[j]}, not a finite number; "
+                             "give finite numbers only")  # fmt: skip
         m = np.vstack([m.reshape(-1, 4)[:3], [0.0, 0.0, 0.0, 1.0]])
         rot = m[:3, :3]
         if np.abs(rot @ rot.T - np.eye(3)).max() > 1e-3 or np.linalg.det(rot) < 0:

@@ -34,7 +34,7 @@ import av
 import cv2
 import numpy as np
 
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import Avatar3DError, OutputError
 from avatar3d.io.atomic import check_parent_writable
 from avatar3d.io.video import VideoWriter
 
@@ -75,7 +75,7 @@ class MatteConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.clip_black < self.clip_white <= 1.0:
-            raise Avatar3DError(f"MatteConfig: need 0 <= clip_black < clip_white <= 1, got "
+            raise Avatar3DError(f"matte settings: need 0 <= clip_black < clip_white <= 1, got "
                                 f"{self.clip_black}, {self.clip_white}")  # fmt: skip
 
 
@@ -111,11 +111,11 @@ def check_output_dir(path: Path, pattern: re.Pattern[str], flag: str) -> None:
     """Fails early (before rendering) when ``path`` cannot become this output folder."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise Avatar3DError(f"{flag} {path}: is a file, not a folder; give a folder for the frames")
+        raise OutputError(f"{flag} {path}: is a file, not a folder; give a folder for the frames")
     if path.is_dir():
         foreign = sorted(p.name for p in path.iterdir() if not pattern.match(p.name))
         if foreign:
-            raise Avatar3DError(f"{flag} {path}: the folder holds other files ({', '.join(foreign[:3])}"
+            raise OutputError(f"{flag} {path}: the folder holds other files ({', '.join(foreign[:3])}"
                                 f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")  # fmt: skip
     check_parent_writable(path, flag)
 
@@ -130,14 +130,14 @@ class StagedDir:
         try:
             self.tmp.mkdir(parents=True)
         except OSError as exc:
-            raise Avatar3DError(f"{flag} {final}: cannot create {self.tmp} ({exc.strerror or exc}); "
+            raise OutputError(f"{flag} {final}: cannot create {self.tmp} ({exc.strerror or exc}); "
                                 "choose a writable location") from None  # fmt: skip
 
     def write(self, name: str, data: bytes) -> None:
         try:
             (self.tmp / name).write_bytes(data)
         except OSError as exc:
-            raise Avatar3DError(f"{self.flag} {self.final}: cannot write {name} ({exc.strerror or exc}); "
+            raise OutputError(f"{self.flag} {self.final}: cannot write {name} ({exc.strerror or exc}); "
                                 "check free space and permissions") from None  # fmt: skip
 
     def commit(self) -> None:

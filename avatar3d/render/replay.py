@@ -20,6 +20,7 @@ from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import check_writable
 from avatar3d.io.audio import read_wav
 from avatar3d.io.video import VideoWriter
+from avatar3d.render.memory import check_render_memory
 
 
 def split_ids(data, split: str) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -40,6 +41,7 @@ def render_from_subject(
     """Writes ``out`` (H.264 + AAC mp4) of the split's frames; returns frame count and render FPS."""
     check_writable(Path(out))
     loaded = load_avatar(avatar)
+    check_render_memory(int(size or loaded.bundle.resolution))  # before the subject's frame cache is built
     data = load_subject(subject, int(loaded.bundle.resolution), progress=progress)
     if n_refined := loaded.use_refined_poses(data):
         log(f"[render] using the avatar's refined head poses of {subject} ({n_refined} frames)")

@@ -12,6 +12,7 @@ track, so memory does not grow with the length of the speech beyond the per-fram
 from __future__ import annotations
 
 import importlib.util
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from avatar3d.avatar.base import Avatar
 from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.avatar.loading import load_avatar
 from avatar3d.dataset.contract import MANIFEST, TRACKING
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import Avatar3DError, InputError
 from avatar3d.export.livelink import LLF_COUNT, LLF_HEADER, arkit_weights, livelink_table, timecode
 from avatar3d.io.atomic import atomic_path, check_writable
 from avatar3d.io.hashing import file_sha256
@@ -40,11 +41,14 @@ from avatar3d.motion.phone_constraints import BILABIAL_LABELS, PhoneConstraintCo
 from avatar3d.motion.streaming import GateConfig, MotionStream, iter_audio_chunks, silent_output, speech_gate
 from avatar3d.render.camera import CameraPath, ViewRenderer, camera_track, parse_camera, stereo_eyes
 from avatar3d.render.drive import DriveConfig, DriveTracks, build_tracks
+from avatar3d.render.memory import check_render_memory
 from avatar3d.render.outputs import (DEPTH_PATTERN, RGBA_PATTERN, DepthSink, Frame, MatteConfig, Mp4Sink,  # fmt: skip
                                      Outputs, RgbaSink, check_output_dir)
 
 SAMPLE_RATE = 16000
 PERSONAL_MODEL_NAME = "motion.pt"
+LONG_RENDER_FRAMES = 3000  # 2 minutes of video at 25 fps: from here a CPU render takes the better part of an hour
+TIMED_FRAMES = 5  # the time estimate of a long render is taken over its first frames
 MIN_SPEECH_S = 0.2
 
 
@@ -184,7 +188,7 @@ class SpeechSource:
         """The file, after decoding only its first ``MIN_SPEECH_S`` (missing, unreadable, too short: one line)."""
         path = Path(self.audio_path)
         if not path.is_file():
-            raise Avatar3DError(f"{path}: audio file not found; check the path")
+            raise InputError(f"{path}: audio file not found; check the path")
         need = int(MIN_SPEECH_S * SAMPLE_RATE)
         head = iter_audio_chunks(path, SAMPLE_RATE, need)
         try:
@@ -476,9 +480,22 @@ def render_tracks(avatar: Avatar, tracks: DriveTracks, out: Path | None,
             outputs.write(frame)
             if bar is not None:
                 bar.update(1)
+            if i + 1 == TIMED_FRAMES and len(views) >= LONG_RENDER_FRAMES:
+                (warn or _warn_stderr)(long_render_warning(len(views), fps_out, seconds / TIMED_FRAMES))
     if bar is not None:
         bar.close()
     return len(views) / max(seconds, 1e-9)
+
+
+def long_render_warning(n_frames: int, fps: float, seconds_per_frame: float) -> str:
+    """The frame count and expected time of a long render, said once its first frames are timed."""
+    minutes = n_frames * seconds_per_frame / 60.0
+    return (f"a long render: {n_frames} frames ({n_frames / fps / 60.0:.1f} min of video) at {seconds_per_frame:.2f} s "
+            f"a frame take about {minutes:.0f} min; Ctrl-C stops it without leaving a partial file")
+
+
+def _warn_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _stale(model, subject: Path) -> bool:  # type: ignore[no-untyped-def]
@@ -562,6 +579,7 @@ def render_from_speech(
     size = int(size or bundle.resolution)
     if size % 2:
         raise Avatar3DError(f"--size {size}: H.264 needs an even frame size")
+    check_render_memory(size, len(eyes))
     speech = source.speech(log=log)  # a bad file, voice or text fails before minutes of personalising
     if mouth_model is None:
         mouth_model = mouth_model_for(avatar if avatar.is_dir() else avatar.parent, bundle, motion_model_path,

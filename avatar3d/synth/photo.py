@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import Avatar3DError, InputError
 from avatar3d.vision.face_mesh import FaceMeshDetector, person_mask
 
 DEFAULT_PHOTO = "astronaut"
@@ -38,10 +38,10 @@ def load_photo(photo: str | None) -> tuple[np.ndarray, str]:
         return np.ascontiguousarray(skimage.data.astronaut()), "skimage.data.astronaut (NASA, public domain)"
     path = Path(photo)
     if not path.is_file():
-        raise Avatar3DError(f"photo {path} not found: pass an existing image file with --photo")
+        raise InputError(f"photo {path} not found: pass an existing image file with --photo")
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise Avatar3DError(f"photo {path} could not be decoded: pass a PNG or JPEG image with --photo")
+        raise InputError(f"photo {path} could not be decoded: pass a PNG or JPEG image with --photo")
     return np.ascontiguousarray(bgr[:, :, ::-1]), str(path)
 
 

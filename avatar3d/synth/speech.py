@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from avatar3d.errors import Avatar3DError, MissingToolError
+from avatar3d.errors import Avatar3DError, InputError, MissingToolError
 
 ESPEAK = "espeak-ng"
 INSTALL_HINT = "run `apt-get install espeak-ng` or `bash tools/install.sh`"
@@ -185,7 +185,7 @@ def read_text_file(path: str | os.PathLike[str]) -> str:
     """Read a UTF-8 text file to speak; missing, unreadable or empty files are one-line errors."""
     p = Path(path)
     if not p.is_file():
-        raise Avatar3DError(f"text file {str(p)!r} not found; give the path of a UTF-8 .txt file to speak")
+        raise InputError(f"text file {str(p)!r} not found; give the path of a UTF-8 .txt file to speak")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

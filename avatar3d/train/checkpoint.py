@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from avatar3d import __version__
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import InputError
 from avatar3d.io.atomic import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -38,15 +38,15 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
 def load_state(path: Path) -> dict[str, Any]:
     """The dict saved by :func:`save_checkpoint` / the avatar bundle, with a clear error when unreadable."""
     if not Path(path).is_file():
-        raise Avatar3DError(f"{path} not found: train an avatar first (`avatar3d train SUBJECT -o AVATAR`)")
+        raise InputError(f"{path} not found: train an avatar first (`avatar3d train SUBJECT -o AVATAR`)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated / not a torch file
-        raise Avatar3DError(f"{path} is not a readable checkpoint ({type(exc).__name__}): retrain or restore it") from None
+        raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}): retrain or restore it") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         found = state.get("format_version", "none") if isinstance(state, dict) else "none"
         by = state.get("avatar3d_version", "an unknown version") if isinstance(state, dict) else "an unknown version"
-        raise Avatar3DError(f"{path}: written by avatar3d {by} in file format {found}; this is avatar3d {__version__}, "
+        raise InputError(f"{path}: written by avatar3d {by} in file format {found}; this is avatar3d {__version__}, "
                             f"which reads format {FORMAT_VERSION}: retrain it with `avatar3d train` or use that version")
     return state
 

@@ -10,12 +10,14 @@ One loop, three ingredients that matter on a CPU budget:
   stays local) and on the torso deformation.
 
 Everything the next step depends on is checkpointed atomically, so `--resume` continues
-exactly (same rays, same updates) after a crash or a kill.
+exactly (same rays, same updates) after a crash or a kill. SIGINT / SIGTERM end the loop
+between two steps and write a checkpoint at that step first: an interrupted run loses nothing.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -30,10 +32,11 @@ from avatar3d.avatar.bundle import AVATAR_FILE, AvatarBundle
 from avatar3d.avatar.nerf_avatar import NerfAvatar
 from avatar3d.config import to_dict
 from avatar3d.dataset.reader import LIP_IDS, SubjectData, load_subject
-from avatar3d.errors import Avatar3DError
+from avatar3d.errors import Avatar3DError, Interrupted
 from avatar3d.eval.image_metrics import frame_metrics, mean_metrics
 from avatar3d.face.default_model import load_face_model
 from avatar3d.face.motion_regions import face_motion_regions
+from avatar3d.interrupts import deferred_interrupts
 from avatar3d.io.atomic import write_json_atomic, write_text_atomic
 from avatar3d.nerf.backend import load_extension, requested_backend
 from avatar3d.nerf.encoding import HASHGRID_SPEC
@@ -57,7 +60,7 @@ def motion_mask(expression_names: list[str], n_blink: int, channels: tuple[str, 
         return mask
     unknown = sorted(set(channels) - set(expression_names) - {"blink"})
     if unknown:
-        raise Avatar3DError(f"TrainConfig.motion_channels: unknown channel(s) {', '.join(unknown)}; use the "
+        raise Avatar3DError(f"motion_channels (train config YAML): unknown channel(s) {', '.join(unknown)}; use the "
                             f"tracker's expression names ({', '.join(expression_names[:4])}, ...) or 'blink'")
     mask[:] = 0.0
     for j, name in enumerate(expression_names):
@@ -82,9 +85,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise Avatar3DError("TrainConfig.device is 'cuda' but torch sees no GPU: use device: auto or cpu")
+        raise Avatar3DError("device: cuda in the train config, but torch sees no GPU: use device: auto or cpu")
     if name not in ("cpu", "cuda"):
-        raise Avatar3DError(f"TrainConfig.device={name!r}: use auto, cpu or cuda")
+        raise Avatar3DError(f"device: {name!r} in the train config: use auto, cpu or cuda")
     return torch.device(name)
 
 
@@ -170,7 +173,11 @@ def train(
     last_stop = config.steps if stop_after_steps is None else min(config.steps, step + stop_after_steps)
     bar = _progress(progress, config.steps, step)
 
+    saved_step = -1
+
     def checkpoint() -> None:
+        nonlocal saved_step
+        saved_step = step
         save_checkpoint(out / CHECKPOINT_NAME, model=model, optimizer=opt, step=step, torch_gen=torch_gen,
                         np_gen=np_gen, extra={"elapsed_s": elapsed, "history": history})  # fmt: skip
 
@@ -189,42 +196,49 @@ def train(
         return metrics
 
     budget_hit = False
-    while step < last_stop and not budget_hit:
-        t0 = time.perf_counter()
-        progress = step / max(config.steps - 1, 1)
-        if config.time_budget_s > 0:  # a timed run decays on time, so it ends at the final rate too
-            progress = max(progress, elapsed / config.time_budget_s)
-        factor = config.optim.lr_final_factor ** min(progress, 1.0)
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * factor if step >= g.get("start", 0) else 0.0
-        if step % config.grid_update_every == 0:
-            f = int(np_gen.choice(data.train_ids))
-            model.update_grid(torch.from_numpy(data.motion(np.array([f]))[0]).float().to(dev), step, torch_gen,
-                              config.grid_warmup_steps, config.grid_threshold)  # fmt: skip
-        batch, target = sampler.sample(model, np_gen)
-        out_rays = model.render_rays(batch)
-        terms = losses(out_rays, target, config.loss)
-        opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        opt.step()
-        step += 1
-        elapsed += time.perf_counter() - t0
-        budget_hit = config.time_budget_s > 0 and elapsed >= config.time_budget_s
-        if writer is not None and step % 25 == 0:
-            for k, v in terms.items():
-                writer.add_scalar(f"loss/{k}", float(v.detach()), step)
-            writer.add_scalar("train/samples_per_ray", float(out_rays["n_samples"]) / config.sampler.rays_per_step, step)
-            writer.add_scalar("train/occupancy", model.grid.occupancy_fraction(), step)
-        if bar is not None:
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(psnr=f"{-10 * math.log10(max(float(terms['photo'].detach()), 1e-10)):.1f}", refresh=False)
-        if config.eval.every and step % config.eval.every == 0 and step < config.steps:
-            evaluate()
-        if step % config.checkpoint_every == 0 or step == last_stop or budget_hit:
-            checkpoint()
+    with deferred_interrupts() as stop:
+        while step < last_stop and not budget_hit and not stop:
+            t0 = time.perf_counter()
+            progress = step / max(config.steps - 1, 1)
+            if config.time_budget_s > 0:  # a timed run decays on time, so it ends at the final rate too
+                progress = max(progress, elapsed / config.time_budget_s)
+            factor = config.optim.lr_final_factor ** min(progress, 1.0)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * factor if step >= g.get("start", 0) else 0.0
+            if step % config.grid_update_every == 0:
+                f = int(np_gen.choice(data.train_ids))
+                model.update_grid(torch.from_numpy(data.motion(np.array([f]))[0]).float().to(dev), step, torch_gen,
+                                  config.grid_warmup_steps, config.grid_threshold)  # fmt: skip
+            batch, target = sampler.sample(model, np_gen)
+            out_rays = model.render_rays(batch)
+            terms = losses(out_rays, target, config.loss)
+            opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            opt.step()
+            step += 1
+            elapsed += time.perf_counter() - t0
+            budget_hit = config.time_budget_s > 0 and elapsed >= config.time_budget_s
+            if writer is not None and step % 25 == 0:
+                for k, v in terms.items():
+                    writer.add_scalar(f"loss/{k}", float(v.detach()), step)
+                writer.add_scalar("train/samples_per_ray", float(out_rays["n_samples"]) / config.sampler.rays_per_step, step)
+                writer.add_scalar("train/occupancy", model.grid.occupancy_fraction(), step)
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix(psnr=f"{-10 * math.log10(max(float(terms['photo'].detach()), 1e-10)):.1f}", refresh=False)
+            if config.eval.every and step % config.eval.every == 0 and step < config.steps:
+                evaluate()
+            if step % config.checkpoint_every == 0 or step == last_stop or budget_hit:
+                checkpoint()
     if bar is not None:
         bar.close()
+    if stop.signum is not None:
+        if saved_step != step:
+            checkpoint()
+        if writer is not None:
+            writer.close()
+        raise Interrupted(stop.signum, interrupted_message(subject, out, step, config.steps))
     finished = step >= config.steps or budget_hit
     result: dict[str, Any] = {"step": step, "elapsed_s": round(elapsed, 1), "finished": finished}
     if finished:
@@ -251,6 +265,13 @@ def train(
     if writer is not None:
         writer.close()
     return result
+
+
+def interrupted_message(subject: str | Path, out: Path, step: int, steps: int) -> str:
+    """What an interrupted run kept and the exact command that continues it."""
+    command = f"avatar3d train {shlex.quote(str(subject))} -o {shlex.quote(str(out))} --resume"
+    return (f"interrupted at step {step} of {steps}: the checkpoint {out / CHECKPOINT_NAME} holds that step; "
+            f"continue with `{command}`")
 
 
 def _training_poses(model: AvatarModel, data: SubjectData) -> tuple[np.ndarray, np.ndarray]:

@@ -115,7 +115,7 @@ def test_cli_eval_errors(tiny_avatar_run, avatar_subject: Path, tmp_path: Path, 
     assert not out.exists()  # nothing written
     code = main(["eval", str(tiny_avatar_run[0]), str(tmp_path / "nope"), "-o", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and "nope" in err and len(err.strip().splitlines()) == 1
+    assert code == 3 and err.startswith("error: ") and "nope" in err and len(err.strip().splitlines()) == 1
     code = main(["eval", str(tiny_avatar_run[0]), str(avatar_subject), "-o", str(out), "--size", "4096"])
     assert code == 2 and "--size 4096" in capsys.readouterr().err
 

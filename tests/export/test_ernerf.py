@@ -221,7 +221,7 @@ def test_bad_input(exported, prepared_subject, tiny_avatar_run, tmp_path, capsys
     (taken / "keep.txt").write_text("mine")
     with pytest.raises(Avatar3DError, match="not an empty folder"):
         import_ernerf(folder, taken, progress=False)
-    assert main(["export", str(subject), "--to-ernerf", str(taken), "--frames", "2"]) == 2
+    assert main(["export", str(subject), "--to-ernerf", str(taken), "--frames", "2"]) == 4
     assert "not an empty folder" in capsys.readouterr().err
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]
 

@@ -120,10 +120,10 @@ def test_cli_mesh_and_bad_outputs(tiny_avatar_run, tmp_path, capsys):
     # an output under a regular file cannot be written
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert main(["export", str(avatar), "--mesh", str(blocker / "head.glb")]) == 2
+    assert main(["export", str(avatar), "--mesh", str(blocker / "head.glb")]) == 4
     assert "error:" in capsys.readouterr().err
     # a folder that is not an avatar
-    assert main(["export", str(tmp_path), "--mesh", str(tmp_path / "head.glb")]) == 2
+    assert main(["export", str(tmp_path), "--mesh", str(tmp_path / "head.glb")]) == 3
     assert "avatar.pt" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "small.ply"]
     with pytest.raises(Avatar3DError, match="resolution"):

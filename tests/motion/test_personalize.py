@@ -67,7 +67,7 @@ def test_pretrain_reads_a_folder_of_prepared_subjects(prepared_subject, tmp_path
 def test_bad_subjects_are_one_line_errors(prepared_subject, tmp_path, capsys) -> None:
     not_subject = tmp_path / "holiday_photos"
     not_subject.mkdir()
-    assert main(["motion", "personalize", str(not_subject), "-o", str(tmp_path / "x.pt")]) == 2
+    assert main(["motion", "personalize", str(not_subject), "-o", str(tmp_path / "x.pt")]) == 3
     err = capsys.readouterr().err
     assert err.startswith("error:") and "not a prepared subject" in err and err.count("\n") == 1
     silent = tmp_path / "no_audio"

@@ -202,6 +202,24 @@ def test_inference_with_early_termination_matches_full_composite(raymarch_ops, b
     torch.testing.assert_close(thin.depth, ref.depth, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_inference_in_passes_gives_the_same_pixels(raymarch_ops, backend: str) -> None:
+    """Big frames render in passes of ``max_rays`` rays (bounded memory); rays are independent, so nothing changes."""
+    gen = torch.Generator().manual_seed(fresh_seed())
+    o = torch.randn(1000, 3, generator=gen) * 0.3 + torch.tensor([0.0, 0.0, -3.0])
+    d = torch.nn.functional.normalize(torch.randn(1000, 3, generator=gen) * 0.2 + torch.tensor([0.0, 0.0, 1.0]), dim=1)
+    grid = OccupancyGrid(BOX, 16)
+    grid.set_occupancy(torch.rand(grid.geometry.n_cells, generator=gen) < 0.7)
+    params = MarchParams(cone_angle=1 / 256, dt_min=0.01, max_samples=400)
+    one = render_inference(o, d, grid, _field(40.0), params, n_steps=4, threshold=1e-4, backend=backend, max_rays=0)
+    passes = render_inference(o, d, grid, _field(40.0), params, n_steps=4, threshold=1e-4, backend=backend,
+                              max_rays=300)  # 4 passes, the last one short
+    assert passes.alive.numel() == 0 and passes.color.shape == (1000, 3)
+    assert torch.equal(passes.n_done, one.n_done)
+    for name in ("trans", "depth", "color"):
+        torch.testing.assert_close(getattr(passes, name), getattr(one, name), atol=1e-6, rtol=0)
+
+
 def test_composite_step_cpu_matches_torch(raymarch_ops) -> None:
     gen = torch.Generator().manual_seed(fresh_seed())
     o = torch.randn(800, 3, generator=gen) * 0.3 + torch.tensor([0.0, 0.0, -3.0])

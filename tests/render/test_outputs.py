@@ -185,7 +185,7 @@ def test_unwritable_or_foreign_output_folders_fail_before_rendering(tiny_avatar_
         (["--depth", str(blocker)], "is a file"),
         (["--rgba", str(user_dir)], "other files"),
     ):
-        assert main(["render", str(tiny_avatar_run[0]), "--text", "hi", *args, "-o", str(out)]) == 2
+        assert main(["render", str(tiny_avatar_run[0]), "--text", "hi", *args, "-o", str(out)]) == 4
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and needle in err and "\n" not in err, err
         assert not out.exists()

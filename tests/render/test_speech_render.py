@@ -93,18 +93,18 @@ def test_bad_speech_input_is_a_one_line_error_and_writes_nothing(spoken, tmp_pat
     avatar, _, _ = spoken
     out = tmp_path / "x.mp4"
     short = write_wav(tmp_path / "short.wav", np.zeros(800, np.float32), 16000)
-    for args, needle in (
-        (["--audio", str(tmp_path / "missing.wav")], "not found"),
-        (["--audio", str(short)], "at least"),
-        (["--text", "   "], "empty"),
-        (["--text", "hi", "--mouth-scale", "9"], "mouth-scale"),
-        (["--text", "hi", "--voice", "xx-nonexistent"], "voice"),
+    for args, needle, code in (
+        (["--audio", str(tmp_path / "missing.wav")], "not found", 3),
+        (["--audio", str(short)], "at least", 2),
+        (["--text", "   "], "empty", 2),
+        (["--text", "hi", "--mouth-scale", "9"], "mouth-scale", 2),
+        (["--text", "hi", "--voice", "xx-nonexistent"], "voice", 2),
     ):
-        assert main(["render", str(avatar), *args, "-o", str(out)]) == 2
+        assert main(["render", str(avatar), *args, "-o", str(out)]) == code, args
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and needle in err and "\n" not in err, err
         assert not out.exists() and not list(tmp_path.glob(".*x.mp4*"))
-    assert main(["render", str(avatar), "--text", "hi", "-o", str(tmp_path)]) == 2  # a folder, not a file
+    assert main(["render", str(avatar), "--text", "hi", "-o", str(tmp_path)]) == 4  # a folder, not a file
     assert "directory" in capsys.readouterr().err
 
 
@@ -142,7 +142,7 @@ def test_an_avatar_whose_subject_is_gone_says_how_to_personalise(tiny_avatar_run
     avatar = tmp_path / "moved"
     shutil.copytree(tiny_avatar_run[0], avatar, ignore=shutil.ignore_patterns("tensorboard", "checkpoint.pt"))
     bundle = torch.load(avatar / "avatar.pt", weights_only=False)
-    bundle["subject"] = str(tmp_path / "gone")
+    bundle["subject"] = str(tmp_path / "gone")  # the file holds a plain dict
     torch.save(bundle, avatar / "avatar.pt")
     assert main(["render", str(avatar), "--text", "hi", "-o", str(tmp_path / "y.mp4")]) == 2
     assert "avatar3d motion personalize" in capsys.readouterr().err
@@ -154,7 +154,7 @@ def test_an_avatar_from_an_incompatible_version_names_both_versions(tiny_avatar_
     bundle = torch.load(avatar / "avatar.pt", weights_only=False)
     bundle["format_version"], bundle["avatar3d_version"] = 99, "9.9.9"
     torch.save(bundle, avatar / "avatar.pt")
-    assert main(["render", str(avatar), "--text", "hi", "-o", str(tmp_path / "z.mp4")]) == 2
+    assert main(["render", str(avatar), "--text", "hi", "-o", str(tmp_path / "z.mp4")]) == 3
     err = capsys.readouterr().err
     assert "9.9.9" in err and "format 99" in err and "avatar3d 0." in err and "\n" == err[-1] and err.count("\n") == 1
     assert not (tmp_path / "z.mp4").exists()
