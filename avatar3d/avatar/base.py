@@ -69,10 +69,7 @@ class Avatar(ABC):
     def intrinsics(self, size: int | None = None) -> torch.Tensor:
         """float32 [3, 3] training intrinsics scaled to ``size`` (default: the training resolution)."""
         b = self.saved_bundle()
-        r = int(b.resolution)
-        size = int(size or r)
-        K = torch.as_tensor(np.asarray(b.K), dtype=torch.float32)
-        return (K * torch.tensor([[size / r], [size / r], [1.0]])).to(self.device)
+        return scaled_intrinsics(b.K, int(b.resolution), size).to(self.device)
 
     def background(self, size: int | None = None) -> torch.Tensor:
         """float32 [size, size, 3] in [0, 1]: the subject's plate at ``size``."""
@@ -82,7 +79,7 @@ class Avatar(ABC):
         """Frame ``i`` of a loaded subject with its own pose and motion (at ``size``, default its resolution), on the CPU."""
         r = data.resolution
         size = size or r
-        K = (torch.from_numpy(data.K).float() * torch.tensor([[size / r], [size / r], [1.0]])).to(self.device)
+        K = scaled_intrinsics(data.K, r, size).to(self.device)
         bg = plate_at(data.background, size).to(self.device)
         motion = torch.from_numpy(data.motion(np.array([i]))[0]).float().to(self.device)
         out = self.render_frame(K, torch.from_numpy(data.R[i]).float().to(self.device),
@@ -100,6 +97,13 @@ class Avatar(ABC):
         changed = int((np.abs(np.asarray(b.R) - data.R).max(axis=(1, 2)) > 0).sum())
         data.R, data.t = np.asarray(b.R, np.float64).copy(), np.asarray(b.t, np.float64).copy()
         return changed
+
+
+def scaled_intrinsics(K: np.ndarray, resolution: int, size: int | None) -> torch.Tensor:
+    """float32 [3, 3]: intrinsics for ``resolution``² scaled to ``size``² (default: unchanged)."""
+    size = int(size or resolution)
+    scale = torch.tensor([[size / resolution], [size / resolution], [1.0]])
+    return torch.as_tensor(np.asarray(K), dtype=torch.float32) * scale
 
 
 def plate_at(plate: np.ndarray, size: int | None) -> torch.Tensor:
