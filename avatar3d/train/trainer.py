@@ -242,26 +242,30 @@ def train(
     finished = step >= config.steps or budget_hit
     result: dict[str, Any] = {"step": step, "elapsed_s": round(elapsed, 1), "finished": finished}
     if finished:
-        evaluate()  # the history's last point
-        checkpoint()
-        model.eval()
-        final_ids = _eval_ids(data, config.eval.final_frames or len(data.val_ids) or len(data.train_ids))
-        result["val"] = evaluate_frames(scorer, data, final_ids)[0]
-        R, t = _training_poses(model, data)
-        if config.eval.held_out_pose_fit is not None and len(data.val_ids):
-            log(f"[train] re-tracking the {len(data.val_ids)} held-out frames' head poses photometrically")
-            R[data.val_ids], t[data.val_ids] = fit_poses(model, data, data.val_ids, config.sampler,
-                                                            config.eval.held_out_pose_fit)
-            result["val_tracked"] = result["val"]
-            result["val"] = evaluate_frames(scorer, dataclasses.replace(data, R=R, t=t), final_ids)[0]
-        model.train()
-        result["val_frames"] = len(final_ids)
-        nerf_bundle(model, data, config, poses=(R, t)).save(out / AVATAR_FILE)
-        val = result["val"]
-        log(f"[train] {step} steps in {elapsed:.0f} s; held-out PSNR ({len(final_ids)} frames) full "
-            f"{val['psnr_full']:.2f} / head {val['psnr_head']:.2f} / mouth {val['psnr_mouth']:.2f} dB"
-            + (f" (re-tracked poses; landmark-tracked: head {result['val_tracked']['psnr_head']:.2f} dB)"
-               if "val_tracked" in result else "") + f" -> {out / AVATAR_FILE}")
+        try:  # the steps are all checkpointed: a signal here loses only the final evaluation
+            evaluate()  # the history's last point
+            checkpoint()
+            model.eval()
+            final_ids = _eval_ids(data, config.eval.final_frames or len(data.val_ids) or len(data.train_ids))
+            result["val"] = evaluate_frames(scorer, data, final_ids)[0]
+            R, t = _training_poses(model, data)
+            if config.eval.held_out_pose_fit is not None and len(data.val_ids):
+                log(f"[train] re-tracking the {len(data.val_ids)} held-out frames' head poses photometrically")
+                R[data.val_ids], t[data.val_ids] = fit_poses(model, data, data.val_ids, config.sampler,
+                                                                config.eval.held_out_pose_fit)
+                result["val_tracked"] = result["val"]
+                result["val"] = evaluate_frames(scorer, dataclasses.replace(data, R=R, t=t), final_ids)[0]
+            model.train()
+            result["val_frames"] = len(final_ids)
+            nerf_bundle(model, data, config, poses=(R, t)).save(out / AVATAR_FILE)
+            val = result["val"]
+            log(f"[train] {step} steps in {elapsed:.0f} s; held-out PSNR ({len(final_ids)} frames) full "
+                f"{val['psnr_full']:.2f} / head {val['psnr_head']:.2f} / mouth {val['psnr_mouth']:.2f} dB"
+                + (f" (re-tracked poses; landmark-tracked: head {result['val_tracked']['psnr_head']:.2f} dB)"
+                   if "val_tracked" in result else "") + f" -> {out / AVATAR_FILE}")
+        except Interrupted as exc:
+            raise Interrupted(exc.signum, interrupted_message(subject, out, step, config.steps)
+                              + " (training was done; the final evaluation and the avatar file were not)") from None
     if writer is not None:
         writer.close()
     return result
