@@ -526,11 +526,26 @@ def _cmd_motion_personalize(args: argparse.Namespace) -> int:
 
     config = load_config(PersonalizeConfig, args.config, steps=args.steps)
     edge.output_file(args.out)  # before the fine-tuning, not after it
+    _warn_without_speech(args.subject / "audio.wav")
     base = _encoder_motion_model(args.base, args.speech_encoder, "--base") or args.base
     report = personalize(args.subject, args.out, base, config)
     print(format_table(report))
     print(f"personalised motion model in {args.out} (curves in the subject's tracked coefficient scale)")
     return 0
+
+
+def _warn_without_speech(wav: Path) -> None:
+    """A subject whose sound holds no speech teaches the mouth nothing: say so before the fine-tuning."""
+    # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
+    from avatar3d.audio.speech_presence import MIN_VOICED_SHARE, no_speech_message, voiced_share
+    from avatar3d.io.audio import read_wav
+
+    if not wav.is_file():
+        return  # the loader names the missing file
+    audio, _ = read_wav(wav, 16000)
+    share = voiced_share(audio[i:i + 160000] for i in range(0, len(audio), 160000))
+    if share < MIN_VOICED_SHARE:
+        guards.warn(no_speech_message(wav, share))
 
 
 def _encoder_motion_model(model_path: Path | None, encoder: Path | None, flag: str):  # type: ignore[no-untyped-def]

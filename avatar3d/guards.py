@@ -22,7 +22,7 @@ __all__ = [
     "available_memory", "free_disk", "check_disk", "check_memory",
     "estimate_render_bytes", "check_render_memory", "estimate_train_bytes", "check_train_memory",
     "estimate_prep_disk", "estimate_video_disk", "estimate_train_disk", "hash_grid_params",
-    "long_job_notice", "warn", "speech_frames_from_text", "RENDER_SECONDS_PER_PIXEL", "SYNTH_SECONDS_PER_PIXEL", "LONG_JOB_FRAMES", "ANNOUNCE_FRAMES", "YES_FLAG",
+    "long_job_notice", "warn", "speech_frames_from_text", "RENDER_SECONDS_PER_PIXEL", "SYNTH_SECONDS_PER_PIXEL", "LONG_JOB_FRAMES", "ANNOUNCE_FRAMES",
 ]  # fmt: skip
 
 # Render (measured peak RSS of one frame of tests/assets/sync_avatar on a CPU: 0.41 / 0.73 / 1.05 /
@@ -52,7 +52,6 @@ MARGIN_BYTES = 50_000_000  # temp copies, logs, TensorBoard, the probe file
 # above LONG_JOB_FRAMES (10 min of video at 25 fps: an hour or more of CPU work) the command needs --yes.
 ANNOUNCE_FRAMES = 3000
 LONG_JOB_FRAMES = 15000
-YES_FLAG = "--yes"
 RENDER_SECONDS_PER_PIXEL = 6.5e-6  # CPU render, 2 cores: 10 FPS at 128², 2.3 FPS at 256² (tools/bench/RESULTS.md)
 SYNTH_SECONDS_PER_PIXEL = 1.0e-7  # synth: 24 ms a 512² frame with 2 workers, speech and encoding included
 SPEECH_CHARS_PER_SECOND = 14.0  # espeak-ng at 160 words a minute (measured: 20,000 characters -> 1,425 s)
@@ -181,7 +180,7 @@ def long_job_notice(n_frames: int, fps: float, seconds_per_frame: float, yes: bo
     size = (f"{n_frames} frames ({n_frames / max(fps, 1e-9) / 60.0:.1f} min of video), about {minutes:.0f} min of "
             "CPU work")  # fmt: skip
     if n_frames > LONG_JOB_FRAMES and not yes:
-        raise Avatar3DError(f"{what} is a long job: {size}; pass {YES_FLAG} to run it (jobs above {LONG_JOB_FRAMES} "
+        raise Avatar3DError(f"{what} is a long job: {size}; pass --yes to run it (jobs above {LONG_JOB_FRAMES} "
                             "frames need it), or shorten the input")  # fmt: skip
     return f"{what} is a long job: {size} (estimated up front); Ctrl-C stops it without leaving a partial file"
 
