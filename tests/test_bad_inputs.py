@@ -85,6 +85,7 @@ def inputs(tmp_path: Path, readonly: Path) -> Inputs:
     half = root / "subject"
     half.mkdir()
     half.joinpath("manifest.json").write_text('{"format_version": 1}')
+    half.joinpath("tracking.npz").write_bytes(b"PK\x03\x04 a zip cut short")  # once a BadZipFile traceback
     camera = root / "path.json"
     camera.write_text('{"camera_path": [{"camera_to_world": [1,0,0,0, 0,1,0,NaN, 0,0,1,0, 0,0,0,1], "fov": 40}]}')
     a_file = root / "taken.bin"
@@ -178,6 +179,8 @@ CASES: dict[str, Case] = {
     "prep-face-too-small": lambda i, o: (["prep", str(i.tiny_face_mp4), "-o", str(o / "s")], 2,
                                          f"face too small (at most 18 px: the frames are that small; needs >= 32 px) "
                                          f"in {i.tiny_face_mp4}"),
+    "eval-tracking-truncated": lambda i, o: (["eval", str(ASSET), str(i.half_subject), "-o", str(o / "r")], 3,
+                                             str(i.half_subject / "tracking.npz")),
     "eval-other-subject": lambda i, o: (["eval", str(ASSET), str(i.foreign_subject), "-o", str(o / "r")], 2,
                                         "--other-subject"),
     # motion

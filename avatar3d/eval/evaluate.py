@@ -24,7 +24,7 @@ from tqdm import tqdm
 from avatar3d import __version__
 from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.avatar.loading import load_avatar
-from avatar3d.dataset.contract import FRAMES, TRACKING
+from avatar3d.dataset.contract import FRAMES, TRACKING, read_arrays
 from avatar3d.dataset.reader import LIP_IDS, load_subject
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval import dlib_landmarks
@@ -107,13 +107,12 @@ def _check_own_subject(avatar: Path, meta: AvatarBundle, subject: Path, allowed:
     """Whether ``subject`` is the one the avatar was trained on (recognised by its tracked poses).
 
     Another subject is refused unless ``allowed`` (then it is scored with a warning); None when the
-    subject's tracking cannot be read (the loader reports that).
+    subject has no tracking (the loader reports that).
     """
-    try:
-        with np.load(subject / TRACKING, allow_pickle=False) as z:
-            R, t = z["R"], z["t"]
-    except (OSError, ValueError, KeyError):
+    if not (subject / TRACKING).is_file():
         return None
+    tracked = read_arrays(subject / TRACKING, ("R", "t"))  # a corrupt file: one line, before any work
+    R, t = tracked["R"], tracked["t"]
     if meta.is_trained_on(R, t):
         return True
     trained = meta.subject or "another subject"

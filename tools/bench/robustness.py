@@ -224,8 +224,9 @@ def cases(p: dict[str, Path], ro: Path) -> dict[str, tuple[list[str], set[int]]]
     c: dict[str, tuple[list[str], set[int]]] = {}
     # prep
     for key in ("missing", "empty_mp4", "dir", "text_mp4", "random_mp4", "truncated_mp4", "wav_as_mp4",
-                "png_as_mp4", "no_audio", "no_face", "tiny", "small_face", "odd", "huge"):
+                "png_as_mp4", "no_audio", "no_face", "tiny", "small_face", "huge"):
         c[f"prep/{key}"] = (["prep", s(key), "-o", "OUT/subject"], E)
+    c["prep/odd-size-frames"] = (["prep", s("odd"), "-o", "OUT/subject", "--size", "128"], {0, 2})  # 130x98, 1 s
     c["prep/size-63"] = (["prep", s("clip"), "-o", "OUT/subject", "--size", "63"], {2})
     c["prep/size-0"] = (["prep", s("clip"), "-o", "OUT/subject", "--size", "0"], {2})
     c["prep/fps-abc"] = (["prep", s("clip"), "-o", "OUT/subject", "--fps", "abc"], {2})
@@ -237,7 +238,7 @@ def cases(p: dict[str, Path], ro: Path) -> dict[str, tuple[list[str], set[int]]]
     # synth
     c["synth/empty-text"] = (["synth", "-o", "OUT/s", "--text", "  "], {2})
     c["synth/huge-text"] = (["synth", "-o", "OUT/s", "--text", huge_text], {2})
-    c["synth/unicode-text"] = (["synth", "-o", "OUT/s", "--text", uni, "--size", "64", "--fps", "10"], {0, 2})
+    c["synth/unicode-text"] = (["synth", "-o", "OUT/s", "--text", uni, "--size", "128", "--fps", "10"], {0, 2})
     c["synth/text-file-missing"] = (["synth", "-o", "OUT/s", "--text-file", s("missing")], E)
     c["synth/text-file-binary"] = (["synth", "-o", "OUT/s", "--text-file", s("binary_txt")], E)
     c["synth/text-file-empty"] = (["synth", "-o", "OUT/s", "--text-file", s("empty_txt")], {2})
@@ -296,6 +297,7 @@ def cases(p: dict[str, Path], ro: Path) -> dict[str, tuple[list[str], set[int]]]
     c["eval/avatar-corrupt"] = (["eval", s("avatar_corrupt"), s("subject"), "-o", "OUT/r"], E)
     c["eval/subject-missing"] = (["eval", A, s("missing"), "-o", "OUT/r"], E)
     c["eval/subject-no-tracking"] = (["eval", A, s("no_tracking"), "-o", "OUT/r"], E)
+    c["eval/subject-bad-tracking"] = (["eval", A, s("bad_tracking"), "-o", "OUT/r"], E)
     c["eval/mismatched-subject"] = (["eval", A, s("subject"), "-o", "OUT/r"], {2})
     c["eval/out-is-a-file"] = (["eval", A, s("subject"), "-o", s("taken")], {4})
     c["eval/out-readonly"] = (["eval", A, s("subject"), "-o", str(ro / "r")], {4})
@@ -312,6 +314,8 @@ def cases(p: dict[str, Path], ro: Path) -> dict[str, tuple[list[str], set[int]]]
     c["export/ernerf-missing"] = (["export", s("missing"), "--to-ernerf", "OUT/d"], E)
     # motion, import-ernerf
     c["motion/personalize-missing"] = (["motion", "personalize", s("missing"), "-o", "OUT/m.pt"], E)
+    c["motion/personalize-bad-tracking"] = (["motion", "personalize", s("bad_tracking"), "-o", "OUT/m.pt"], E)
+    c["export/ernerf-bad-tracking"] = (["export", s("bad_tracking"), "--to-ernerf", "OUT/d"], E)
     c["motion/personalize-no-audio"] = (["motion", "personalize", s("no_audio_subject"), "-o", "OUT/m.pt"], E)
     c["motion/personalize-out-folder"] = (["motion", "personalize", s("subject"), "-o", "OUT"], {4})
     c["motion/pretrain-missing"] = (["motion", "pretrain", s("missing"), "-o", "OUT/m.pt"], E)
