@@ -593,10 +593,10 @@ def render_from_speech(
     if size % 2:
         raise Avatar3DError(f"--size {size}: H.264 needs an even frame size")
     check_render_memory(size, len(eyes))
-    fps = float(bundle.fps)
-    expected = expected_frames(source, fps)
+    video_fps = float(bundle.fps)
+    expected = expected_frames(source, video_fps)
     if expected:  # from the text's length or the file's duration: before synthesis, personalising, rendering
-        notice = long_job_notice(expected, fps, RENDER_SECONDS_PER_PIXEL * size * size * len(eyes), yes, "this render")
+        notice = long_job_notice(expected, video_fps, RENDER_SECONDS_PER_PIXEL * size * size * len(eyes), yes, "this render")
         check_disk(out, estimate_video_disk(expected, size, len(eyes), rgba is not None, depth is not None),
                    f"{expected} frames at {size}x{size}")
         warn(notice)
@@ -604,7 +604,7 @@ def render_from_speech(
     if source.audio_path is not None:
         share = voiced_share(speech.source.chunks(source.stream.chunk_samples))
         if share < MIN_VOICED_SHARE:
-            _warn_stderr(no_speech_message(source.audio_path, share))
+            warn(no_speech_message(source.audio_path, share))
     if mouth_model is None:
         mouth_model = mouth_model_for(avatar if avatar.is_dir() else avatar.parent, bundle, motion_model_path,
                                       progress=progress, log=log)  # fmt: skip
