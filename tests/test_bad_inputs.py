@@ -176,6 +176,8 @@ CASES: dict[str, Case] = {
                                          "--yes", "-o", str(o / "x.mp4")], 5, "not enough free disk"),
     "train-out-of-memory": lambda i, o: (["train", str(i.foreign_subject), "-o", str(o / "a"), "--config",
                                           str(i.memory_yaml)], 6, "GB of memory"),
+    "prep-out-of-disk": lambda i, o: (["prep", str(i.tiny_face_mp4), "-o", str(o / "s"), "--size", "2000000"], 5,
+                                      "not enough free disk"),
     "prep-face-too-small": lambda i, o: (["prep", str(i.tiny_face_mp4), "-o", str(o / "s")], 2,
                                          f"face too small (at most 18 px: the frames are that small; needs >= 32 px) "
                                          f"in {i.tiny_face_mp4}"),
