@@ -357,6 +357,8 @@ def run_case(name: str, argv: list[str], expect: set[int], root: Path) -> Outcom
             code = main(argv)
         except SystemExit as exc:  # argparse
             code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    if code in (130, 143):  # the bench itself was interrupted (the CLI turned the signal into an exit code)
+        raise KeyboardInterrupt
     text = err.getvalue()
     new = sorted(_tree(folder) - before)
     leftovers = [q for q in new if ".tmp-" in q] if code == 0 else new
@@ -537,8 +539,7 @@ def main_bench() -> None:
     p = make_inputs(work, args.subject)
     print(f"inputs made in {time.time() - t:.0f} s", file=sys.stderr)
     ro = readonly_folder(work)
-    root = work / "cases"
-    shutil.rmtree(root, ignore_errors=True)
+    root = work / f"cases-{os.getpid()}"  # a run of its own, whatever an earlier run left
     outcomes: list[Outcome] = []
     for name, (argv, expect) in cases(p, ro).items():
         t = time.time()
