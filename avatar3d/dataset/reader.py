@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from avatar3d.dataset.contract import (AUDIO, CACHE_DIR, FRAMES, LANDMARK_FLAGS, LANDMARKS, MANIFEST, PARSING, PLATE,
-                                       TRACKING, iter_labels, read_manifest, require_files)
+                                       TRACKING, iter_labels, read_array, read_arrays, read_manifest, require_files)
 from avatar3d.errors import Avatar3DError
 from avatar3d.face.landmark_sets import LIPS
 from avatar3d.io.atomic import atomic_path, sweep_stale_temps, write_json_atomic
@@ -90,13 +90,9 @@ def load_subject(subject_dir: PathLike, resolution: int, *, progress: bool = Tru
     scale = resolution / size
 
     n = int(manifest["n_frames"])
-    with np.load(root / TRACKING, allow_pickle=False) as z:
-        try:
-            tracking = {k: z[k] for k in ("R", "t", "expression", "blink", "expression_names")}
-        except KeyError as exc:
-            raise Avatar3DError(f"{root / TRACKING} lacks {exc}; re-run `avatar3d prep` on the clip") from exc
-    landmarks = np.load(root / LANDMARKS)[..., :2].astype(np.float32) * np.float32(scale)
-    flags = np.load(root / LANDMARK_FLAGS)
+    tracking = read_arrays(root / TRACKING, ("R", "t", "expression", "blink", "expression_names"))
+    landmarks = read_array(root / LANDMARKS)[..., :2].astype(np.float32) * np.float32(scale)
+    flags = read_array(root / LANDMARK_FLAGS)
     for name, count in ((TRACKING, len(tracking["R"])), (LANDMARKS, len(landmarks)),
                         (LANDMARK_FLAGS, len(flags))):
         if count != n:

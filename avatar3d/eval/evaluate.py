@@ -22,8 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from avatar3d import __version__
+from avatar3d.avatar.bundle import AvatarBundle
 from avatar3d.avatar.loading import load_avatar
-from avatar3d.dataset.contract import FRAMES
+from avatar3d.dataset.contract import FRAMES, TRACKING, read_arrays
 from avatar3d.dataset.reader import LIP_IDS, load_subject
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval import dlib_landmarks
@@ -33,6 +34,7 @@ from avatar3d.eval.lpips import MIN_SIZE, load_lpips, lpips_pairs, resolve_weigh
 from avatar3d.eval.report import render_html
 from avatar3d.eval.results import EvalRun
 from avatar3d.eval.sync import MIN_PAIRS, audio_envelope, mouth_opening_from_landmarks, sync_offset
+from avatar3d.guards import warn
 from avatar3d.io.atomic import json_safe, write_json_atomic, write_text_atomic
 from avatar3d.io.audio import read_wav
 from avatar3d.io.video import read_video
@@ -52,6 +54,9 @@ class EvalConfig:
     max_lag_frames: int = 15  # sync search range, +- frames (also capped at a third of the evaluated span)
     grid_frames: int = 6  # side-by-side examples in the report
     lpips_weights: Path | str | None = None  # local LPIPS (AlexNet v0.1) weights: avatar3d.eval.lpips.resolve_weights
+    other_subject: bool = False
+    """Score an avatar on a subject it was not trained on (`--other-subject`).  Off: refused, because
+    its pixels then measure how much two people differ, not how good the avatar is."""
 
 
 def _num(x: float) -> float | None:
@@ -97,6 +102,28 @@ def _sync_entry(result: Any, envelope: np.ndarray) -> dict[str, Any]:
     return entry
 
 
+def _check_own_subject(avatar: Path, meta: AvatarBundle, subject: Path, allowed: bool,
+                       log: Callable[[str], None]) -> bool | None:
+    """Whether ``subject`` is the one the avatar was trained on (recognised by its tracked poses).
+
+    Another subject is refused unless ``allowed`` (then it is scored with a warning); None when the
+    subject has no tracking (the loader reports that).
+    """
+    if not (subject / TRACKING).is_file():
+        return None
+    tracked = read_arrays(subject / TRACKING, ("R", "t"))  # a corrupt file: one line, before any work
+    R, t = tracked["R"], tracked["t"]
+    if meta.is_trained_on(R, t):
+        return True
+    trained = meta.subject or "another subject"
+    what = (f"{avatar} was trained on {trained}, not on {subject}: its scores there would measure how two people "
+            "differ, not the avatar")  # fmt: skip
+    if not allowed:
+        raise Avatar3DError(f"{what}; evaluate it on its own subject, or pass --other-subject to score it anyway")
+    warn(f"{what} (scored anyway: --other-subject)")
+    return False
+
+
 def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, config: EvalConfig | None = None, *,
              progress: bool = True, log: Callable[[str], None] = print) -> EvalRun:
     """Render the held-out frames, measure them, write ``metrics.json`` and ``report.html`` into ``out_dir``."""
@@ -112,6 +139,7 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     loaded = load_avatar(avatar)
     meta = loaded.bundle
     r = int(meta.resolution)
+    own = _check_own_subject(avatar, meta, subject, config.other_subject, log)  # before the frame cache is built
     data = load_subject(subject, r, progress=progress)
     if n_refined := loaded.use_refined_poses(data):
         log(f"[eval] {subject} is the avatar's own subject: using its refined head poses ({n_refined} frames "
@@ -184,6 +212,7 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
         "avatar": str(avatar.resolve()),
         "subject": str(subject.resolve()),
         "avatar_trained_on": str(meta.subject),
+        "own_subject": own,
         "eval_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "train_config_yaml": train_cfg.read_text(encoding="utf-8") if train_cfg.is_file() else None,
         "avatar_config": meta.config,

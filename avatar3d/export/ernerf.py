@@ -47,7 +47,7 @@ from tqdm import tqdm
 from avatar3d.audio.features import AudioFeatureConfig
 from avatar3d.audio.speech_encoder import load_speech_encoder
 from avatar3d.dataset.contract import (AUDIO, FRAMES, LABEL_NAMES, LANDMARK_FLAGS, LANDMARKS, MANIFEST, PARSING, PLATE,
-                                       TRACKING, TRANSFORMS_TRAIN, TRANSFORMS_VAL, iter_labels)
+                                       TRACKING, TRANSFORMS_TRAIN, TRANSFORMS_VAL, iter_labels, read_array, read_arrays)
 from avatar3d.errors import Avatar3DError, InputError, OutputError
 from avatar3d.face import landmark_sets as rg
 from avatar3d.face.default_model import load_face_model
@@ -519,10 +519,10 @@ def export_ernerf(subject_dir: PathLike, out_dir: PathLike, config: Optional[Ern
         raise Avatar3DError(f"--frames {config.max_frames}: need at least 2 frames (one train, one val)")
     warnings = [] if abs(fps - 25.0) < 1e-6 else [f"the subject is {fps:g} fps; RAD-NeRF / ER-NeRF assume 25 fps "
                                                  "(audio features at 50 Hz): re-run `avatar3d prep --fps 25`"]
-    landmarks = np.load(subject / LANDMARKS, mmap_mode="r")
-    flags = np.load(subject / LANDMARK_FLAGS)[:n]
-    with np.load(subject / TRACKING) as z:
-        R, t, blink = z["R"][:n].astype(np.float64), z["t"][:n].astype(np.float64), z["blink"][:n]
+    landmarks = read_array(subject / LANDMARKS, mmap_mode="r")
+    flags = read_array(subject / LANDMARK_FLAGS)[:n]
+    tracked = read_arrays(subject / TRACKING, ("R", "t", "blink"))
+    R, t, blink = tracked["R"][:n].astype(np.float64), tracked["t"][:n].astype(np.float64), tracked["blink"][:n]
     encoder = None if config.speech_encoder is None else _load_encoder(config, fps, warnings)
     plate = cv2.imread(str(subject / PLATE), cv2.IMREAD_COLOR)  # BGR, as ER-NeRF's images
     if plate is None:

@@ -25,7 +25,7 @@ from avatar3d.io.atomic import atomic_path
 PathLike = Union[str, "os.PathLike[str]"]
 FpsLike = Union[int, Fraction, float]
 
-__all__ = ["VideoWriter", "VideoInfo", "probe_video", "read_video", "read_audio", "import_av", "open_input",
+__all__ = ["VideoWriter", "VideoInfo", "probe_video", "media_duration", "read_video", "read_audio", "import_av", "open_input",
            "first_stream", "decode_error"]
 
 _PIP_FIX = "pip install 'av<19' (its wheels bundle FFmpeg with libx264 and aac)"
@@ -434,6 +434,25 @@ def probe_video(path: PathLike) -> VideoInfo:
             has_audio=a is not None,
             audio_sample_rate=int(a.codec_context.sample_rate) if a is not None else None,
         )
+    finally:
+        container.close()
+
+
+def media_duration(path: PathLike) -> float:
+    """Seconds of a file's first audio stream (else its container) from the headers; 0.0 when unknown or unreadable.
+
+    Why never raising: callers use it for estimates made before the real decode, which reports a bad file itself.
+    """
+    av = import_av()
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError, ValueError):
+        return 0.0
+    try:
+        for stream in container.streams.audio:
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+        return container.duration / 1_000_000 if container.duration else 0.0
     finally:
         container.close()
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from avatar3d.audio.features import AudioFeatureConfig, frame_features
-from avatar3d.dataset.contract import AUDIO, LANDMARK_FLAGS, MANIFEST, TRACKING
+from avatar3d.dataset.contract import AUDIO, LANDMARK_FLAGS, MANIFEST, TRACKING, read_arrays
 from avatar3d.errors import Avatar3DError, InputError
 from avatar3d.face.blendshape_names import MOUTH_BLENDSHAPES
 from avatar3d.io.audio import read_wav
@@ -116,12 +116,8 @@ def load_subject_speech(subject_dir: str | Path, fps: float = 25.0,
     tracking = root / TRACKING
     if not tracking.is_file():
         raise Avatar3DError(f"{tracking} is missing (tracking did not finish): re-run `avatar3d prep` into {root}")
-    try:
-        with np.load(tracking, allow_pickle=False) as z:
-            expression, names = z["expression"].astype(np.float32), [str(s) for s in z["expression_names"]]
-    except (OSError, ValueError, KeyError) as exc:
-        raise Avatar3DError(f"{tracking} is unreadable or lacks expression / expression_names: re-run "
-                            f"`avatar3d prep` into {root}") from exc
+    arrays = read_arrays(tracking, ("expression", "expression_names"))
+    expression, names = arrays["expression"].astype(np.float32), [str(s) for s in arrays["expression_names"]]
     missing = [n for n in MOUTH_BLENDSHAPES if n not in names]
     if missing:
         raise Avatar3DError(f"{tracking}: the tracked expression lacks mouth blendshapes {missing}; track with a "

@@ -20,7 +20,7 @@ from avatar3d.errors import Avatar3DError
 from avatar3d.io.atomic import check_writable
 from avatar3d.io.audio import read_wav
 from avatar3d.io.video import VideoWriter
-from avatar3d.render.memory import check_render_memory
+from avatar3d.guards import check_render_memory
 
 
 def split_ids(data, split: str) -> np.ndarray:  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ track, so memory does not grow with the length of the speech beyond the per-fram
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from avatar3d.audio.alignment import align_phones
 from avatar3d.audio.features import frame_features, resample_mono
 from avatar3d.audio.phones import SIL, Phone
+from avatar3d.audio.speech_presence import MIN_VOICED_SHARE, no_speech_message, voiced_share
 from avatar3d.audio.tts_phonemes import synthesize_with_phonemes
 from avatar3d.audio.word_phones import WindowDecoder
 from avatar3d.avatar.base import Avatar
@@ -32,16 +34,17 @@ from avatar3d.avatar.loading import load_avatar
 from avatar3d.dataset.contract import MANIFEST, TRACKING
 from avatar3d.errors import Avatar3DError, InputError
 from avatar3d.export.livelink import LLF_COUNT, LLF_HEADER, arkit_weights, livelink_table, timecode
+from avatar3d.guards import (RENDER_SECONDS_PER_PIXEL, check_disk, check_render_memory, estimate_video_disk,
+                             long_job_notice, speech_frames_from_text, warn)
 from avatar3d.io.atomic import atomic_path, check_writable
 from avatar3d.io.hashing import file_sha256
-from avatar3d.io.video import read_audio
+from avatar3d.io.video import media_duration, read_audio
 from avatar3d.motion.model import load
 from avatar3d.motion.personalize import personalize
 from avatar3d.motion.phone_constraints import BILABIAL_LABELS, PhoneConstraintConfig, apply_phone_constraints
 from avatar3d.motion.streaming import GateConfig, MotionStream, iter_audio_chunks, silent_output, speech_gate
 from avatar3d.render.camera import CameraPath, ViewRenderer, camera_track, parse_camera, stereo_eyes
 from avatar3d.render.drive import DriveConfig, DriveTracks, build_tracks
-from avatar3d.render.memory import check_render_memory
 from avatar3d.render.outputs import (DEPTH_PATTERN, RGBA_PATTERN, DepthSink, Frame, MatteConfig, Mp4Sink,  # fmt: skip
                                      Outputs, RgbaSink, check_output_dir)
 
@@ -487,6 +490,16 @@ def render_tracks(avatar: Avatar, tracks: DriveTracks, out: Path | None,
     return len(views) / max(seconds, 1e-9)
 
 
+def expected_frames(source: SpeechSource, fps: float) -> int:
+    """Frames the speech will become, known before any work: the text's length, or the file's duration (0: unknown)."""
+    if source.text is not None:
+        return speech_frames_from_text(source.text, fps)
+    if source.audio_path is not None and Path(source.audio_path).is_file():
+        seconds = media_duration(Path(source.audio_path))
+        return int(math.ceil(seconds * fps)) if seconds else 0
+    return 0
+
+
 def long_render_warning(n_frames: int, fps: float, seconds_per_frame: float) -> str:
     """The frame count and expected time of a long render, said once its first frames are timed."""
     minutes = n_frames * seconds_per_frame / 60.0
@@ -546,7 +559,7 @@ def render_from_speech(
     motion_model_path: Path | None = None, config: DriveConfig = DriveConfig(), size: int | None = None,
     blendshapes: Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
     camera: str | Path = "training", stereo_ipd_mm: float | None = None, rgba: Path | None = None,
-    depth: Path | None = None,
+    depth: Path | None = None, yes: bool = False,
 ) -> dict[str, float]:  # fmt: skip
     """Writes ``out`` (H.264 + AAC) of the avatar saying ``source``; returns frames, seconds and render FPS.
 
@@ -562,7 +575,7 @@ def render_from_speech(
     sample_rate) -> {name: curve}`` giving curves in the avatar's tracked coefficient scale.
 
     ``camera`` (training | orbit | camera-path .json), ``stereo_ipd_mm``, ``rgba`` and ``depth``
-    folders: see :func:`render_tracks`.
+    folders: see :func:`render_tracks`.  ``yes``: run a job above :data:`avatar3d.guards.LONG_JOB_FRAMES` frames.
     """
     avatar, out = Path(avatar), Path(out)
     loaded = load_avatar(avatar)
@@ -580,7 +593,18 @@ def render_from_speech(
     if size % 2:
         raise Avatar3DError(f"--size {size}: H.264 needs an even frame size")
     check_render_memory(size, len(eyes))
+    video_fps = float(bundle.fps)
+    expected = expected_frames(source, video_fps)
+    if expected:  # from the text's length or the file's duration: before synthesis, personalising, rendering
+        notice = long_job_notice(expected, video_fps, RENDER_SECONDS_PER_PIXEL * size * size * len(eyes), yes, "this render")
+        check_disk(out, estimate_video_disk(expected, size, len(eyes), rgba is not None, depth is not None),
+                   f"{expected} frames at {size}x{size}")
+        warn(notice)
     speech = source.speech(log=log)  # a bad file, voice or text fails before minutes of personalising
+    if source.audio_path is not None:
+        share = voiced_share(speech.source.chunks(source.stream.chunk_samples))
+        if share < MIN_VOICED_SHARE:
+            warn(no_speech_message(source.audio_path, share))
     if mouth_model is None:
         mouth_model = mouth_model_for(avatar if avatar.is_dir() else avatar.parent, bundle, motion_model_path,
                                       progress=progress, log=log)  # fmt: skip

@@ -44,6 +44,7 @@ from avatar3d.nerf.model import AvatarModel
 from avatar3d.nerf.raymarch import RAYMARCH_SPEC
 from avatar3d.train.checkpoint import CHECKPOINT_NAME, load_state, restore, save_checkpoint
 from avatar3d.train.config import OptimConfig, TrainConfig, config_from_yaml, config_to_yaml, plain
+from avatar3d.train.guard import check_train_resources
 from avatar3d.train.hull import carve_head_hull
 from avatar3d.train.losses import losses
 from avatar3d.train.pose_fit import fit_poses
@@ -137,6 +138,8 @@ def train(
     """
     out = Path(out)
     config, state = _prepare_run(out, config, resume)
+    if data is None:
+        check_train_resources(Path(subject), out, config, resumed=state is not None)
     if config.threads:
         torch.set_num_threads(config.threads)
     data = data or load_subject(subject, config.resolution, progress=progress)

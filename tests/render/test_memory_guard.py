@@ -10,7 +10,7 @@ import pytest
 from avatar3d.cli import main
 from avatar3d.errors import ResourceError
 from avatar3d.render import speech
-from avatar3d.render.memory import available_memory, check_render_memory, estimate_render_bytes
+from avatar3d.guards import available_memory, check_render_memory, estimate_render_bytes
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "sync_avatar"
 
