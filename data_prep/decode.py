@@ -71,6 +71,8 @@ class DecodeConfig:
     3 keeps head, neck and the top of the shoulders."""
     crop_shift: float = 0.4
     """Crop centre sits this many face sizes below the centre of the face boxes (shows the shoulders)."""
+    crop_hair: float = 0.5
+    """Room kept above the face boxes for the hair, in face sizes (the mesh box ends at the forehead)."""
     crop_box: Optional[tuple[int, int, int]] = None
     """Fixed crop ``(x0, y0, side)`` in upright source pixels; skips the face pass (and its no-face check)."""
     sample_every_s: float = 0.5
@@ -190,8 +192,8 @@ def _orientation_of(frame: Any, stream: Any) -> Orientation:
 class CropBox:
     """Square ``side`` x ``side`` box at (x0, y0) in upright source pixels, resized to ``size``.
 
-    The box may reach past the image border (only when the face boxes alone
-    span more than the short side); outside pixels are black.
+    :func:`plan_crop` keeps the box inside the picture; only a hand-set ``crop_box``
+    (``decode.crop_box``) may reach past the border, and there outside pixels are black.
     """
 
     x0: int
@@ -229,14 +231,18 @@ class CropBox:
 
 
 def plan_crop(boxes: np.ndarray, width: int, height: int, config: DecodeConfig) -> tuple[CropBox, float]:
-    """Square crop holding every sampled face box with head-and-shoulders margin.
+    """Square crop holding every sampled face box with head-and-shoulders margin, inside the picture.
 
     ``boxes`` [K, 4] (x0, y0, x1, y1) in upright pixels.  Side = ``crop_margin``
     x median face size, centred ``crop_shift`` face sizes below the centre of
-    the union of boxes, grown if needed so the union (+ 1/4 face) fits.  The side
-    is clamped to the image's short side and the box shifted inside the image,
-    so frames are padded only when the face itself wanders over more than the
-    short side.  Returns (crop, face size in pixels).
+    the union of boxes, grown if needed so the union fits with 1/4 face around it
+    and ``crop_hair`` face above it (the mesh box ends at the forehead: the hair is
+    above).  The side never exceeds the picture's short side and the box always lies
+    inside the picture: the avatar never learns invented (black) pixels.  When the
+    face fills the frame (tight HDTF-style crops) the margins shrink instead -- the
+    crop is the whole short side, placed to keep the head: the union's top (hair)
+    first, then its bottom; the shoulders are what is given up.  Returns (crop, face
+    size in pixels).
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     face = float(np.median(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])))
@@ -246,19 +252,21 @@ def plan_crop(boxes: np.ndarray, width: int, height: int, config: DecodeConfig) 
     ux0, uy0, ux1, uy1 = ux0 - pad, uy0 - pad, ux1 + pad, uy1 + pad
     cx = 0.5 * (ux0 + ux1)
     cy = 0.5 * (uy0 + uy1) + config.crop_shift * face
+    uy0 = min(uy0, uy0 + pad - config.crop_hair * face)  # room for the hair (the centre stays as it was)
     half = max(0.5 * config.crop_margin * face, cx - ux0, ux1 - cx, cy - uy0, uy1 - cy)
-    side = int(math.ceil(2 * half))
-    need = int(math.ceil(max(ux1 - ux0, uy1 - uy0)))  # the union must stay inside
-    side = max(min(side, width, height), need, 2)
+    side = max(min(int(math.ceil(2 * half)), width, height), 2)
 
-    def place(centre: float, lo: float, hi: float, dim: int) -> int:
+    def place(centre: float, lo: float, hi: float, dim: int, keep_top: bool) -> int:
         start = int(round(centre - side / 2))
-        if side <= dim:  # keep the union inside the box, then the box inside the image
+        if hi - lo <= side:  # the union fits: keep it inside the box
             start = min(max(start, int(math.ceil(hi)) - side), int(math.floor(lo)))
-            start = min(max(start, 0), dim - side)
-        return start
+        elif keep_top:  # it does not (the face fills the frame): keep the hair, give up the shoulders
+            start = int(math.floor(lo))
+        else:
+            start = int(round(0.5 * (lo + hi) - side / 2))
+        return min(max(start, 0), max(dim - side, 0))  # the box inside the picture, always
 
-    crop = CropBox(place(cx, ux0, ux1, width), place(cy, uy0, uy1, height), side, int(config.size))
+    crop = CropBox(place(cx, ux0, ux1, width, False), place(cy, uy0, uy1, height, True), side, int(config.size))
     return crop, face
 
 

@@ -240,7 +240,7 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
         metrics=metrics, frame_ids=ids, psnr_per_frame=np.array([row.psnr_full for row in rows]),
         span_start=start, mouth_rendered=mouth_pred, mouth_reference=mouth_ref, envelope=envelope,
         sync_lags=sync_pred.lags, sync_corr_rendered=sync_pred.correlation, sync_corr_reference=sync_ref.correlation,
-        samples=[(int(ids[k]), reference[k], rendered[k]) for k in pick],
+        samples=[(int(ids[k]), reference[k], rendered[k]) for k in pick], rendered=rendered, reference=reference,
     )
     page = render_html(run)  # built before anything is written: a plotting failure leaves no partial report
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,3 +29,5 @@ class EvalRun:
     sync_corr_rendered: np.ndarray  # [L]
     sync_corr_reference: np.ndarray  # [L]
     samples: list[tuple[int, np.ndarray, np.ndarray]]  # (frame id, reference uint8, rendered uint8)
+    rendered: np.ndarray | None = None  # uint8 [n, size, size, 3] every evaluated frame (benchmarks: flicker, sheets)
+    reference: np.ndarray | None = None  # uint8 [n, size, size, 3] the matching real frames
