@@ -187,6 +187,8 @@ def train_gaussians(
     last_stop = config.steps if stop_after_steps is None else min(config.steps, step + stop_after_steps)
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", dynamic_ncols=True) if progress else None
     stats = GradientStats(model.head.n_gaussians)
+    if state is not None and "density_total" in state:  # the gradient statistics since the last density round
+        stats.total, stats.count = state["density_total"].clone(), state["density_count"].clone()
     dens = config.density
     saved_step = -1
 
@@ -194,7 +196,8 @@ def train_gaussians(
         nonlocal saved_step
         saved_step = step
         save_checkpoint(out / CHECKPOINT_NAME, model=model, optimizer=opt, step=step, torch_gen=torch_gen,
-                        np_gen=np_gen, extra={"elapsed_s": elapsed, "history": history})  # fmt: skip
+                        np_gen=np_gen, extra={"elapsed_s": elapsed, "history": history, "density_total": stats.total,
+                                              "density_count": stats.count})  # fmt: skip
 
     def evaluate() -> dict[str, float]:
         metrics, images = evaluate_frames(scorer, data, eval_ids(data, config.eval.frames))
@@ -242,7 +245,7 @@ def train_gaussians(
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0:
-                    bar.set_postfix(l1=f"{float(terms['photo']):.4f}", n=model.head.n_gaussians, refresh=False)
+                    bar.set_postfix(l1=f"{float(terms['photo'].detach()):.4f}", n=model.head.n_gaussians, refresh=False)
             if config.eval.every and step % config.eval.every == 0 and step < config.steps:
                 evaluate()
             if step % config.checkpoint_every == 0 or step == last_stop or budget_hit:
