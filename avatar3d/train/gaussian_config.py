@@ -56,12 +56,13 @@ class GaussianLossConfig:
 
 @dataclass
 class DensityConfig:
-    """Adaptive density control: prune faint Gaussians, clone small ones with large 2D-mean gradients."""
+    """Adaptive density control: prune faint Gaussians, clone / split those with the largest 2D-mean gradients."""
 
     every: int = 100  # steps between two rounds (0: off)
     start: int = 200
     stop_fraction: float = 0.7  # no rounds after this share of the steps (or of the time budget)
-    grad_threshold: float = 2e-4  # mean |dL/d mean2d| (pixels^-1, per visible step) above which a Gaussian clones
+    clone_fraction: float = 0.05  # share of the visible Gaussians with the largest mean |dL/d mean2d| duplicated per round
+    split_scale_m: float = 0.004  # of those, Gaussians larger than this split in two smaller ones; smaller ones clone
     prune_opacity: float = 0.01
     max_gaussians: int = 30000  # hard cap on the count (memory and render time scale with it)
 

@@ -16,7 +16,6 @@ from torch import nn
 
 from avatar3d.gaussians.head import FACE, GROUP_PARAMS, PER_GAUSSIAN_BUFFERS, RIGID, GaussianHead
 
-CLONE_FRACTION = 0.05  # share of the visible Gaussians duplicated per round
 SPLIT_SHRINK = 1.6  # a split Gaussian's two halves have its scale divided by this
 
 
@@ -63,7 +62,8 @@ def _rebuild(head: GaussianHead, opt: torch.optim.Optimizer, group: str, keep: t
 
 @torch.no_grad()
 def densify(head: GaussianHead, opt: torch.optim.Optimizer, stats: GradientStats, *, prune_opacity: float,
-            max_gaussians: int, split_scale_m: float, rng: np.random.Generator) -> dict[str, int]:  # fmt: skip
+            max_gaussians: int, clone_fraction: float, split_scale_m: float,
+            rng: np.random.Generator) -> dict[str, int]:  # fmt: skip
     """One round: returns how many were pruned, cloned and split."""
     grad = stats.mean()
     visible = stats.count > 0
@@ -72,7 +72,7 @@ def densify(head: GaussianHead, opt: torch.optim.Optimizer, stats: GradientStats
     n = head.n_gaussians
     keep = opac >= prune_opacity
     room = max(0, max_gaussians - int(keep.sum()))
-    n_new = min(room, int(CLONE_FRACTION * int(visible.sum())))
+    n_new = min(room, int(clone_fraction * int(visible.sum())))
     chosen = torch.zeros(n, dtype=torch.bool)
     if n_new > 0:
         score = torch.where(visible & keep, grad, torch.full_like(grad, -1.0))

@@ -47,7 +47,6 @@ from avatar3d.train.losses import opacity_bce
 from avatar3d.train.sampler import label_edges
 from avatar3d.train.trainer import CONFIG_NAME, HISTORY_NAME, evaluate_frames, interrupted_message, resolve_device
 
-SPLIT_SCALE_M = 0.004  # density control: busy Gaussians larger than this split, smaller ones clone
 HEAD_BOX_PAD_PX = 4  # every pixel within this of the head label's box is scored each step
 
 
@@ -233,7 +232,8 @@ def train_gaussians(
             step += 1
             if (dens.every and step >= dens.start and step % dens.every == 0 and progress_f < dens.stop_fraction):
                 counts = densify(model.head, opt, stats, prune_opacity=dens.prune_opacity,
-                                 max_gaussians=dens.max_gaussians, split_scale_m=SPLIT_SCALE_M, rng=np_gen)  # fmt: skip
+                                 max_gaussians=dens.max_gaussians, clone_fraction=dens.clone_fraction,
+                                 split_scale_m=dens.split_scale_m, rng=np_gen)  # fmt: skip
                 stats = GradientStats(model.head.n_gaussians)
                 writer.add_scalar("train/gaussians", model.head.n_gaussians, step)
                 writer.add_scalars("train/density", counts, step)
