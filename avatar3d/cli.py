@@ -163,7 +163,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                    "subject prepared by `avatar3d prep`. Checkpoints atomically; --resume continues.")
     p.add_argument("subject", type=Path, help="subject folder written by `avatar3d prep`")
     p.add_argument("-o", "--out", type=Path, required=True, help="avatar folder (checkpoint, avatar.pt, TensorBoard)")
-    p.add_argument("--config", metavar="PRESET|YAML", help="TrainConfig values: a preset name (cpu_small, gpu_512, ...; "
+    p.add_argument("--config", metavar="PRESET|YAML", help="TrainConfig values: a preset name (cpu_small, gaussians_cpu, ...; "
                    "`avatar3d presets`) or a YAML file")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--steps", type=_positive_int, help="override the number of steps")
@@ -174,17 +174,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
     from avatar3d.train.config import TrainConfig
-    from avatar3d.train.trainer import train
+    from avatar3d.train.gaussian_config import load_train_config
+    from avatar3d.train.run import train_any
 
     config = None
-    if args.config is not None or args.steps or args.minutes:
-        config = load_config(TrainConfig, args.config)
+    if args.config is not None or args.steps or args.minutes:  # backend: gaussians in the YAML picks that trainer
+        config = load_train_config(args.config) if args.config is not None else load_config(TrainConfig, None)
         if args.steps:
             config = dataclasses.replace(config, steps=args.steps)
         if args.minutes:
             config = dataclasses.replace(config, time_budget_s=args.minutes * 60.0)
     with edge.output_folder(args.out):
-        result = train(args.subject, args.out, config, resume=args.resume)
+        result = train_any(args.subject, args.out, config, resume=args.resume)
     print(json.dumps(result))
     return 0
 

@@ -12,11 +12,13 @@ import torch
 
 from avatar3d.avatar.base import Avatar
 from avatar3d.avatar.bundle import AvatarBundle, avatar_file
+from avatar3d.avatar.gaussian_avatar import GaussianAvatar
 from avatar3d.avatar.nerf_avatar import NerfAvatar
 from avatar3d.errors import Avatar3DError
 
 BACKENDS: dict[str, Callable[[AvatarBundle, str, torch.device | str], Avatar]] = {
     "nerf": NerfAvatar.from_bundle,
+    "gaussians": GaussianAvatar.from_bundle,
 }
 
 

@@ -29,8 +29,10 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     state = {
         "format_version": FORMAT_VERSION, "avatar3d_version": __version__, "step": step, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "torch_gen": torch_gen.get_state(),
-        "np_gen": np_gen.bit_generator.state, "grid_threshold": getattr(model, "grid").threshold, **extra,
+        "np_gen": np_gen.bit_generator.state, **extra,
     }  # fmt: skip
+    if hasattr(model, "grid"):  # the NeRF avatar's occupancy threshold (the Gaussian avatar has no grid)
+        state["grid_threshold"] = model.grid.threshold
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -58,5 +60,6 @@ def restore(state: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.o
     optimizer.load_state_dict(state["optimizer"])
     torch_gen.set_state(state["torch_gen"])
     np_gen.bit_generator.state = state["np_gen"]
-    getattr(model, "grid").threshold = float(state.get("grid_threshold", 0.0))
+    if hasattr(model, "grid"):
+        model.grid.threshold = float(state.get("grid_threshold", 0.0))
     return int(state["step"])
