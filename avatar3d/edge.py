@@ -27,7 +27,7 @@ from avatar3d.interrupts import raise_on_signals
 from avatar3d.io.atomic import check_output_file, check_output_folder, sweep_stale_temps, temp_path_for
 from avatar3d.resources import cache_dir
 
-__all__ = ["run", "describe", "write_crash_report", "output_folder", "output_file", "CRASH_DIR_NAME"]
+__all__ = ["run", "close_progress_bars", "describe", "write_crash_report", "output_folder", "output_file", "CRASH_DIR_NAME"]
 
 CRASH_DIR_NAME = "crash"
 INTERRUPTED = ("interrupted: nothing half-written was kept (every output is written under a temp name and "
@@ -90,6 +90,20 @@ def write_crash_report(exc: BaseException, argv: Sequence[str]) -> Path:
     raise OSError("no writable folder for the crash report")
 
 
+def close_progress_bars() -> None:
+    """Closes the progress bars a failed command left open.
+
+    Why: an open tqdm bar redraws itself when it is garbage-collected at exit, after the error
+    line, so the user's last line was a half-filled bar instead of the message saying what to do.
+    """
+    tqdm_module = sys.modules.get("tqdm")  # only when the command loaded it
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
+
+
 def run(command: Callable[[], int], argv: Sequence[str]) -> int:
     """Runs ``command`` (returns an exit code) and maps whatever it raises to one stderr line and a code."""
     try:
@@ -99,6 +113,7 @@ def run(command: Callable[[], int], argv: Sequence[str]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except (Exception, KeyboardInterrupt) as exc:  # SystemExit (argparse, --help) passes through
+        close_progress_bars()
         known = describe(exc)
         if known is not None:
             code, message = known

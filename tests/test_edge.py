@@ -197,3 +197,18 @@ def test_a_deferred_signal_waits_for_the_step_and_a_second_one_does_not() -> Non
             os.kill(os.getpid(), signal.SIGINT)
         assert second.value.exit_code == 130
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_error_line_comes_after_an_open_progress_bar(capsys) -> None:
+    """A command interrupted mid-loop: its bar is closed first, so the message is the last line, on its own."""
+    from tqdm import tqdm
+
+    def command() -> int:
+        bar = tqdm(total=10, desc="render")
+        bar.update(3)
+        raise Interrupted(signal.SIGINT)
+
+    assert edge.run(command, ["render"]) == 130
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1].startswith("interrupted: nothing half-written was kept"), lines[-3:]
+    assert "render:" in "\n".join(lines[:-1])
