@@ -59,6 +59,22 @@ class GaussianAvatarModel(nn.Module):
                                    gaussians.sh, camera_for(K, size), R.float(), t.float(),
                                    sh_degree=self.head.config.sh_degree)  # fmt: skip
 
+    def composite_pixels(self, raster: RasterOutput, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
+                         uv: torch.Tensor, idx: torch.Tensor,
+                         background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """The head ``raster`` over the torso field over ``background`` [H*W, 3] at flat pixels ``idx`` only.
+
+        Why a subset: training and pose fitting score the pixels near the head and a share of the
+        rest, and the torso field runs per scored pixel.  ``uv`` [H*W, 2] are the pixel centres / size.
+        Returns (rgb [P, 3], head alpha [P], torso alpha [P], the torso deformation for its regulariser).
+        """
+        size = raster.alpha.shape[-1]
+        head_c, head_a = raster.color.reshape(-1, 3)[idx], raster.alpha.reshape(-1)[idx]
+        code = self.torso.pose_code(R[None].float(), t[None].float(), K.float(), size)
+        torso_rgb, torso_a, offset = self.torso(uv[idx], code.expand(len(idx), -1))
+        under = torso_a[:, None] * torso_rgb + (1 - torso_a[:, None]) * background[idx]
+        return head_c + (1 - head_a[:, None]) * under, head_a, torso_a, offset
+
     def render(self, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, motion: torch.Tensor,
                background: torch.Tensor, size: int) -> dict[str, torch.Tensor]:  # fmt: skip
         """One differentiable frame [size, size] from the training camera.

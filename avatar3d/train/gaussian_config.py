@@ -34,6 +34,8 @@ class GaussianOptimConfig:
     lr_sh: float = 1e-2
     lr_grid: float = 1e-2  # the torso field's hash grid
     lr_net: float = 2e-3  # the torso field's MLPs
+    lr_pose: float = 5e-4  # the pose-correction knots (pose_knot_frames > 0), rad and 0.1 m units
+    pose_refine_start: int = 500  # poses are corrected only once the Gaussians have a shape to align
     lr_final_factor: float = 0.1
 
 
@@ -82,6 +84,9 @@ class GaussianTrainConfig:
     time_budget_s: float = 0.0  # stop when this much training time has passed (0: run all steps)
     frames_per_step: int = 1
     neck_band_px: int = 0  # neck pixels this near the head label are the head's to cover (hull and masks)
+    pose_knot_frames: int = 0
+    """> 0: learn smooth corrections of the tracked head poses (a knot every this many frames, from
+    ``optim.pose_refine_start``); with ``eval.held_out_pose_fit`` the held-out frames are then re-tracked."""
     checkpoint_every: int = 250
     seed: int = 0
     threads: int = 0
@@ -92,9 +97,8 @@ class GaussianTrainConfig:
             raise Avatar3DError(f"train config: backend {self.backend!r} in a Gaussian config; use backend: gaussians")
         if self.resolution < 16 or self.steps < 1 or self.frames_per_step < 1:
             raise Avatar3DError("train config: need resolution >= 16, steps >= 1 and frames_per_step >= 1")
-        if self.eval.held_out_pose_fit is not None:
-            raise Avatar3DError("train config: eval.held_out_pose_fit is not available for backend gaussians yet; "
-                                "remove it from the YAML")
+        if self.pose_knot_frames < 0:
+            raise Avatar3DError("train config: pose_knot_frames must be >= 0 (0: no pose refinement)")
 
 
 AnyTrainConfig = TrainConfig | GaussianTrainConfig

@@ -13,6 +13,7 @@ SIGTERM write one first.  The closing held-out score renders through the avatar 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -36,11 +37,13 @@ from avatar3d.io.atomic import write_json_atomic, write_text_atomic
 from avatar3d.nerf.backend import load_extension, requested_backend
 from avatar3d.nerf.encoding import HASHGRID_SPEC
 from avatar3d.nerf.model import image_pixels
+from avatar3d.nerf.pose_correction import PoseCorrection
 from avatar3d.train.checkpoint import CHECKPOINT_NAME, load_state, restore, save_checkpoint
 from avatar3d.train.config import plain
 from avatar3d.train.gaussian_config import (GaussianOptimConfig, GaussianTrainConfig, gaussian_config_from_yaml,
                                             gaussian_config_to_yaml)
 from avatar3d.train.gaussian_density import GradientStats, densify
+from avatar3d.train.gaussian_pose import corrected_pose, fit_gaussian_poses
 from avatar3d.train.gaussian_seed import seed_head
 from avatar3d.train.hull import neck_band
 from avatar3d.train.losses import opacity_bce
@@ -50,7 +53,8 @@ from avatar3d.train.trainer import CONFIG_NAME, HISTORY_NAME, evaluate_frames, i
 HEAD_BOX_PAD_PX = 4  # every pixel within this of the head label's box is scored each step
 
 
-def _lr_groups(model: GaussianAvatarModel, config: GaussianOptimConfig) -> list[dict[str, Any]]:
+def _lr_groups(model: GaussianAvatarModel, config: GaussianOptimConfig,
+               correction: PoseCorrection | None) -> list[dict[str, Any]]:  # fmt: skip
     """One Adam group per kind of tensor, each with its own base rate (``name`` finds it again after density control)."""
     h = model.head
     rates = {"face_offset": config.lr_position, "rigid_means": config.lr_position,
@@ -63,11 +67,14 @@ def _lr_groups(model: GaussianAvatarModel, config: GaussianOptimConfig) -> list[
     nets = [p for p in model.torso.parameters() if p is not model.torso.encoding.table]
     groups += [{"params": grid, "lr": config.lr_grid, "base_lr": config.lr_grid, "name": "torso_grid"},
                {"params": nets, "lr": config.lr_net, "base_lr": config.lr_net, "name": "torso_net"}]
+    if correction is not None:
+        groups.append({"params": [correction.knots], "lr": config.lr_pose, "base_lr": config.lr_pose, "name": "pose"})
     return groups
 
 
-def _optimizer(model: GaussianAvatarModel, config: GaussianOptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(_lr_groups(model, config), betas=(0.9, 0.999), eps=1e-15)
+def _optimizer(model: GaussianAvatarModel, config: GaussianOptimConfig,
+               correction: PoseCorrection | None = None) -> torch.optim.Optimizer:  # fmt: skip
+    return torch.optim.Adam(_lr_groups(model, config, correction), betas=(0.9, 0.999), eps=1e-15)
 
 
 class FrameTargets:
@@ -98,19 +105,21 @@ class FrameTargets:
 
 
 def frame_loss(model: GaussianAvatarModel, data: SubjectData, i: int, cache: dict[str, torch.Tensor],
-               target: FrameTargets, config: GaussianTrainConfig) -> tuple[dict[str, torch.Tensor], Any]:  # fmt: skip
-    """Loss terms of training frame ``i`` and its raster output (for the density statistics)."""
+               target: FrameTargets, config: GaussianTrainConfig,
+               correction: PoseCorrection | None = None) -> tuple[dict[str, torch.Tensor], Any]:  # fmt: skip
+    """Loss terms of training frame ``i`` and its raster output (for the density statistics).
+
+    ``correction``: the learned pose corrections, applied to (and learning from) this frame's pose.
+    """
     r, cfg = data.resolution, config.loss
     motion = torch.from_numpy(data.motion([i])[0])
     R, t = torch.from_numpy(data.R[i]).float(), torch.from_numpy(data.t[i]).float()
+    if correction is not None:  # the learned correction of this frame's tracked head pose
+        R, t = corrected_pose(correction, i, R, t)
     gaussians = model.head(motion)
     raster = model.splat(gaussians, cache["K"], R, t, r)
-    idx = target.idx
-    head_c, head_a = raster.color.reshape(-1, 3)[idx], raster.alpha.reshape(-1)[idx]
-    code = model.torso.pose_code(R[None], t[None], cache["K"], r)
-    torso_rgb, torso_a, offset = model.torso(cache["uv"][idx], code.expand(len(idx), -1))
-    under = torso_a[:, None] * torso_rgb + (1 - torso_a[:, None]) * cache["bg"][idx]
-    rgb = head_c + (1 - head_a[:, None]) * under
+    rgb, head_a, torso_a, offset = model.composite_pixels(raster, cache["K"], R, t, cache["uv"], target.idx,
+                                                          cache["bg"])  # fmt: skip
     photo = (target.weight * (rgb - target.rgb).abs().mean(-1)).sum() / target.weight.sum()
     head_mask = opacity_bce(head_a[target.head_ok], target.head[target.head_ok])
     torso_mask = opacity_bce(torso_a[target.torso_ok], target.torso[target.torso_ok])
@@ -168,7 +177,12 @@ def train_gaussians(
         head_state = {k[len("head."):]: v for k, v in state["model"].items() if k.startswith("head.")}
         head = GaussianHead.sized_like(config.avatar.head, head_state)
     model = GaussianAvatarModel(config.avatar, head)
-    opt = _optimizer(model, config.optim)
+    correction = PoseCorrection(data.n_frames, config.pose_knot_frames) if config.pose_knot_frames > 0 else None
+    if correction is not None:
+        correction.set_gauge(data.train_ids)  # the corrections' mean over the training frames stays zero
+        if state is not None and "pose_knots" in state:
+            correction.knots.data.copy_(state["pose_knots"])
+    opt = _optimizer(model, config.optim, correction)
     torch_gen, np_gen = torch.Generator().manual_seed(config.seed), np.random.default_rng(config.seed)
     step, elapsed, history = 0, 0.0, []
     if state is not None:
@@ -196,7 +210,9 @@ def train_gaussians(
         saved_step = step
         save_checkpoint(out / CHECKPOINT_NAME, model=model, optimizer=opt, step=step, torch_gen=torch_gen,
                         np_gen=np_gen, extra={"elapsed_s": elapsed, "history": history, "density_total": stats.total,
-                                              "density_count": stats.count})  # fmt: skip
+                                              "density_count": stats.count,
+                                              **({"pose_knots": correction.knots.detach().clone()}
+                                                 if correction is not None else {})})  # fmt: skip
 
     def evaluate() -> dict[str, float]:
         metrics, images = evaluate_frames(scorer, data, eval_ids(data, config.eval.frames))
@@ -221,9 +237,10 @@ def train_gaussians(
             frames = np_gen.choice(data.train_ids, config.frames_per_step)
             opt.zero_grad(set_to_none=True)
             rasters, terms = [], {}
+            corr = correction if step >= config.optim.pose_refine_start else None
             for f in frames:
                 target = FrameTargets(data, int(f), config, np_gen)
-                terms, raster = frame_loss(model, data, int(f), cache, target, config)
+                terms, raster = frame_loss(model, data, int(f), cache, target, config, corr)
                 (terms["total"] / len(frames)).backward()
                 rasters.append(raster)
             for raster in rasters:
@@ -261,28 +278,57 @@ def train_gaussians(
     result: dict[str, Any] = {"step": step, "elapsed_s": round(elapsed, 1), "finished": finished,
                               "gaussians": model.head.n_gaussians}  # fmt: skip
     if finished:
-        evaluate()
-        checkpoint()
-        final_ids = eval_ids(data, config.eval.final_frames or len(data.val_ids) or len(data.train_ids))
-        result["val"] = evaluate_frames(scorer, data, final_ids)[0]
-        result["val_frames"] = len(final_ids)
-        gaussian_bundle(model, data, config).save(out / AVATAR_FILE)
+        try:  # the steps are all checkpointed: a signal here loses only the final evaluation
+            evaluate()
+            checkpoint()
+            final_ids = eval_ids(data, config.eval.final_frames or len(data.val_ids) or len(data.train_ids))
+            result["val"] = evaluate_frames(scorer, data, final_ids)[0]
+            R, t = _training_poses(correction, data)
+            fit = config.eval.held_out_pose_fit
+            if fit is not None and len(data.val_ids):
+                log(f"[train] re-tracking the {len(data.val_ids)} held-out frames' head poses photometrically")
+                R[data.val_ids], t[data.val_ids] = fit_gaussian_poses(model, data, data.val_ids, fit, cache)
+                result["val_tracked"] = result["val"]
+                result["val"] = evaluate_frames(scorer, dataclasses.replace(data, R=R, t=t), final_ids)[0]
+            result["val_frames"] = len(final_ids)
+            gaussian_bundle(model, data, config, poses=(R, t)).save(out / AVATAR_FILE)
+        except Interrupted as exc:
+            writer.close()
+            raise Interrupted(exc.signum, interrupted_message(subject, out, step, config.steps)
+                              + " (training was done; the final evaluation and the avatar file were not)") from None
         val = result["val"]
         log(f"[train] {step} steps in {elapsed:.0f} s, {model.head.n_gaussians} Gaussians; held-out PSNR "
             f"({len(final_ids)} frames) full {val['psnr_full']:.2f} / head {val['psnr_head']:.2f} / mouth "
-            f"{val['psnr_mouth']:.2f} dB -> {out / AVATAR_FILE}")
+            f"{val['psnr_mouth']:.2f} dB" + (f" (re-tracked poses; landmark-tracked: head "
+                                              f"{result['val_tracked']['psnr_head']:.2f} dB)"
+                                              if "val_tracked" in result else "") + f" -> {out / AVATAR_FILE}")
     writer.close()
     return result
 
 
-def gaussian_bundle(model: GaussianAvatarModel, data: SubjectData, config: GaussianTrainConfig) -> AvatarBundle:
-    """The inference bundle (``backend: gaussians``): weights, model config, camera, plate, the subject's poses and motion."""
+def _training_poses(correction: PoseCorrection | None, data: SubjectData) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the subject's poses with the training frames as the Gaussians saw them (learned corrections)."""
+    R, t = data.R.copy(), data.t.copy()
+    if correction is not None:
+        ids = data.train_ids
+        R[ids], t[ids] = (a[ids] for a in correction.corrected_poses(data.R, data.t))
+    return R, t
+
+
+def gaussian_bundle(model: GaussianAvatarModel, data: SubjectData, config: GaussianTrainConfig,
+                    poses: tuple[np.ndarray, np.ndarray] | None = None) -> AvatarBundle:  # fmt: skip
+    """The inference bundle (``backend: gaussians``): weights, model config, camera, plate, the subject's poses and motion.
+
+    ``poses``: the refined poses (learned on training frames, re-tracked on held-out ones) saved as
+    ``R``/``t``; the landmark-tracked ones are kept as ``R_tracked``/``t_tracked``.
+    """
+    R, t = poses if poses is not None else (data.R, data.t)
     return AvatarBundle(
         backend=GaussianAvatar.backend, config=plain(to_dict(config.avatar)),
         state={k: v.detach().clone() for k, v in model.state_dict().items()}, motion_dim=model.motion_dim,
         n_frames=data.n_frames, resolution=data.resolution, K=data.K,
         background=(data.background * 255).round().astype(np.uint8), expression_names=list(data.expression_names),
-        R=data.R, t=data.t, R_tracked=data.R, t_tracked=data.t, fps=data.fps, expression=data.expression,
+        R=R, t=t, R_tracked=data.R, t_tracked=data.t, fps=data.fps, expression=data.expression,
         blink=data.blink, train_ids=data.train_ids, val_ids=data.val_ids, subject=str(data.root))
 
 
