@@ -134,6 +134,11 @@ def blink_events(blink: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return np.array([s + int(np.argmax(blink[s:e + 1])) for s, e in zip(starts, ends)], dtype=np.int64)
 
 
+def blinks_seen(blink: np.ndarray) -> bool:
+    """Whether a [N, eyes] closure track holds at least one blink (what ``--blink auto`` can imitate)."""
+    return len(blink_events(np.asarray(blink).mean(axis=1))) > 0
+
+
 def blink_shape(blink: np.ndarray, peaks: np.ndarray, half_width: int) -> np.ndarray:
     """[2 * half_width + 1, eyes] average closure above rest around the peaks (a raised cosine if none)."""
     rest = np.median(blink, axis=0)
@@ -141,14 +146,21 @@ def blink_shape(blink: np.ndarray, peaks: np.ndarray, half_width: int) -> np.nda
                if p - half_width >= 0 and p + half_width < len(blink)]  # fmt: skip
     if windows:
         return np.clip(np.mean(windows, axis=0), 0.0, None)
-    x = np.linspace(-1.0, 1.0, 2 * half_width + 1)
-    return np.repeat((0.5 + 0.5 * np.cos(np.pi * x))[:, None] * (1.0 - rest)[None], blink.shape[1], axis=1)
+    x = np.linspace(-1.0, 1.0, 2 * half_width + 1)  # peaks only at the clip's ends: their depth, a raised cosine
+    depth = np.clip(blink[peaks].mean(axis=0) - rest, 0.0, None) if len(peaks) else 1.0 - rest
+    return (0.5 + 0.5 * np.cos(np.pi * x))[:, None] * depth[None]
 
 
 def sample_blinks(n: int, fps: float, subject_blink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """[n, eyes] blink track: the subject's blink shape at intervals drawn from its own inter-blink intervals."""
+    """[n, eyes] blink track: the subject's blink shape at intervals drawn from its own inter-blink intervals.
+
+    A subject whose clip shows no blink keeps its eyes at rest: the avatar never saw them closed,
+    and a closure it must invent looks worse than none (see :func:`blinks_seen`).
+    """
     rest = np.median(subject_blink, axis=0)
     peaks = blink_events(subject_blink.mean(axis=1))
+    if len(peaks) == 0:
+        return np.repeat(rest[None], n, axis=0).astype(np.float32)
     intervals = np.diff(peaks) / fps
     half = max(1, int(round(0.12 * fps)))  # a blink lasts ~0.25 s
     shape = blink_shape(subject_blink, peaks, half)
@@ -219,6 +231,9 @@ def build_tracks(
         expr[:, j] = rest + config.mouth_scale * (curve - rest)
     if config.blink == "auto":
         blinks = sample_blinks(n_frames, fps, blink[train_ids], np.random.default_rng(config.seed))
+        if not blinks_seen(blink[train_ids]):
+            log("[render] blinks: the training clip shows none, so the eyes stay open (--blink auto draws the "
+                "subject's own blinks)")
     elif config.blink == "off":
         blinks = np.repeat(np.median(blink[train_ids], axis=0)[None], n_frames, axis=0).astype(np.float32)
     elif pose is not None and pose.blink is not None:

@@ -84,3 +84,18 @@ def test_a_model_channel_the_avatar_lacks_is_refused() -> None:
     subj, _ = _subject()
     with pytest.raises(Avatar3DError, match="tongueOut"):
         build_tracks({"tongueOut": np.zeros(10, np.float32)}, 10, FPS, train_ids=np.arange(100), **subj)
+
+
+def test_a_subject_that_never_blinks_keeps_its_eyes_open_and_a_blink_at_the_clip_end_still_counts() -> None:
+    """Real clips: a short or small-faced clip may show no blink (or one cut by the clip's end)."""
+    subj, _ = _subject()
+    rest = np.full((300, 2), 0.05)
+    logged: list[str] = []
+    tracks = build_tracks({}, 200, FPS, train_ids=np.arange(300), config=DriveConfig(blink="auto"), log=logged.append,
+                          **{**subj, "blink": rest})  # fmt: skip
+    assert tracks.blink.shape == (200, 2) and np.allclose(tracks.blink, 0.05)
+    assert any("eyes stay open" in line for line in logged)
+    edge = rest.copy()
+    edge[-2:] = 0.9  # one blink, cut by the end of the clip: no full window around its peak
+    track = sample_blinks(600, FPS, edge, np.random.default_rng(0))
+    assert track.shape == (600, 2) and track.max() > 0.8 and len(blink_events(track.mean(axis=1))) >= 2
