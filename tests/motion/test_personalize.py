@@ -47,6 +47,11 @@ def test_personalized_model_beats_base_and_mean_and_speaks_in_the_subjects_scale
     base = np.stack(list(load_default().predict(audio, 25, n).values()), axis=1)
     assert np.abs(pred.mean(0) - tracked_mean).mean() < 0.5 * np.abs(base.mean(0) - tracked_mean).mean()
     assert pred[:, 0].std() > 0.005  # the jaw still moves with the speech
+    # ... as widely as the subject's own jaw moves: the calibration keeps the spread (least squares shrank it
+    # by the correlation, so on a real 5 s clip the new-speech mouth opened a fifth as wide as the subject's)
+    jaw = speech.targets[slice(*speech.train)][speech.valid[slice(*speech.train)], 0]
+    print(f"jaw spread on new speech {pred[:, 0].std():.4f}, the subject's own {jaw.std():.4f}")
+    assert 0.6 * jaw.std() < pred[:, 0].std() < 1.6 * jaw.std()
 
 
 def test_pretrain_reads_a_folder_of_prepared_subjects(prepared_subject, tmp_path) -> None:
@@ -79,3 +84,27 @@ def test_bad_subjects_are_one_line_errors(prepared_subject, tmp_path, capsys) ->
     assert main(["motion", "pretrain", str(not_subject), "-o", str(tmp_path / "z.pt"), "--steps", "1"]) == 2
     assert "no prepared subject folders" in capsys.readouterr().err
     assert not any(p.suffix == ".pt" for p in tmp_path.iterdir())  # nothing half-written
+
+
+def test_calibration_keeps_the_subjects_spread_when_the_prediction_correlates_weakly() -> None:
+    """A few seconds of a real person: the base prediction correlates ~0.4 with the tracked mouth. Least squares
+    would scale it by that correlation (a mouth that barely opens); the calibration matches the spread."""
+    from avatar3d.motion.personalize import calibrate_output
+
+    rng = np.random.default_rng(0)
+    n, k = 120, len(MOUTH_BLENDSHAPES)
+    signal = rng.normal(size=(n, k))
+    logit_target = -2.0 + 0.8 * signal
+    logit_pred = -1.0 + 0.5 * (0.4 * signal + np.sqrt(1 - 0.4**2) * rng.normal(size=(n, k)))
+    target, pred = 1 / (1 + np.exp(-logit_target)), 1 / (1 + np.exp(-logit_pred))
+    model = load_default()
+    head = model.net.head
+    w0, b0 = head.weight.detach().clone(), head.bias.detach().clone()
+    calibrate_output(model, pred, target, np.arange(n))
+    w1, w0 = head.weight.detach().reshape(k, -1).double(), w0.reshape(k, -1).double()
+    slope = ((w1 * w0).sum(1) / (w0 * w0).sum(1)).numpy()  # each output row was scaled by its slope
+    offset = (head.bias.detach().double() - torch.from_numpy(slope) * b0.double()).numpy()
+    calibrated = offset + slope * logit_pred
+    ratio = calibrated.std(0) / logit_target.std(0)
+    assert np.all((ratio > 0.9) & (ratio < 1.1)), ratio
+    assert np.abs(calibrated.mean(0) - logit_target.mean(0)).max() < 0.05
