@@ -37,6 +37,10 @@ class GaussianAvatar(Avatar):
         model.eval()
         return cls(model.to(device), bundle)
 
+    def _trained_size(self) -> int | None:
+        """The resolution the Gaussians were fitted at (None while training scores itself: no bundle yet)."""
+        return int(self.bundle.resolution) if self.bundle is not None else None
+
     def to(self, device: torch.device | str) -> "GaussianAvatar":
         self.model.to(device)
         self.device = torch.device(device)
@@ -45,7 +49,7 @@ class GaussianAvatar(Avatar):
     @torch.no_grad()
     def render_frame(self, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, motion: torch.Tensor,
                      background: torch.Tensor, size: int) -> dict[str, torch.Tensor]:  # fmt: skip
-        out = self.model.render(K.float(), R.float(), t.float(), motion.float(), background, size)
+        out = self.model.render(K.float(), R.float(), t.float(), motion.float(), background, size, self._trained_size())
         return {"rgb": out["rgb"].clamp(0, 1), "head_alpha": out["head_alpha"], "torso_alpha": out["torso_alpha"],
                 "depth": out["depth"]}  # fmt: skip
 
@@ -63,7 +67,8 @@ class GaussianAvatar(Avatar):
         K_head[0, 0] *= focal_scale
         K_head[1, 1] *= focal_scale
         eye = torch.tensor([eye_offset_m, 0.0, 0.0], device=dev)
-        raster = model.splat(model.head(motion.float()), K_head, head_R.float(), (head_t - eye).float(), size)
+        raster = model.splat(model.head(motion.float()), K_head, head_R.float(), (head_t - eye).float(), size,
+                             self._trained_size())  # fmt: skip
         R0, t0 = torso_R.double().cpu().numpy(), torso_t.double().cpu().numpy()
         R1, t1 = head_R.double().cpu().numpy(), (head_t - eye).double().cpu().numpy()
         Rc = R1 @ R0.T
