@@ -21,6 +21,7 @@ from avatar3d.errors import Avatar3DError, DiskFullError, ResourceError
 __all__ = [
     "available_memory", "free_disk", "check_disk", "check_memory",
     "estimate_render_bytes", "check_render_memory", "estimate_train_bytes", "check_train_memory",
+    "estimate_gaussian_train_bytes", "check_gaussian_train_memory",
     "estimate_prep_disk", "estimate_video_disk", "estimate_train_disk", "hash_grid_params",
     "long_job_notice", "warn", "speech_frames_from_text", "RENDER_SECONDS_PER_PIXEL", "SYNTH_SECONDS_PER_PIXEL", "LONG_JOB_FRAMES", "ANNOUNCE_FRAMES",
 ]  # fmt: skip
@@ -39,6 +40,10 @@ TRAIN_FIXED_BYTES = 1_500_000_000  # interpreter, torch, the face model, kernels
 TRAIN_BYTES_PER_PARAM = 16  # float32 parameter + gradient + Adam's two moments
 TRAIN_BYTES_PER_SAMPLE = 1200  # forward activations kept for backward, per ray sample (hash grid + MLPs)
 TRAIN_FRAME_BYTES_PER_PIXEL = 4  # the memory-mapped frame store: RGB + label, uint8, once touched
+# The Gaussian avatar renders whole frames: what grows is the pixels of a step (torso-field activations kept
+# for backward, the rasterizer's per-pixel and per-tile buffers). Measured: configs/gaussians_cpu.yaml at 128²
+# with 30,000 Gaussians peaked at 1.24-1.61 GB on the real clips (125-550 frames); the estimate gives 1.59-1.62.
+GAUSSIAN_BYTES_PER_PIXEL = 4000
 
 # Disk (bytes written per output frame; generous for real, noisy footage: the synthetic clips compress
 # to ~0.005 B a pixel, camera footage to ~0.05).
@@ -132,6 +137,23 @@ def estimate_train_bytes(resolution: int, n_frames: int, rays_per_step: int, max
     """Peak memory of one training step: fixed + optimiser state + ray samples + the touched frame store."""
     return int(TRAIN_FIXED_BYTES + TRAIN_BYTES_PER_PARAM * n_params + TRAIN_BYTES_PER_SAMPLE * rays_per_step
                * max_samples + TRAIN_FRAME_BYTES_PER_PIXEL * n_frames * resolution * resolution)  # fmt: skip
+
+
+def estimate_gaussian_train_bytes(resolution: int, n_frames: int, frames_per_step: int, n_params: int) -> int:
+    """Peak memory of one Gaussian-avatar training step: fixed + optimiser state + whole-frame buffers + frames."""
+    pixels = int(resolution) * int(resolution)
+    return int(TRAIN_FIXED_BYTES + TRAIN_BYTES_PER_PARAM * n_params + GAUSSIAN_BYTES_PER_PIXEL * pixels
+               * int(frames_per_step) + TRAIN_FRAME_BYTES_PER_PIXEL * n_frames * pixels)  # fmt: skip
+
+
+def check_gaussian_train_memory(resolution: int, n_frames: int, frames_per_step: int, n_params: int,
+                                available: int | None = None) -> None:  # fmt: skip
+    """:class:`ResourceError` (exit 6) when a Gaussian avatar's training cannot fit in the available memory."""
+    need = estimate_gaussian_train_bytes(resolution, n_frames, frames_per_step, n_params)
+    check_memory(need, f"training a Gaussian avatar at {resolution}x{resolution}, {frames_per_step} frame(s) a step, "
+                 f"{n_params / 1e6:.1f} M parameters and {n_frames} frames",
+                 "use a smaller preset (e.g. --config gaussians_tiny) or a YAML with a lower resolution or "
+                 "density.max_gaussians, or free memory first", available)  # fmt: skip
 
 
 def check_train_memory(resolution: int, n_frames: int, rays_per_step: int, max_samples: int, n_params: int,

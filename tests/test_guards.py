@@ -50,3 +50,23 @@ def test_long_jobs_are_said_up_front_and_need_yes_above_the_limit() -> None:
     assert long_job_notice(LONG_JOB_FRAMES + 1, 25, 0.1, True, "this synth") is not None
     # the issue's 20,000-character text became 35,620 frames at 25 fps: the estimate is within 1 %
     assert abs(speech_frames_from_text("x" * 20_000, 25) - 35_620) < 356
+
+
+def test_gaussian_train_estimate_covers_the_measured_peak_and_refuses_with_the_numbers() -> None:
+    """configs/gaussians_cpu.yaml peaked at 1.24-1.61 GB on the real clips (125-550 frames, tools/bench/real.py)."""
+    from avatar3d.guards import check_gaussian_train_memory, estimate_gaussian_train_bytes
+    from avatar3d.nerf.fields import TorsoField
+    from avatar3d.train.gaussian_config import load_train_config
+    from avatar3d.train.guard import gaussian_model_parameters
+
+    config = load_train_config(CONFIGS / "gaussians_cpu.yaml")
+    torso = sum(p.numel() for p in TorsoField(config.avatar.torso).parameters())
+    per_gaussian = 3 + 4 + 3 + 1 + 3 * (config.avatar.head.sh_degree + 1) ** 2
+    bound = gaussian_model_parameters(config, 550)
+    built = config.density.max_gaussians * per_gaussian + torso  # a model at the cap
+    assert built <= bound <= 2 * built + 200_000  # an upper bound, not a wild one
+    need = estimate_gaussian_train_bytes(config.resolution, 550, config.frames_per_step, bound)
+    assert 0.95 * 1.61 <= need / 1e9 <= 1.5 * 1.61
+    with pytest.raises(ResourceError, match=r"training a Gaussian avatar at 512x512.* needs about \d+\.\d GB of "
+                                            r"memory, but 2\.0 GB is available; use a smaller preset"):  # fmt: skip
+        check_gaussian_train_memory(512, 5000, 4, 10_000_000, available=2 * 10**9)

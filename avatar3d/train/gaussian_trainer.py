@@ -44,6 +44,7 @@ from avatar3d.train.gaussian_config import (GaussianOptimConfig, GaussianTrainCo
                                             gaussian_config_to_yaml)
 from avatar3d.train.gaussian_density import GradientStats, densify
 from avatar3d.train.gaussian_pose import corrected_pose, fit_gaussian_poses
+from avatar3d.train.guard import check_train_resources
 from avatar3d.train.gaussian_seed import seed_head
 from avatar3d.train.hull import neck_band
 from avatar3d.train.losses import opacity_bce
@@ -161,6 +162,8 @@ def train_gaussians(
     """Trains (or resumes) a Gaussian avatar into ``out``; returns the final held-out metrics and timings."""
     out = Path(out)
     config, state = _prepare_run(out, config, resume)
+    if data is None:
+        check_train_resources(Path(subject), out, config, resumed=state is not None)
     if config.threads:
         torch.set_num_threads(config.threads)
     dev = resolve_device(config.device)

@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 
 from avatar3d.dataset.contract import CACHE_DIR, MANIFEST
-from avatar3d.guards import check_disk, check_train_memory, estimate_train_disk, hash_grid_params
+from avatar3d.guards import (check_disk, check_gaussian_train_memory, check_train_memory, estimate_train_disk,
+                             hash_grid_params)  # fmt: skip
 from avatar3d.train.config import TrainConfig
+from avatar3d.train.gaussian_config import GaussianTrainConfig
 
-__all__ = ["model_parameters", "check_train_resources"]
+__all__ = ["model_parameters", "gaussian_model_parameters", "check_train_resources"]
 
 MLP_PARAMS = 100_000  # the density, colour, deformation and attention nets together (< 60k in the presets)
 
@@ -27,7 +29,17 @@ def model_parameters(config: TrainConfig, n_frames: int) -> int:
     return grids + MLP_PARAMS + per_frame * n_frames
 
 
-def check_train_resources(subject: Path, out: Path, config: TrainConfig, resumed: bool = False) -> None:
+def gaussian_model_parameters(config: GaussianTrainConfig, n_frames: int) -> int:
+    """Upper bound of a Gaussian avatar's parameter count: the Gaussian cap, the torso field, pose knots."""
+    per_gaussian = 3 + 4 + 3 + 1 + 3 * (config.avatar.head.sh_degree + 1) ** 2  # position, rotation, scale, opacity, SH
+    torso = config.avatar.torso.grid
+    grid = hash_grid_params(torso.n_dims, torso.n_levels, torso.features_per_level, torso.log2_table_size)
+    knots = 6 * (n_frames // config.pose_knot_frames + 2) if config.pose_knot_frames > 0 else 0
+    return config.density.max_gaussians * per_gaussian + grid + MLP_PARAMS + knots
+
+
+def check_train_resources(subject: Path, out: Path, config: TrainConfig | GaussianTrainConfig,
+                          resumed: bool = False) -> None:  # fmt: skip
     """Exit 6 when the run cannot fit in the available memory, exit 5 when its outputs cannot fit on disk.
 
     A subject without a readable manifest is left to the loader, which names what is missing.
@@ -36,9 +48,13 @@ def check_train_resources(subject: Path, out: Path, config: TrainConfig, resumed
         n_frames = int(json.loads((Path(subject) / MANIFEST).read_text(encoding="utf-8"))["n_frames"])
     except (OSError, ValueError, KeyError, TypeError):
         return
-    n_params = model_parameters(config, n_frames)
-    check_train_memory(config.resolution, n_frames, config.sampler.rays_per_step, config.avatar.max_samples,
-                       n_params)  # fmt: skip
+    if isinstance(config, GaussianTrainConfig):
+        n_params = gaussian_model_parameters(config, n_frames)
+        check_gaussian_train_memory(config.resolution, n_frames, config.frames_per_step, n_params)
+    else:
+        n_params = model_parameters(config, n_frames)
+        check_train_memory(config.resolution, n_frames, config.sampler.rays_per_step, config.avatar.max_samples,
+                           n_params)  # fmt: skip
     cache = (Path(subject) / CACHE_DIR / f"r{config.resolution}").is_dir()
     need = estimate_train_disk(n_params, n_frames, config.resolution, cache_exists=cache)
     if cache or resumed:  # the cache lives in the subject folder, the checkpoint in the run folder
