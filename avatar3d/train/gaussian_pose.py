@@ -17,7 +17,7 @@ from avatar3d.dataset.reader import SubjectData
 from avatar3d.errors import Avatar3DError
 from avatar3d.gaussians.avatar_model import GaussianAvatarModel
 from avatar3d.nerf.pose_correction import PoseCorrection
-from avatar3d.train.pose_fit import PoseFitConfig
+from avatar3d.train.pose_fit import PoseFitConfig, frozen
 
 HEAD_BOX_PAD_PX = 6  # the fit scores every pixel within this of the head label's box
 
@@ -64,12 +64,7 @@ def fit_gaussian_poses(model: GaussianAvatarModel, data: SubjectData, ids: np.nd
     if len(fit_ids):
         opt = torch.optim.Adam([correction.knots], lr=config.lr, betas=(0.9, 0.99))
         rng = np.random.default_rng(config.seed)
-        was_training = model.training
-        frozen = [p for p in model.parameters() if p.requires_grad]
-        model.eval()
-        for p in frozen:
-            p.requires_grad_(False)
-        try:
+        with frozen(model):
             motions = {int(i): torch.from_numpy(data.motion([int(i)])[0]) for i in fit_ids}
             gaussians = {i: model.head(m) for i, m in motions.items()}  # frozen: one head per frame, reused
             for step in range(config.steps):
@@ -85,9 +80,5 @@ def fit_gaussian_poses(model: GaussianAvatarModel, data: SubjectData, ids: np.nd
                     rgb = model.composite_pixels(raster, cache["K"], R, t, cache["uv"], pixels[i], cache["bg"])[0]
                     (torch.mean((rgb - targets[i]) ** 2) / len(frames)).backward()
                 opt.step()
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
-            model.train(was_training)
     R, t = correction.corrected_poses(data.R, data.t)
     return R[ids], t[ids]

@@ -11,8 +11,10 @@ against the generator's true poses on the synthetic subjects (tools/bench/train.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -39,6 +41,22 @@ class PoseFitConfig:
     seed: int = 0
 
 
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` in eval mode with no parameter learning, restored afterwards: a fit of the poses alone."""
+    was_training = model.training
+    learning = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    for p in learning:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in learning:
+            p.requires_grad_(True)
+        model.train(was_training)
+
+
 def fit_poses(model: AvatarModel, data: SubjectData, ids: np.ndarray, sampler_config: SamplerConfig,
               config: PoseFitConfig | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Corrected head -> camera poses (R [len(ids), 3, 3], t [len(ids), 3]) of frames ``ids``.
@@ -59,12 +77,7 @@ def fit_poses(model: AvatarModel, data: SubjectData, ids: np.ndarray, sampler_co
     correction.gauge.zero_()  # the avatar fixes the frame already: no mean to remove
     opt = torch.optim.Adam([correction.knots], lr=config.lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(config.seed)
-    was_training = model.training
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
+    with frozen(model):
         for step in range(config.steps):
             for g in opt.param_groups:
                 g["lr"] = config.lr * 0.1 ** (step / max(config.steps - 1, 1))
@@ -75,9 +88,5 @@ def fit_poses(model: AvatarModel, data: SubjectData, ids: np.ndarray, sampler_co
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        model.train(was_training)
     R, t = correction.corrected_poses(data.R, data.t)
     return R[ids], t[ids]
