@@ -278,11 +278,13 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a trained avatar: head mesh, Live Link Face blendshape CSV",
+    p = sub.add_parser("export", help="export a trained avatar: head mesh, 3D Gaussians, Live Link Face CSV",
                        description="Write the canonical head at a neutral expression as a coloured mesh (metres, "
-                                   "glTF axes: +Y up, face toward +Z) and/or the training clip's tracked "
-                                   "blendshape curves and head rotation in the Live Link Face CSV layout.")
-    p.add_argument("avatar", type=Path, help="avatar folder written by `avatar3d train` (--mesh, --blendshapes), "
+                                   "glTF axes: +Y up, face toward +Z) or, for a Gaussian avatar, as 3D Gaussians "
+                                   "(3DGS PLY), and/or the training clip's tracked blendshape curves and head "
+                                   "rotation in the Live Link Face CSV layout.")
+    p.add_argument("avatar", type=Path, help="avatar folder written by `avatar3d train` (--mesh, --splat, "
+                   "--blendshapes), "
                    "or a prepared subject folder (--to-ernerf)")
     p.add_argument("--mesh", type=Path, help="output mesh: .glb, .ply or .obj (vertex colours)")
     p.add_argument("--mesh-resolution", type=_positive_int, default=192,
@@ -291,6 +293,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="decimate the mesh to at most N triangles (quadric edge collapse; default: keep all, ~80k)")
     p.add_argument("--threshold", type=_positive_float,
                    help="density iso-level in 1/m (default ln2/dt_min: one finest marching step is 50%% opaque)")
+    p.add_argument("--splat", type=Path, metavar="OUT.ply",
+                   help="Gaussian avatars: the neutral head's 3D Gaussians in the standard 3DGS PLY layout "
+                        "(splat viewers open it; head space, metres, +Y up)")
+    p.add_argument("--splat-zoom", type=_positive_float, default=1.0, metavar="Z",
+                   help="with --splat: widen sub-pixel splats for a viewer Z times the training size "
+                        "(default 1: as trained)")
     p.add_argument("--blendshapes", type=Path, help="output .csv: per-frame ARKit weights + head rotation "
                    "(Live Link Face layout) of the avatar's training clip")
     p.add_argument("--to-ernerf", type=Path, metavar="DIR",
@@ -305,7 +313,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    for flag, path in (("--mesh", args.mesh), ("--blendshapes", args.blendshapes)):
+    for flag, path in (("--mesh", args.mesh), ("--splat", args.splat), ("--blendshapes", args.blendshapes)):
         if path is not None:
             edge.output_file(path, flag)
     if args.to_ernerf is not None:
@@ -313,26 +321,38 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.speech_encoder is not None or args.encoder_layer != -1:
         raise Avatar3DError("--speech-encoder / --encoder-layer write ER-NeRF audio features: use them with "
                             "--to-ernerf DIR")
-    if args.mesh is None and args.blendshapes is None:
-        raise Avatar3DError("nothing to export: pass --mesh OUT.glb|ply|obj and/or --blendshapes OUT.csv "
-                            "(avatar folder), or --to-ernerf DIR (subject folder)")
+    if args.splat_zoom != 1.0 and args.splat is None:
+        raise Avatar3DError("--splat-zoom widens the splats of --splat OUT.ply: use it with --splat")
+    if args.mesh is None and args.blendshapes is None and args.splat is None:
+        raise Avatar3DError("nothing to export: pass --mesh OUT.glb|ply|obj, --splat OUT.ply and/or --blendshapes "
+                            "OUT.csv (avatar folder), or --to-ernerf DIR (subject folder)")
     # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
     from avatar3d.export.ernerf import folder_kind
 
     if folder_kind(args.avatar) == "subject":
-        raise Avatar3DError(f"{args.avatar} is a prepared subject folder; --mesh / --blendshapes need an avatar "
+        raise Avatar3DError(f"{args.avatar} is a prepared subject folder; --mesh / --splat / --blendshapes need an avatar "
                             "folder written by `avatar3d train` (a subject converts with --to-ernerf DIR)")
     if args.mesh is not None:
         # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
         from avatar3d.export.mesh import MeshExportConfig, check_mesh_path, export_mesh
 
         check_mesh_path(args.mesh)
+    if args.splat is not None:
+        # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
+        from avatar3d.export.splat import check_splat_path, export_splat
+
+        check_splat_path(args.splat)
     if args.blendshapes is not None:
         # lazy: a command's modules load only when it runs (`avatar3d --help` answers in 0.1 s, not ~3 s)
         from avatar3d.export.livelink import export_blendshapes
 
         info = export_blendshapes(args.avatar, args.blendshapes)
         print(f"  blendshapes  {info['path']} ({info['frames']} frames at {info['fps']:g} fps)")
+    if args.splat is not None:
+        splats = export_splat(args.avatar, args.splat, args.splat_zoom)
+        ex = splats.extent_m
+        print(f"  splat        {splats.path}: {splats.n_gaussians} Gaussians (SH degree {splats.sh_degree}), "
+              f"{ex[0]:.3f} x {ex[1]:.3f} x {ex[2]:.3f} m, {splats.seconds:.1f} s")  # fmt: skip
     if args.mesh is not None:
         report = export_mesh(args.avatar, args.mesh, MeshExportConfig(resolution=args.mesh_resolution,
                                                                       threshold=args.threshold,
