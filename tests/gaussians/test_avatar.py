@@ -7,6 +7,11 @@ session's prepared synthetic subject; every check reads it through ``load_avatar
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +26,10 @@ from avatar3d.config import load_config
 from avatar3d.dataset.reader import load_subject
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.image_metrics import head_mask, psnr
+from avatar3d.export.splat import neutral_gaussians, read_splat_ply, splat_fields
 from avatar3d.io.video import probe_video, read_video
 from avatar3d.train.checkpoint import CHECKPOINT_NAME, load_state
-from avatar3d.train.gaussian_config import GaussianTrainConfig
+from avatar3d.train.gaussian_config import GaussianTrainConfig, gaussian_config_to_yaml
 from avatar3d.nerf.model import image_pixels
 from avatar3d.train.gaussian_pose import fit_gaussian_poses
 from avatar3d.train.gaussian_trainer import train_gaussians
@@ -31,6 +37,7 @@ from avatar3d.train.pose_fit import PoseFitConfig
 from avatar3d.train.trainer import evaluate_frames
 
 STEPS = 250
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +157,42 @@ def test_a_render_larger_than_the_training_size_shows_the_surface_not_gaps(gauss
     assert np.mean(values) > 31.0
 
 
+def test_export_splat_writes_the_3dgs_layout_that_reads_back_and_renders_as_the_avatar(gaussian_avatar, tiny_avatar_run,
+                                                                                          tmp_path, capsys) -> None:  # fmt: skip
+    """`export --splat` writes what a splat viewer reads (checked with trimesh's PLY reader, not ours): the standard
+    property order, logit opacity, log scale, channel-major f_rest; read back, the Gaussians splat to the avatar's
+    own neutral head. A NeRF avatar is a one-line error naming its backend, and no file is left."""
+    import trimesh
+
+    out, avatar, data = gaussian_avatar
+    ply = tmp_path / "head.ply"
+    assert main(["export", str(out), "--splat", str(ply)]) == 0
+    neutral = neutral_gaussians(avatar)
+    n, k = neutral.sh.shape[:2]
+    raw = trimesh.load(ply).metadata["_ply_raw"]["vertex"]["data"]
+    assert list(raw.dtype.names) == splat_fields(3 * (k - 1)) and len(raw) == n == avatar.model.head.n_gaussians
+    np.testing.assert_allclose(raw["f_rest_0"], neutral.sh[:, 1, 0], atol=1e-6)  # red's first band-1 coefficient
+    np.testing.assert_allclose(raw[f"f_rest_{k - 1}"], neutral.sh[:, 1, 1], atol=1e-6)  # then green's
+    np.testing.assert_allclose(raw["scale_2"], torch.log(neutral.scales[:, 2]), atol=1e-5)
+    np.testing.assert_allclose(raw["opacity"], torch.logit(neutral.opacities.clamp(1e-7, 1 - 1e-7)), atol=1e-3)
+    back = read_splat_ply(ply)
+    torch.testing.assert_close(back.means, neutral.means)
+    torch.testing.assert_close(back.sh, neutral.sh)
+    K, R, t, _, _ = _frame(data, int(data.val_ids[0]))
+    ours = avatar.model.splat(neutral, K, R, t, 64).color
+    theirs = avatar.model.splat(back, K, R, t, 64).color
+    assert float(ours.abs().mean()) > 0.05 and float((ours - theirs).abs().max()) < 1e-3
+    wide = read_splat_ply(tmp_path / "wide.ply") if main(["export", str(out), "--splat", str(tmp_path / "wide.ply"),
+                                                          "--splat-zoom", "4"]) == 0 else None  # fmt: skip
+    assert wide is not None and bool((wide.scales >= back.scales - 1e-6).all()) and float(wide.scales.min()) > float(back.scales.min())
+    capsys.readouterr()
+    nerf = tiny_avatar_run[0]
+    assert main(["export", str(nerf), "--splat", str(tmp_path / "nerf.ply")]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nerf avatar" in err and "--mesh" in err, err
+    assert not (tmp_path / "nerf.ply").exists()
+
+
 def _rotation_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Angles (degrees) of the rotations a_i^T b_i."""
     cos = (np.einsum("nij,nij->n", a, b) - 1.0) / 2.0
@@ -206,3 +249,36 @@ def test_resume_continues_a_run_whose_gaussian_count_changed(avatar_subject, tmp
     poses = [AvatarBundle.load(run).R[ids] for run in (straight, split)]
     assert _rotation_deg(poses[0], AvatarBundle.load(straight).R_tracked[ids]).max() > 1e-4
     np.testing.assert_allclose(poses[0], poses[1], atol=1e-5)
+
+
+def test_sigkill_mid_checkpoint_write_then_resume_finishes(avatar_subject, tmp_path) -> None:
+    """kill -9 while a checkpoint is being written (its size changes as density control adds Gaussians):
+    the last complete checkpoint loads and `--resume` finishes the run."""
+    cfg = load_config(GaussianTrainConfig, "gaussians_tiny")
+    cfg = dataclasses.replace(cfg, steps=60, checkpoint_every=5,
+                              density=dataclasses.replace(cfg.density, every=5, start=5, stop_fraction=1.0))
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(gaussian_config_to_yaml(cfg))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "avatar3d.cli", "train", str(avatar_subject), "-o", str(run), "--config", str(cfg_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    killed_mid_write = False
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            temps = list(run.glob(".checkpoint.tmp-*")) if run.is_dir() else []
+            if temps and (run / CHECKPOINT_NAME).is_file():  # a later checkpoint is being written over an earlier one
+                proc.send_signal(signal.SIGKILL)
+                killed_mid_write = True
+                break
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert killed_mid_write, "never caught a checkpoint being written"
+    state = load_state(run / CHECKPOINT_NAME)
+    assert 5 <= state["step"] < 60
+    result = train_gaussians(avatar_subject, run, None, resume=True, progress=False, log=lambda s: None)
+    assert result["finished"] and result["step"] == 60 and load_avatar(run).backend == "gaussians"
