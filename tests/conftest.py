@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.real_clips import REAL_PREP_SIZE
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -98,3 +100,25 @@ def tiny_avatar_run(avatar_subject: Path, tmp_path_factory: pytest.TempPathFacto
     (parent / "result.json").write_text(json.dumps(result))
     _mark_built(parent)
     return out, result
+
+
+@pytest.fixture(scope="session")
+def real_subject(tmp_path_factory: pytest.TempPathFactory):
+    """``real_subject(clip)``: a shared real clip prepared at 256² with at least its last second held out, once
+    per session, on first use (~6 s for a 5 s clip, ~25 s for the 22.5 s one: most of it tracking and parsing)."""
+    from avatar3d.io.video import probe_video
+    from data_prep.decode import DecodeConfig
+    from data_prep.pipeline import PrepConfig, evaluation_hold_out, prepare
+
+    out = tmp_path_factory.mktemp("real_subjects")
+    done: dict[str, Path] = {}
+
+    def get(clip: Path) -> Path:
+        if clip.name not in done:
+            hold_out = evaluation_hold_out(float(probe_video(clip).duration))  # >= 1 s held out, as tools/bench/real.py
+            prepare(clip, out / clip.stem, PrepConfig(decode=DecodeConfig(size=REAL_PREP_SIZE), val_fraction=hold_out),
+                    progress=False, log=lambda _: None)  # fmt: skip
+            done[clip.name] = out / clip.stem
+        return done[clip.name]
+
+    return get

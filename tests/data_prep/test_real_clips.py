@@ -25,33 +25,13 @@ from avatar3d.io.audio import read_wav
 from avatar3d.io.video import VideoWriter, probe_video, read_video
 from avatar3d.vision.face_mesh import FaceMeshDetector
 from data_prep.decode import DecodeConfig, decode
-from data_prep.pipeline import PrepConfig, prepare
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared" / "real"
-CLIPS = sorted(SHARED.glob("*.mp4")) if SHARED.is_dir() else []
-SIZE = 256
+from tests.real_clips import REAL_CLIPS as CLIPS, REAL_PREP_SIZE as SIZE, SHARED_REAL as SHARED
+
 MAX_MEAN_RESIDUAL_PX = 1.5  # at 256²; measured 0.59-0.70 px on the three shared clips
 
 pytestmark = pytest.mark.skipif(not CLIPS, reason=f"no real clips in {SHARED} (shared evaluation data, "
                                                   "never in the repository)")
-
-
-@pytest.fixture(scope="session")
-def real_subject(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
-    """``real_subject(clip)``: the clip prepared at 256², once per session, on first use (~15 s for a
-    5 s clip, ~55-120 s for the 22.5 s one on 2 loaded cores: most of it tracking and parsing)."""
-    out = tmp_path_factory.mktemp("real_subjects")
-    done: dict[str, Path] = {}
-
-    def get(clip: Path) -> Path:
-        if clip.name not in done:
-            prepare(clip, out / clip.stem, PrepConfig(decode=DecodeConfig(size=SIZE)), progress=False,
-                    log=lambda _: None)
-            done[clip.name] = out / clip.stem
-        return done[clip.name]
-
-    return get
 
 
 @pytest.mark.parametrize("clip", CLIPS, ids=[c.stem for c in CLIPS])

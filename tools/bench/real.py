@@ -63,7 +63,7 @@ from avatar3d.io.video import probe_video, read_video  # noqa: E402
 from avatar3d.render.drive import DriveConfig  # noqa: E402
 from avatar3d.render.speech import SpeechSource, render_from_speech  # noqa: E402
 from avatar3d.train.gaussian_config import load_train_config  # noqa: E402
-from data_prep.pipeline import PrepConfig, prepare  # noqa: E402
+from data_prep.pipeline import PrepConfig, evaluation_hold_out, prepare  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "real"
 HOLD_OUT_S = 1.0  # at least this much of the clip's end is held out ...
@@ -75,8 +75,7 @@ SHEET_PANEL = 256  # smallest panel side of the contact sheet
 
 def hold_out_fraction(clip: Path) -> float:
     """The val fraction prep gets: the longer of 1 s and 10 % (a hair over 1 s so rounding keeps >= 1 s)."""
-    duration = float(probe_video(clip).duration)
-    return max(HOLD_OUT_FRACTION, (HOLD_OUT_S + 0.02) / max(duration, 1e-6))
+    return evaluation_hold_out(float(probe_video(clip).duration), HOLD_OUT_S, HOLD_OUT_FRACTION)
 
 
 def train_child(subject: Path, avatar: Path, config: Path, minutes: float, work: Path,
