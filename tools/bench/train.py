@@ -164,7 +164,8 @@ def main() -> None:
         for label, poses in variants_of_run:
             metrics, images = evaluate_frames(loaded, poses, ids)
             metrics["lpips_full"] = lpips_full(images, [data.image(int(i)) for i in ids])
-            rows[label] = {k: (round(v, 3) if v is not None else None) for k, v in metrics.items()}
+            rows[label] = {k: (round(v, 4 if k.startswith("lpips") else 3) if v is not None else None)
+                           for k, v in metrics.items()}
             if not use_gt:
                 rows[label].update(pose_errors(synth, poses))
         if name == "tracked":
@@ -175,7 +176,7 @@ def main() -> None:
     print(f"\n{'run (poses)':<20}{'PSNR full':>10}{'head':>8}{'mouth':>8}{'SSIM full':>10}{'head':>8}{'mouth':>8}"
           f"{'LPIPS':>8}{'rot err train':>14}{'val':>7}")
     for name, m in rows.items():
-        lp = f"{m['lpips_full']:>8.3f}" if m["lpips_full"] is not None else f"{'n/a':>8}"
+        lp = f"{m['lpips_full']:>8.4f}" if m["lpips_full"] is not None else f"{'n/a':>8}"
         rot = f"{m['rot_train_deg']:>13.2f}°{m['rot_val_deg']:>6.2f}°" if "rot_val_deg" in m else f"{'(truth)':>14}"
         print(f"{name:<20}{m['psnr_full']:>10.2f}{m['psnr_head']:>8.2f}{m['psnr_mouth']:>8.2f}"
               f"{m['ssim_full']:>10.3f}{m['ssim_head']:>8.3f}{m['ssim_mouth']:>8.3f}{lp}{rot}")

@@ -8,7 +8,11 @@ cache is missing) for a few steps and reports the process's peak resident memory
 end into private (anonymous) and file-backed (the memory-mapped cache) pages, against the
 float32 and uint8 in-RAM sizes of the frames as references.
 
-Usage: python tools/bench/train_memory.py SUBJECT [--config configs/gpu_512.yaml] [--steps 10] [--device cpu]
+Either backend: the config's ``backend:`` picks the trainer (``--config gaussians_cpu --resolution 512`` for the
+Gaussian avatar, which has no 512² preset yet).
+
+Usage: python tools/bench/train_memory.py SUBJECT [--config configs/gpu_512.yaml] [--resolution R] [--steps 10]
+       [--device cpu]
 Last line: one JSON object.
 """
 from __future__ import annotations
@@ -24,9 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from avatar3d.config import load_config  # noqa: E402
 from avatar3d.dataset.reader import load_subject  # noqa: E402
-from avatar3d.train.config import TrainConfig  # noqa: E402
+from avatar3d.train.gaussian_config import GaussianTrainConfig, load_train_config  # noqa: E402
+from avatar3d.train.gaussian_trainer import train_gaussians  # noqa: E402
 from avatar3d.train.trainer import train  # noqa: E402
 
 
@@ -45,11 +49,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("subject", type=Path)
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "gpu_512.yaml")
+    ap.add_argument("--resolution", type=int, help="train at this size instead of the config's")
     ap.add_argument("--steps", type=int, default=10, help="training steps after loading (0: load only)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    config = load_config(TrainConfig, args.config)
-    config = dataclasses.replace(config, steps=max(1, args.steps), time_budget_s=0.0, checkpoint_every=10**9,
+    config = load_train_config(args.config)
+    gaussian = isinstance(config, GaussianTrainConfig)
+    config = dataclasses.replace(config, steps=max(1, args.steps), resolution=args.resolution or config.resolution, time_budget_s=0.0, checkpoint_every=10**9,
                                  eval=dataclasses.replace(config.eval, every=0, frames=1, held_out_pose_fit=None),
                                  device=args.device)  # fmt: skip
     cache_built = not (args.subject / "cache" / f"r{config.resolution}" / "cache.json").is_file()
@@ -61,7 +67,8 @@ def main() -> None:
     if args.steps > 0:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            train(args.subject, Path(tmp) / "avatar", config, data=data, progress=True)
+            (train_gaussians if gaussian else train)(args.subject, Path(tmp) / "avatar", config, data=data,  # type: ignore[arg-type]
+                                                     progress=True)  # fmt: skip
             train_s = time.perf_counter() - t0
     end = memory_status()
     n, r = data.n_frames, data.resolution
@@ -69,7 +76,7 @@ def main() -> None:
     uint8_mb = n * r * r * 3 / 2**20
     cache_mb = sum(f.stat().st_size for f in (args.subject / "cache" / f"r{r}").glob("*.npy")) / 2**20
     print(f"subject {args.subject}: {n} frames at {r}²; load {load_s:.0f} s ({'cache built' if cache_built else 'cached'}),"
-          f" {args.steps} steps {train_s:.0f} s on {args.device}")
+          f" {args.steps} steps {train_s:.0f} s on {args.device}, {'Gaussian' if gaussian else 'NeRF'} avatar")
     print(f"{'what':<46}{'MB':>10}{'vs float32 frames':>19}")
     rows = [("frames as float32 in RAM (reference)", float32_mb), ("frames as uint8 in RAM (reference)", uint8_mb),
             ("uint8 cache on disk (frames + labels)", cache_mb),
@@ -80,7 +87,7 @@ def main() -> None:
             ("  file-backed (mapped cache pages) at the end", end["file_mb"])]  # fmt: skip
     for name, mb in rows:
         print(f"{name:<46}{mb:>10.0f}{mb / float32_mb:>18.1%}")
-    print(json.dumps({"frames": n, "resolution": r, "steps": args.steps, "device": args.device,
+    print(json.dumps({"backend": "gaussians" if gaussian else "nerf", "frames": n, "resolution": r, "steps": args.steps, "device": args.device,
                       "float32_frames_mb": round(float32_mb), "cache_mb": round(cache_mb), **end,
                       "rss_after_load_mb": after_load["rss_mb"], "peak_rss_load_mb": after_load["peak_rss_mb"],
                       "cache_built": cache_built}))
