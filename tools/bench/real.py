@@ -17,7 +17,10 @@ Figures that need more than the evaluation already computes:
     consecutive held-out frame pairs, quietest by the tracked landmarks' median motion (the avatar's
     motion input is fitted to them); rendered and reference, over the same pairs.
   * mouth amplitude: p95 - p5 of MediaPipe's mouth opening (inner-lip gap / eye-corner distance) on
-    each new-speech render, divided by the same on the subject's whole prepared clip (its own speech).
+    each new-speech render, divided by the same on the subject's whole prepared clip (its own speech)
+    **at the render's size**: MediaPipe reads a smaller lip gap on a smaller image (a real clip: 0.60x
+    at 128² of its 512² figure), so every reference figure (mouth, blinks, sync) is measured on the
+    prepared clip area-resized to the render size.
   * blinks: the held-out span is 1-2 s, under the 5 s a per-minute rate needs
     (avatar3d.eval.landmark_metrics.MIN_RATE_DURATION_S), so held-out blinks are counts (rendered /
     reference) and the *rate* compared is the new-speech render's against the subject's whole clip.
@@ -59,7 +62,7 @@ from avatar3d.eval.image_metrics import head_mask  # noqa: E402
 from avatar3d.eval.landmark_metrics import blink_rate, detect_landmarks, eye_aspect_ratio  # noqa: E402
 from avatar3d.eval.sync import measure_video_sync  # noqa: E402
 from avatar3d.io.atomic import json_safe  # noqa: E402
-from avatar3d.io.video import probe_video, read_video  # noqa: E402
+from avatar3d.io.video import VideoWriter, probe_video, read_video  # noqa: E402
 from avatar3d.render.drive import DriveConfig  # noqa: E402
 from avatar3d.render.speech import SpeechSource, render_from_speech  # noqa: E402
 from avatar3d.train.gaussian_config import load_train_config  # noqa: E402
@@ -141,10 +144,21 @@ def amplitude(curve: np.ndarray) -> float:
     return float(np.percentile(c, 95) - np.percentile(c, 5)) if c.size >= 10 else float("nan")
 
 
+def reference_at(subject: Path, size: int, work: Path) -> Path:
+    """The subject's prepared clip area-resized to ``size``² (no audio): what the renders are compared with."""
+    out = work / f"reference_{size}.mp4"
+    if not out.is_file():
+        with VideoWriter(out, probe_video(subject / FRAMES).fps) as writer:
+            for frame in read_video(subject / FRAMES):
+                writer.write(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA))
+    return out
+
+
 def new_speech(avatar: Path, subject: Path, wavs: list[Path], work: Path, size: int) -> dict:
-    """Render each driving wav; sync, blink rate and mouth amplitude against the subject's own clip."""
-    ref_sync, ref_mouth, _ = measure_video_sync(subject / FRAMES, subject / AUDIO)
-    ref_lm = detect_landmarks(read_video(subject / FRAMES), video=False)
+    """Render each driving wav; sync, blink rate and mouth amplitude against the subject's own clip (at ``size``)."""
+    reference = reference_at(subject, size, work)
+    ref_sync, ref_mouth, _ = measure_video_sync(reference, subject / AUDIO)
+    ref_lm = detect_landmarks(read_video(reference), video=False)
     fps = float(probe_video(subject / FRAMES).fps)
     ref_blink = blink_rate(eye_aspect_ratio(ref_lm), fps)
     ref_amp = amplitude(ref_mouth)
