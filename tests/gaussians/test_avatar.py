@@ -7,12 +7,7 @@ session's prepared synthetic subject; every check reads it through ``load_avatar
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,8 +31,9 @@ from avatar3d.train.gaussian_trainer import train_gaussians
 from avatar3d.train.pose_fit import PoseFitConfig
 from avatar3d.train.trainer import evaluate_frames
 
+from tests.checkpoint_kill import sigkill_while_checkpointing
+
 STEPS = 250
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -261,23 +257,7 @@ def test_sigkill_mid_checkpoint_write_then_resume_finishes(avatar_subject, tmp_p
     cfg_path.write_text(gaussian_config_to_yaml(cfg))
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "avatar3d.cli", "train", str(avatar_subject), "-o", str(run), "--config", str(cfg_path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
-    killed_mid_write = False
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            temps = list(run.glob(".checkpoint.tmp-*")) if run.is_dir() else []
-            if temps and (run / CHECKPOINT_NAME).is_file():  # a later checkpoint is being written over an earlier one
-                proc.send_signal(signal.SIGKILL)
-                killed_mid_write = True
-                break
-            time.sleep(0.002)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert killed_mid_write, "never caught a checkpoint being written"
+    assert sigkill_while_checkpointing(cmd, run), "never caught a checkpoint being written"
     state = load_state(run / CHECKPOINT_NAME)
     assert 5 <= state["step"] < 60
     result = train_gaussians(avatar_subject, run, None, resume=True, progress=False, log=lambda s: None)

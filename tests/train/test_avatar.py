@@ -6,11 +6,7 @@ tracked poses) and every behaviour a user relies on is measured on it.
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +23,8 @@ from avatar3d.face.motion_regions import face_motion_regions
 from avatar3d.train.checkpoint import CHECKPOINT_NAME, load_state
 from avatar3d.train.config import TrainConfig, config_to_yaml
 from avatar3d.train.trainer import evaluate_frames, train
+
+from tests.checkpoint_kill import sigkill_while_checkpointing
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -167,23 +165,7 @@ def test_sigkill_mid_checkpoint_leaves_a_loadable_checkpoint(subject_copy, tmp_p
     cfg_path.write_text(config_to_yaml(cfg))
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "avatar3d.cli", "train", str(subject_copy), "-o", str(run), "--config", str(cfg_path)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    killed_mid_write = False
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            temps = list(run.glob(".checkpoint.tmp-*")) if run.is_dir() else []
-            if temps and (run / CHECKPOINT_NAME).is_file():  # a second checkpoint is being written
-                proc.send_signal(signal.SIGKILL)
-                killed_mid_write = True
-                break
-            time.sleep(0.002)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert killed_mid_write, "never caught a checkpoint being written"
+    assert sigkill_while_checkpointing(cmd, run), "never caught a checkpoint being written"
     state = load_state(run / CHECKPOINT_NAME)
     assert 5 <= state["step"] < 60
     result = train(subject_copy, run, None, resume=True, progress=False, log=lambda s: None)
