@@ -13,7 +13,6 @@ SIGTERM write one first.  The closing held-out score renders through the avatar 
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -38,7 +37,7 @@ from avatar3d.nerf.backend import load_extension, requested_backend
 from avatar3d.nerf.encoding import HASHGRID_SPEC
 from avatar3d.nerf.model import image_pixels
 from avatar3d.nerf.pose_correction import PoseCorrection
-from avatar3d.train.checkpoint import CHECKPOINT_NAME, load_state, restore, save_checkpoint
+from avatar3d.train.checkpoint import CHECKPOINT_NAME, restore, save_checkpoint
 from avatar3d.train.config import plain
 from avatar3d.train.gaussian_config import (GaussianOptimConfig, GaussianTrainConfig, gaussian_config_from_yaml,
                                             gaussian_config_to_yaml)
@@ -49,7 +48,8 @@ from avatar3d.train.gaussian_seed import seed_head
 from avatar3d.train.hull import neck_band
 from avatar3d.train.losses import opacity_bce
 from avatar3d.train.sampler import label_edges
-from avatar3d.train.trainer import CONFIG_NAME, HISTORY_NAME, evaluate_frames, interrupted_message, resolve_device
+from avatar3d.train.trainer import (CONFIG_NAME, HISTORY_NAME, eval_ids, evaluate_frames, final_line, final_scores,
+                                    interrupted_message, prepare_run, resolve_device)
 
 HEAD_BOX_PAD_PX = 4  # every pixel within this of the head label's box is scored each step
 
@@ -132,28 +132,6 @@ def frame_loss(model: GaussianAvatarModel, data: SubjectData, i: int, cache: dic
             "surface": surface}, raster  # fmt: skip
 
 
-def _prepare_run(out: Path, config: GaussianTrainConfig | None,
-                 resume: bool) -> tuple[GaussianTrainConfig, dict[str, Any] | None]:  # fmt: skip
-    ckpt, saved = out / CHECKPOINT_NAME, out / CONFIG_NAME
-    if resume:
-        if not ckpt.is_file() or not saved.is_file():
-            raise Avatar3DError(f"{out}: nothing to resume ({CHECKPOINT_NAME} missing): drop --resume to start a run")
-        saved_cfg = gaussian_config_from_yaml(saved.read_text(), str(saved))
-        if config is not None and to_dict(config) != to_dict(saved_cfg):
-            raise Avatar3DError(f"{saved}: the run was started with another config; drop --config to resume it, "
-                                "or train into a new folder")  # fmt: skip
-        return saved_cfg, load_state(ckpt)
-    if ckpt.is_file():
-        raise Avatar3DError(f"{out} already holds a training run: pass --resume to continue it, or choose a new folder")
-    return config or GaussianTrainConfig(), None
-
-
-def eval_ids(data: SubjectData, n: int) -> np.ndarray:
-    """``n`` evenly spaced held-out frames (the training frames when there are none)."""
-    ids = data.val_ids if len(data.val_ids) else data.train_ids
-    return ids[np.linspace(0, len(ids) - 1, max(1, min(n, len(ids)))).round().astype(int)]
-
-
 def train_gaussians(
     subject: str | Path, out: str | Path, config: GaussianTrainConfig | None = None, *, resume: bool = False,
     progress: bool = True, log: Callable[[str], None] = print, data: SubjectData | None = None,
@@ -161,7 +139,7 @@ def train_gaussians(
 ) -> dict[str, Any]:  # fmt: skip
     """Trains (or resumes) a Gaussian avatar into ``out``; returns the final held-out metrics and timings."""
     out = Path(out)
-    config, state = _prepare_run(out, config, resume)
+    config, state = prepare_run(out, config, resume, gaussian_config_from_yaml, GaussianTrainConfig)
     if data is None:
         check_train_resources(Path(subject), out, config, resumed=state is not None)
     if config.threads:
@@ -284,27 +262,17 @@ def train_gaussians(
         try:  # the steps are all checkpointed: a signal here loses only the final evaluation
             evaluate()
             checkpoint()
-            final_ids = eval_ids(data, config.eval.final_frames or len(data.val_ids) or len(data.train_ids))
-            result["val"] = evaluate_frames(scorer, data, final_ids)[0]
-            R, t = _training_poses(correction, data)
             fit = config.eval.held_out_pose_fit
-            if fit is not None and len(data.val_ids):
-                log(f"[train] re-tracking the {len(data.val_ids)} held-out frames' head poses photometrically")
-                R[data.val_ids], t[data.val_ids] = fit_gaussian_poses(model, data, data.val_ids, fit, cache)
-                result["val_tracked"] = result["val"]
-                result["val"] = evaluate_frames(scorer, dataclasses.replace(data, R=R, t=t), final_ids)[0]
-            result["val_frames"] = len(final_ids)
+            scores, R, t = final_scores(scorer, data, config.eval, _training_poses(correction, data), log,
+                                        None if fit is None else lambda ids: fit_gaussian_poses(model, data, ids, fit,
+                                                                                                cache))  # fmt: skip
+            result.update(scores)
             gaussian_bundle(model, data, config, poses=(R, t)).save(out / AVATAR_FILE)
         except Interrupted as exc:
             writer.close()
             raise Interrupted(exc.signum, interrupted_message(subject, out, step, config.steps)
                               + " (training was done; the final evaluation and the avatar file were not)") from None
-        val = result["val"]
-        log(f"[train] {step} steps in {elapsed:.0f} s, {model.head.n_gaussians} Gaussians; held-out PSNR "
-            f"({len(final_ids)} frames) full {val['psnr_full']:.2f} / head {val['psnr_head']:.2f} / mouth "
-            f"{val['psnr_mouth']:.2f} dB" + (f" (re-tracked poses; landmark-tracked: head "
-                                              f"{result['val_tracked']['psnr_head']:.2f} dB)"
-                                              if "val_tracked" in result else "") + f" -> {out / AVATAR_FILE}")
+        log(final_line(result, step, elapsed, f", {model.head.n_gaussians} Gaussians", out / AVATAR_FILE))
     writer.close()
     return result
 

@@ -20,7 +20,7 @@ import math
 import shlex
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from avatar3d.nerf.encoding import HASHGRID_SPEC
 from avatar3d.nerf.model import AvatarModel
 from avatar3d.nerf.raymarch import RAYMARCH_SPEC
 from avatar3d.train.checkpoint import CHECKPOINT_NAME, load_state, restore, save_checkpoint
-from avatar3d.train.config import OptimConfig, TrainConfig, config_from_yaml, config_to_yaml, plain
+from avatar3d.train.config import OptimConfig, TrainConfig, TrainEvalConfig, config_from_yaml, config_to_yaml, plain
 from avatar3d.train.guard import check_train_resources
 from avatar3d.train.hull import carve_head_hull
 from avatar3d.train.losses import losses
@@ -105,25 +105,33 @@ def _optimizer(model: AvatarModel, config: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
 
 
-def _eval_ids(data: SubjectData, n: int) -> np.ndarray:
+def eval_ids(data: SubjectData, n: int) -> np.ndarray:
+    """``n`` evenly spaced held-out frames (the training frames when there are none)."""
     ids = data.val_ids if len(data.val_ids) else data.train_ids
     return ids[np.linspace(0, len(ids) - 1, max(1, min(n, len(ids)))).round().astype(int)]
 
 
-def _prepare_run(out: Path, config: TrainConfig | None, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """Resolves the run's config and the checkpoint to resume from (None: fresh start)."""
+AnyConfig = TypeVar("AnyConfig")
+
+
+def prepare_run(out: Path, config: AnyConfig | None, resume: bool, from_yaml: Callable[[str, str], AnyConfig],
+                default: Callable[[], AnyConfig]) -> tuple[AnyConfig, dict[str, Any] | None]:  # fmt: skip
+    """Resolves a run's config and the checkpoint to resume from (None: fresh start), for either backend.
+
+    ``from_yaml`` reads the config the run saved (its backend's); ``default`` makes one when none is given.
+    """
     ckpt, saved = out / CHECKPOINT_NAME, out / CONFIG_NAME
     if resume:
         if not ckpt.is_file() or not saved.is_file():
             raise Avatar3DError(f"{out}: nothing to resume ({CHECKPOINT_NAME} missing): drop --resume to start a run")
-        saved_cfg = config_from_yaml(saved.read_text(), str(saved))
+        saved_cfg = from_yaml(saved.read_text(), str(saved))
         if config is not None and to_dict(config) != to_dict(saved_cfg):
             raise Avatar3DError(f"{saved}: the run was started with another config; drop --config to resume it, "
                                 "or train into a new folder")  # fmt: skip
         return saved_cfg, load_state(ckpt)
     if ckpt.is_file():
         raise Avatar3DError(f"{out} already holds a training run: pass --resume to continue it, or choose a new folder")
-    return config or TrainConfig(), None
+    return config if config is not None else default(), None
 
 
 def train(
@@ -137,7 +145,7 @@ def train(
     ``stop_after_steps`` ends this call early (tests simulate an interrupted run).
     """
     out = Path(out)
-    config, state = _prepare_run(out, config, resume)
+    config, state = prepare_run(out, config, resume, config_from_yaml, TrainConfig)
     if data is None:
         check_train_resources(Path(subject), out, config, resumed=state is not None)
     if config.threads:
@@ -171,7 +179,7 @@ def train(
     _load_kernels(dev, log)
     sampler = RaySampler(data, config.sampler)
     scorer = NerfAvatar(model, None)  # renders held-out frames through the avatar API, as eval does
-    eval_ids = _eval_ids(data, config.eval.frames)
+    scored_ids = eval_ids(data, config.eval.frames)
     writer = _tensorboard(out)
     last_stop = config.steps if stop_after_steps is None else min(config.steps, step + stop_after_steps)
     bar = _progress(progress, config.steps, step)
@@ -186,7 +194,7 @@ def train(
 
     def evaluate() -> dict[str, float]:
         model.eval()
-        metrics, images = evaluate_frames(scorer, data, eval_ids)
+        metrics, images = evaluate_frames(scorer, data, scored_ids)
         model.train()
         row = {"step": step, "elapsed_s": round(elapsed, 2), **{k: round(v, 4) for k, v in metrics.items()}}
         history.append(row)
@@ -194,7 +202,7 @@ def train(
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(f"val/{k}", v, step)
-            grid = np.concatenate([np.concatenate([p, data.image(int(i))], 1) for p, i in zip(images, eval_ids)], 0)
+            grid = np.concatenate([np.concatenate([p, data.image(int(i))], 1) for p, i in zip(images, scored_ids)], 0)
             writer.add_image("val/pred_vs_truth", grid.clip(0, 1), step, dataformats="HWC")
         return metrics
 
@@ -249,29 +257,53 @@ def train(
             evaluate()  # the history's last point
             checkpoint()
             model.eval()
-            final_ids = _eval_ids(data, config.eval.final_frames or len(data.val_ids) or len(data.train_ids))
-            result["val"] = evaluate_frames(scorer, data, final_ids)[0]
-            R, t = _training_poses(model, data)
-            if config.eval.held_out_pose_fit is not None and len(data.val_ids):
-                log(f"[train] re-tracking the {len(data.val_ids)} held-out frames' head poses photometrically")
-                R[data.val_ids], t[data.val_ids] = fit_poses(model, data, data.val_ids, config.sampler,
-                                                                config.eval.held_out_pose_fit)
-                result["val_tracked"] = result["val"]
-                result["val"] = evaluate_frames(scorer, dataclasses.replace(data, R=R, t=t), final_ids)[0]
+            fit = config.eval.held_out_pose_fit
+            scores, R, t = final_scores(scorer, data, config.eval, _training_poses(model, data), log,
+                                        None if fit is None else lambda ids: fit_poses(model, data, ids, config.sampler,
+                                                                                       fit))  # fmt: skip
+            result.update(scores)
             model.train()
-            result["val_frames"] = len(final_ids)
             nerf_bundle(model, data, config, poses=(R, t)).save(out / AVATAR_FILE)
-            val = result["val"]
-            log(f"[train] {step} steps in {elapsed:.0f} s; held-out PSNR ({len(final_ids)} frames) full "
-                f"{val['psnr_full']:.2f} / head {val['psnr_head']:.2f} / mouth {val['psnr_mouth']:.2f} dB"
-                + (f" (re-tracked poses; landmark-tracked: head {result['val_tracked']['psnr_head']:.2f} dB)"
-                   if "val_tracked" in result else "") + f" -> {out / AVATAR_FILE}")
+            log(final_line(result, step, elapsed, "", out / AVATAR_FILE))
         except Interrupted as exc:
             raise Interrupted(exc.signum, interrupted_message(subject, out, step, config.steps)
                               + " (training was done; the final evaluation and the avatar file were not)") from None
     if writer is not None:
         writer.close()
     return result
+
+
+Poses = tuple[np.ndarray, np.ndarray]  # R [N, 3, 3], t [N, 3]
+
+
+def final_scores(scorer: Avatar, data: SubjectData, eval_config: TrainEvalConfig, poses: Poses,
+                 log: Callable[[str], None],
+                 refit: Callable[[np.ndarray], Poses] | None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:  # fmt: skip
+    """A finished run's held-out scores, for either backend: with the landmark-tracked poses, then, when the
+    config re-tracks them, with the held-out poses ``refit`` returns (the avatar frozen).
+
+    ``poses``: the subject's poses with the training frames as the avatar saw them; returned with the
+    held-out frames re-tracked, as the avatar file keeps them.  Entries: ``val`` (the last scores),
+    ``val_tracked`` (the landmark-tracked ones, when re-tracked), ``val_frames``.
+    """
+    final_ids = eval_ids(data, eval_config.final_frames or len(data.val_ids) or len(data.train_ids))
+    scores: dict[str, Any] = {"val": evaluate_frames(scorer, data, final_ids)[0], "val_frames": len(final_ids)}
+    R, t = poses
+    if refit is not None and len(data.val_ids):
+        log(f"[train] re-tracking the {len(data.val_ids)} held-out frames' head poses photometrically")
+        R[data.val_ids], t[data.val_ids] = refit(data.val_ids)
+        scores["val_tracked"] = scores["val"]
+        scores["val"] = evaluate_frames(scorer, dataclasses.replace(data, R=R, t=t), final_ids)[0]
+    return scores, R, t
+
+
+def final_line(result: dict[str, Any], step: int, elapsed: float, extra: str, avatar_file: Path) -> str:
+    """The log line a finished run ends with: steps, time, held-out PSNR (re-tracked and landmark-tracked)."""
+    val = result["val"]
+    return (f"[train] {step} steps in {elapsed:.0f} s{extra}; held-out PSNR ({result['val_frames']} frames) full "
+            f"{val['psnr_full']:.2f} / head {val['psnr_head']:.2f} / mouth {val['psnr_mouth']:.2f} dB"
+            + (f" (re-tracked poses; landmark-tracked: head {result['val_tracked']['psnr_head']:.2f} dB)"
+               if "val_tracked" in result else "") + f" -> {avatar_file}")
 
 
 def interrupted_message(subject: str | Path, out: Path, step: int, steps: int) -> str:
