@@ -15,12 +15,13 @@ without the face model or the subject.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from avatar3d.gaussians.mirror import SH_C0
+from avatar3d.gaussians.residual import ResidualConfig, ResidualDeformation
 
 FACE, RIGID = "face", "rigid"
 GROUP_PARAMS = {  # per-Gaussian tensors of each group (parameters, then buffers), sliced together by density control
@@ -42,6 +43,8 @@ class GaussianHeadConfig:
     head_aabb: tuple[float, ...] = (-0.17, -0.22, -0.14, 0.17, 0.20, 0.17)
     """Canonical box (metres) the rigid Gaussians are seeded in: head, hair, ears, the top of the neck."""
     hull_resolution: int = 48  # visual-hull cells per axis over that box (seeding only)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+    """The learned motion-conditioned offset of the face Gaussians (avatar3d/gaussians/residual.py)."""
 
 
 @dataclass
@@ -53,6 +56,7 @@ class GaussianSet:
     scales: torch.Tensor  # [N, 3] linear
     opacities: torch.Tensor  # [N]
     sh: torch.Tensor  # [N, K, 3]
+    residual: torch.Tensor | None = None  # [N_face, 3] the learned offsets this frame (None: no residual field)
 
 
 def rgb_to_sh_dc(rgb: torch.Tensor) -> torch.Tensor:
@@ -123,6 +127,8 @@ class GaussianHead(nn.Module):
         self.rigid_log_scale = nn.Parameter(torch.full((n_rigid, 3), -6.0))
         self.rigid_opacity_logit = nn.Parameter(torch.zeros(n_rigid))
         self.rigid_sh = nn.Parameter(torch.zeros(n_rigid, k, 3))
+        self.residual = (ResidualDeformation(config.residual, motion_dim, config.head_aabb)
+                         if config.residual.enabled else None)  # fmt: skip
 
     @classmethod
     def sized_like(cls, config: GaussianHeadConfig, state: dict[str, torch.Tensor]) -> "GaussianHead":
@@ -154,6 +160,10 @@ class GaussianHead(nn.Module):
         rot = frames[self.face_tri]  # [Nf, 3, 3]
         anchor = (corners[self.face_tri] * self.face_bary[:, :, None]).sum(1)
         face_means = anchor + (rot @ self.face_offset[:, :, None]).squeeze(-1)
+        residual = None
+        if self.residual is not None:
+            residual = self.residual(self.rest_anchors(), motion)
+            face_means = face_means + residual
         face_quats = quat_multiply(rotmat_to_quat(rot), nn.functional.normalize(self.face_quat, dim=-1))
         return GaussianSet(
             means=torch.cat([face_means, self.rigid_means]),
@@ -161,4 +171,10 @@ class GaussianHead(nn.Module):
             scales=torch.exp(torch.cat([self.face_log_scale, self.rigid_log_scale])),
             opacities=torch.sigmoid(torch.cat([self.face_opacity_logit, self.rigid_opacity_logit])),
             sh=torch.cat([self.face_sh, self.rigid_sh]),
+            residual=residual,
         )
+
+    def rest_anchors(self) -> torch.Tensor:
+        """[N_face, 3] each face Gaussian's point on the undeformed mesh (what the residual field is read at)."""
+        with torch.no_grad():
+            return (self.base_vertices[self.triangles][self.face_tri] * self.face_bary[:, :, None]).sum(1)

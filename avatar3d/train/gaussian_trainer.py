@@ -68,6 +68,11 @@ def _lr_groups(model: GaussianAvatarModel, config: GaussianOptimConfig,
     nets = [p for p in model.torso.parameters() if p is not model.torso.encoding.table]
     groups += [{"params": grid, "lr": config.lr_grid, "base_lr": config.lr_grid, "name": "torso_grid"},
                {"params": nets, "lr": config.lr_net, "base_lr": config.lr_net, "name": "torso_net"}]
+    if h.residual is not None:
+        table = h.residual.encoding.table
+        groups += [{"params": [table], "lr": config.lr_grid, "base_lr": config.lr_grid, "name": "residual_grid"},
+                   {"params": [p for p in h.residual.parameters() if p is not table], "lr": config.lr_net,
+                    "base_lr": config.lr_net, "name": "residual_net"}]  # fmt: skip
     if correction is not None:
         groups.append({"params": [correction.knots], "lr": config.lr_pose, "base_lr": config.lr_pose, "name": "pose"})
     return groups
@@ -126,10 +131,13 @@ def frame_loss(model: GaussianAvatarModel, data: SubjectData, i: int, cache: dic
     torso_mask = opacity_bce(torso_a[target.torso_ok], target.torso[target.torso_ok])
     scale = torch.relu(gaussians.scales - cfg.max_scale_m).mean()
     surface = torch.relu(model.head.face_offset.norm(dim=-1) - cfg.surface_m).square().mean()
+    residual = (gaussians.residual / model.head.config.residual.max_offset_m).square().mean() \
+        if gaussians.residual is not None else torch.zeros(())
     total = (photo + cfg.head_mask_weight * head_mask + cfg.torso_mask_weight * torso_mask
-             + cfg.offset_weight * offset.square().mean() + cfg.scale_weight * scale + cfg.surface_weight * surface)  # fmt: skip
+             + cfg.offset_weight * offset.square().mean() + cfg.scale_weight * scale + cfg.surface_weight * surface
+             + cfg.residual_weight * residual)  # fmt: skip
     return {"total": total, "photo": photo, "head_mask": head_mask, "torso_mask": torso_mask, "scale": scale,
-            "surface": surface}, raster  # fmt: skip
+            "surface": surface, "residual": residual}, raster  # fmt: skip
 
 
 def train_gaussians(

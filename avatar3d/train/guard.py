@@ -30,12 +30,15 @@ def model_parameters(config: TrainConfig, n_frames: int) -> int:
 
 
 def gaussian_model_parameters(config: GaussianTrainConfig, n_frames: int) -> int:
-    """Upper bound of a Gaussian avatar's parameter count: the Gaussian cap, the torso field, pose knots."""
+    """Upper bound of a Gaussian avatar's parameter count: the Gaussian cap, the torso field, the residual field,
+    pose knots."""
     per_gaussian = 3 + 4 + 3 + 1 + 3 * (config.avatar.head.sh_degree + 1) ** 2  # position, rotation, scale, opacity, SH
     torso = config.avatar.torso.grid
     grid = hash_grid_params(torso.n_dims, torso.n_levels, torso.features_per_level, torso.log2_table_size)
+    res = config.avatar.head.residual
+    residual = hash_grid_params(3, res.n_levels, 2, res.log2_table_size) + MLP_PARAMS if res.enabled else 0
     knots = 6 * (n_frames // config.pose_knot_frames + 2) if config.pose_knot_frames > 0 else 0
-    return config.density.max_gaussians * per_gaussian + grid + MLP_PARAMS + knots
+    return config.density.max_gaussians * per_gaussian + grid + MLP_PARAMS + residual + knots
 
 
 def check_train_resources(subject: Path, out: Path, config: TrainConfig | GaussianTrainConfig,
