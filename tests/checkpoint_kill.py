@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,9 +13,12 @@ from avatar3d.train.checkpoint import CHECKPOINT_NAME
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sigkill_while_checkpointing(cmd: list[str], run: Path, timeout_s: float = 240.0) -> bool:
-    """Runs ``cmd`` (a `train` writing into ``run``) and kills it the moment a later checkpoint's temp file
-    appears beside an earlier checkpoint; True when it was caught mid-write."""
+def sigkill_while_checkpointing(subject: Path, run: Path, config_yaml: str, timeout_s: float = 240.0) -> bool:
+    """Runs `avatar3d train SUBJECT -o RUN` with ``config_yaml`` in a child process and kills it the moment a
+    later checkpoint's temp file appears beside an earlier checkpoint; True when it was caught mid-write."""
+    config = run.parent / f"{run.name}.yaml"
+    config.write_text(config_yaml)
+    cmd = [sys.executable, "-m", "avatar3d.cli", "train", str(subject), "-o", str(run), "--config", str(config)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
     deadline = time.time() + timeout_s

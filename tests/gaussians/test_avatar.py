@@ -7,7 +7,6 @@ session's prepared synthetic subject; every check reads it through ``load_avatar
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import numpy as np
 import pytest
@@ -268,11 +267,8 @@ def test_sigkill_mid_checkpoint_write_then_resume_finishes(avatar_subject, tmp_p
     cfg = load_config(GaussianTrainConfig, "gaussians_tiny")
     cfg = dataclasses.replace(cfg, steps=60, checkpoint_every=5,
                               density=dataclasses.replace(cfg.density, every=5, start=5, stop_fraction=1.0))
-    cfg_path = tmp_path / "tiny.yaml"
-    cfg_path.write_text(gaussian_config_to_yaml(cfg))
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "avatar3d.cli", "train", str(avatar_subject), "-o", str(run), "--config", str(cfg_path)]
-    assert sigkill_while_checkpointing(cmd, run), "never caught a checkpoint being written"
+    assert sigkill_while_checkpointing(avatar_subject, run, gaussian_config_to_yaml(cfg)), "never caught a checkpoint being written"
     state = load_state(run / CHECKPOINT_NAME)
     assert 5 <= state["step"] < 60
     result = train_gaussians(avatar_subject, run, None, resume=True, progress=False, log=lambda s: None)

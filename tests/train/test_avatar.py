@@ -6,7 +6,6 @@ tracked poses) and every behaviour a user relies on is measured on it.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,11 +160,8 @@ def test_resume_continues_exactly(subject_copy, tmp_path) -> None:
 
 def test_sigkill_mid_checkpoint_leaves_a_loadable_checkpoint(subject_copy, tmp_path) -> None:
     cfg = tiny_config(steps=60, checkpoint_every=5)
-    cfg_path = tmp_path / "tiny.yaml"
-    cfg_path.write_text(config_to_yaml(cfg))
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "avatar3d.cli", "train", str(subject_copy), "-o", str(run), "--config", str(cfg_path)]
-    assert sigkill_while_checkpointing(cmd, run), "never caught a checkpoint being written"
+    assert sigkill_while_checkpointing(subject_copy, run, config_to_yaml(cfg)), "never caught a checkpoint being written"
     state = load_state(run / CHECKPOINT_NAME)
     assert 5 <= state["step"] < 60
     result = train(subject_copy, run, None, resume=True, progress=False, log=lambda s: None)
