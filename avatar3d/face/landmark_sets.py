@@ -28,6 +28,9 @@ BROW_INNER = [107, 66, 55, 65, 336, 296, 285, 295]
 FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
              152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]  # == FACEMESH_FACE_OVAL
 
+JAW = [146, 91, 181, 84, 17, 314, 405, 321, 375,  # the lower lip without its corners
+       397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172]  # the chin and jaw line (face oval)
+
 FOREHEAD = 10  # upper forehead, on the midline
 CHIN = 152
 SUBNASALE = 2  # nose base, on the midline

@@ -6,7 +6,9 @@ placing each face Gaussian on its parent triangle (barycentric point + an offset
 local frame, its rotation composed with the triangle's) makes the mouth open and the eyes close
 with no learned motion at all; only appearance is learned.  Hair, ears, neck and the mouth interior
 are not on the face mesh: those Gaussians ("rigid") live in canonical head space and turn with the
-head pose only.
+head pose only -- except the lower part of the mouth interior (tongue, lower teeth), which follows
+the jaw: each rigid Gaussian has a jaw weight (0 for hair, ears, neck and the upper teeth), and the
+jaw's motion in a frame is the rigid fit of the deformed mesh's jaw vertices to their rest places.
 
 Everything is a plain torch op on [N, ...] tensors, so autograd carries the rasterizer's gradients
 to every parameter.  The mesh (identity and depth scale of the subject applied), its blendshapes
@@ -21,14 +23,14 @@ import torch
 from torch import nn
 
 from avatar3d.gaussians.mirror import SH_C0
-from avatar3d.gaussians.residual import ResidualConfig, ResidualDeformation
+from avatar3d.gaussians.residual import ResidualChange, ResidualConfig, ResidualDeformation
 
 FACE, RIGID = "face", "rigid"
 GROUP_PARAMS = {  # per-Gaussian tensors of each group (parameters, then buffers), sliced together by density control
     FACE: ("face_offset", "face_quat", "face_log_scale", "face_opacity_logit", "face_sh", "face_tri", "face_bary"),
-    RIGID: ("rigid_means", "rigid_quat", "rigid_log_scale", "rigid_opacity_logit", "rigid_sh"),
+    RIGID: ("rigid_means", "rigid_quat", "rigid_log_scale", "rigid_opacity_logit", "rigid_sh", "rigid_jaw"),
 }
-PER_GAUSSIAN_BUFFERS = ("face_tri", "face_bary")
+PER_GAUSSIAN_BUFFERS = ("face_tri", "face_bary", "rigid_jaw")
 
 
 @dataclass
@@ -38,7 +40,7 @@ class GaussianHeadConfig:
     sh_degree: int = 1  # view-dependent colour: 0 (flat) .. 3
     per_triangle: int = 4  # face Gaussians per face-model triangle at the start
     n_rigid: int = 4000  # hair / ears / neck Gaussians seeded on the visual hull's surface
-    n_mouth: int = 300  # mouth-interior Gaussians seeded behind the lips (rigid: not yet bound to the jaw)
+    n_mouth: int = 300  # mouth-interior Gaussians seeded behind the lips (those below the lip line follow the jaw)
     init_opacity: float = 0.5
     head_aabb: tuple[float, ...] = (-0.17, -0.22, -0.14, 0.17, 0.20, 0.17)
     """Canonical box (metres) the rigid Gaussians are seeded in: head, hair, ears, the top of the neck."""
@@ -56,7 +58,8 @@ class GaussianSet:
     scales: torch.Tensor  # [N, 3] linear
     opacities: torch.Tensor  # [N]
     sh: torch.Tensor  # [N, K, 3]
-    residual: torch.Tensor | None = None  # [N_face, 3] the learned offsets this frame (None: no residual field)
+    residual: torch.Tensor | None = None
+    """[N_face, 10] the residual field's change this frame in units of its bounds (None: no residual field)."""
 
 
 def rgb_to_sh_dc(rgb: torch.Tensor) -> torch.Tensor:
@@ -90,6 +93,15 @@ def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                         aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)  # fmt: skip
 
 
+def rigid_fit(rest: torch.Tensor, moved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R [3, 3], t [3]): the rotation and translation that best map points ``rest`` [J, 3] onto ``moved`` (Kabsch)."""
+    pc, qc = rest.mean(0), moved.mean(0)
+    u, _, vt = torch.linalg.svd((rest - pc).T @ (moved - qc))
+    d = torch.sign(torch.linalg.det(vt.T @ u.T))
+    R = vt.T @ torch.diag(torch.stack([torch.ones_like(d), torch.ones_like(d), d])) @ u.T
+    return R, qc - R @ pc
+
+
 def triangle_frames(vertices: torch.Tensor, triangles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per triangle: rotation [F, 3, 3] (columns: first edge, in-plane normal to it, face normal) and corners [F, 3, 3]."""
     corners = vertices[triangles]  # [F, 3 corners, 3]
@@ -105,8 +117,13 @@ class GaussianHead(nn.Module):
     """Face Gaussians on the deformed face mesh + rigid Gaussians; :meth:`forward` gives one frame's set."""
 
     def __init__(self, config: GaussianHeadConfig, motion_dim: int, n_vertices: int, n_expression: int,
-                 n_triangles: int, n_face: int, n_rigid: int) -> None:  # fmt: skip
-        """Zero-initialised tensors of these sizes: the seeding code (training) or a state dict (loading) fills them."""
+                 n_triangles: int, n_face: int, n_rigid: int, n_jaw: int = 0,
+                 motion_regions: tuple[tuple[float, ...], ...] | None = None) -> None:  # fmt: skip
+        """Zero-initialised tensors of these sizes: the seeding code (training) or a state dict (loading) fills them.
+
+        ``n_jaw``: how many face-model vertices define the jaw's motion; ``motion_regions``: where the
+        residual field may act (:func:`avatar3d.face.motion_regions.face_motion_regions`; a loaded state
+        brings its own)."""
         super().__init__()
         self.config = config
         self.motion_dim = motion_dim
@@ -127,15 +144,26 @@ class GaussianHead(nn.Module):
         self.rigid_log_scale = nn.Parameter(torch.full((n_rigid, 3), -6.0))
         self.rigid_opacity_logit = nn.Parameter(torch.zeros(n_rigid))
         self.rigid_sh = nn.Parameter(torch.zeros(n_rigid, k, 3))
-        self.residual = (ResidualDeformation(config.residual, motion_dim, config.head_aabb)
+        self.register_buffer("rigid_jaw", torch.zeros(n_rigid))  # how much each rigid Gaussian follows the jaw
+        self.register_buffer("jaw_vertices", torch.zeros(n_jaw, dtype=torch.long))
+        regions = motion_regions if motion_regions else ((0.0, 0.0, 0.0, 1e3),)
+        self.residual = (ResidualDeformation(config.residual, motion_dim, config.head_aabb, regions)
                          if config.residual.enabled else None)  # fmt: skip
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # Heads saved before the jaw binding kept the whole mouth interior rigid.
+        state_dict.setdefault(prefix + "rigid_jaw", torch.zeros_like(self.rigid_jaw))
+        state_dict.setdefault(prefix + "jaw_vertices", torch.zeros_like(self.jaw_vertices))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def sized_like(cls, config: GaussianHeadConfig, state: dict[str, torch.Tensor]) -> "GaussianHead":
         """An empty head whose tensor sizes match ``state`` (keys relative to the head), ready for load_state_dict."""
         v, ke = state["expression_basis"].shape[1], state["expression_basis"].shape[0]
+        jaw = state.get("jaw_vertices")
         return cls(config, state["motion_map"].shape[0], v, ke, state["triangles"].shape[0],
-                   state["face_tri"].shape[0], state["rigid_means"].shape[0])  # fmt: skip
+                   state["face_tri"].shape[0], state["rigid_means"].shape[0],
+                   n_jaw=0 if jaw is None else int(jaw.shape[0]))  # fmt: skip
 
     @property
     def n_face(self) -> int:
@@ -156,23 +184,45 @@ class GaussianHead(nn.Module):
 
     def forward(self, motion: torch.Tensor) -> GaussianSet:
         """The Gaussians of a frame with this motion vector, in canonical head space."""
-        frames, corners = triangle_frames(self.mesh(motion), self.triangles)
+        vertices = self.mesh(motion)
+        frames, corners = triangle_frames(vertices, self.triangles)
         rot = frames[self.face_tri]  # [Nf, 3, 3]
         anchor = (corners[self.face_tri] * self.face_bary[:, :, None]).sum(1)
         face_means = anchor + (rot @ self.face_offset[:, :, None]).squeeze(-1)
-        residual = None
-        if self.residual is not None:
-            residual = self.residual(self.rest_anchors(), motion)
-            face_means = face_means + residual
         face_quats = quat_multiply(rotmat_to_quat(rot), nn.functional.normalize(self.face_quat, dim=-1))
+        face_log_scale, face_opacity = self.face_log_scale, self.face_opacity_logit
+        change: ResidualChange | None = None
+        if self.residual is not None:
+            change = self.residual(self.rest_anchors(), motion)
+            face_means = face_means + change.offset
+            face_quats = quat_multiply(change.rotation, face_quats)
+            face_log_scale = face_log_scale + change.log_scale
+            face_opacity = face_opacity + change.opacity_logit
+        rigid_means, rigid_quats = self._rigid_with_jaw(vertices)
         return GaussianSet(
-            means=torch.cat([face_means, self.rigid_means]),
-            quats=torch.cat([face_quats, self.rigid_quat]),
-            scales=torch.exp(torch.cat([self.face_log_scale, self.rigid_log_scale])),
-            opacities=torch.sigmoid(torch.cat([self.face_opacity_logit, self.rigid_opacity_logit])),
+            means=torch.cat([face_means, rigid_means]),
+            quats=torch.cat([face_quats, rigid_quats]),
+            scales=torch.exp(torch.cat([face_log_scale, self.rigid_log_scale])),
+            opacities=torch.sigmoid(torch.cat([face_opacity, self.rigid_opacity_logit])),
             sh=torch.cat([self.face_sh, self.rigid_sh]),
-            residual=residual,
+            residual=None if change is None else change.unit,
         )
+
+    def jaw_motion(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R [3, 3], t [3]): the jaw's rigid motion from rest to the deformed mesh ``vertices`` [V, 3]."""
+        jaw = self.jaw_vertices
+        return rigid_fit(self.base_vertices[jaw].double(), vertices[jaw].detach().double())
+
+    def _rigid_with_jaw(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rigid Gaussians' means and rotations, the jaw-weighted ones moved with the jaw."""
+        if self.jaw_vertices.numel() < 3:
+            return self.rigid_means, self.rigid_quat
+        R, t = (x.float() for x in self.jaw_motion(vertices))
+        w = self.rigid_jaw[:, None]
+        moved = self.rigid_means @ R.T + t
+        q = nn.functional.normalize(self.rigid_quat, dim=-1)
+        turned = quat_multiply(rotmat_to_quat(R).expand_as(q), q)
+        return self.rigid_means + w * (moved - self.rigid_means), (1 - w) * q + w * turned
 
     def rest_anchors(self) -> torch.Tensor:
         """[N_face, 3] each face Gaussian's point on the undeformed mesh (what the residual field is read at)."""

@@ -39,6 +39,25 @@ def mlp(n_in: int, hidden: int, n_out: int, n_hidden_layers: int = 1) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
+def motion_statistics(motion: torch.Tensor, std_floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [D], std floored at ``std_floor`` [D]) of motion vectors [F, D]: the standardisation of a motion input.
+
+    Why: tracked coefficients move little (jawOpen spans 0.24-0.38 on the 60 s bench subject) next to
+    their resting values, so a network fed the raw vector sees an input that is ~98 % constant and
+    learns to ignore it (the NeRF head's mouth stopped following the speech: mean mouth-box change
+    0.001 between the 5th and 95th percentile jaw, against 0.088 in the real frames).
+    """
+    scale = (motion.std(0).clamp_min(std_floor) if motion.shape[0] > 1
+             else torch.full((motion.shape[1],), max(std_floor, 1e-6), dtype=motion.dtype, device=motion.device))
+    return motion.mean(0), scale
+
+
+def region_weight(x: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """[M] in [0, 1] at points x [M, 3]: the largest of the (x, y, z, sigma) Gaussians ``regions`` [R, 4]."""
+    d2 = (x[:, None, :] - regions[None, :, :3]).square().sum(-1)
+    return torch.exp(-0.5 * d2 / regions[None, :, 3].square()).amax(-1)
+
+
 def sh_encode(dirs: torch.Tensor) -> torch.Tensor:
     """Real spherical harmonics up to degree 2 of unit directions [..., 3] -> [..., 9] (view dependence)."""
     x, y, z = dirs.unbind(-1)
@@ -117,8 +136,7 @@ class HeadField(nn.Module):
 
     def region_prior(self, x: torch.Tensor) -> torch.Tensor:
         """[M] in [0, 1]: how much motion may act at x (1 at a region centre, ~0 on hair and forehead)."""
-        d2 = (x[:, None, :] - self.regions[None, :, :3]).square().sum(-1)
-        return torch.exp(-0.5 * d2 / self.regions[None, :, 3].square()).amax(-1)
+        return region_weight(x, self.regions)
 
     def motion_code(self, motion: torch.Tensor) -> torch.Tensor:
         """[F, motion_dim] -> [F, motion_code_dim]; computed once per frame, gathered per sample."""
@@ -126,16 +144,10 @@ class HeadField(nn.Module):
 
     @torch.no_grad()
     def set_motion_statistics(self, motion: torch.Tensor, std_floor: float) -> None:
-        """Standardise each channel with the training frames' mean and std (std floored at ``std_floor``).
-
-        Why: tracked coefficients move little (jawOpen spans 0.24-0.38 on the 60 s bench subject) next to
-        their resting values, so the raw vector gives a code that is ~98 % constant; the field then learns
-        to shut the motion attention and the mouth stops following the speech (mean mouth-box change
-        0.001 between the 5th and 95th percentile jaw, against 0.088 in the real frames).
-        """
-        self.motion_offset.copy_(motion.mean(0))
-        self.motion_scale.copy_(motion.std(0).clamp_min(std_floor) if motion.shape[0] > 1
-                                else torch.full_like(self.motion_scale, max(std_floor, 1e-6)))
+        """Standardise each channel with the training frames' mean and std (:func:`motion_statistics`)."""
+        offset, scale = motion_statistics(motion, std_floor)
+        self.motion_offset.copy_(offset)
+        self.motion_scale.copy_(scale)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         # Avatars saved before the mask existed saw every channel.

@@ -55,7 +55,7 @@ class GaussianLossConfig:
     surface_m: float = 0.004  # face Gaussians farther than this from their triangle are pulled back
     surface_weight: float = 100.0
     residual_weight: float = 0.01
-    """On the mean squared residual offset (in units of its bound): the blendshapes do the bulk of the motion."""
+    """On the residual field's mean squared change (in units of its bounds): the blendshapes do the bulk of the motion."""
 
 
 @dataclass

@@ -4,7 +4,7 @@ Why seeded, not random: on a CPU budget of a few thousand steps, Gaussians must 
 head is.  Face Gaussians start on the tracked face mesh (the subject's identity and depth scale,
 as the tracker fitted them); hair, ears and neck start on the surface of the visual hull the
 parsing masks carve (train/hull.py), away from the face mesh; the mouth interior starts as a
-dark blob behind the lips; every Gaussian starts with the mean colour of the pixels it projects
+dark blob behind the lips, its part below the lip line bound to the jaw; every Gaussian starts with the mean colour of the pixels it projects
 to in a few training frames.
 """
 from __future__ import annotations
@@ -17,12 +17,14 @@ from avatar3d.dataset.reader import SubjectData
 from avatar3d.errors import Avatar3DError
 from avatar3d.face import landmark_sets as lm
 from avatar3d.face.model import MorphableModel
+from avatar3d.face.motion_regions import face_motion_regions
 from avatar3d.gaussians.head import GaussianHead, GaussianHeadConfig, rgb_to_sh_dc
 from avatar3d.nerf.occupancy import OccupancyGrid
 from avatar3d.train.hull import carve_head_hull
 
 BLINK_SHAPES = ("eyeBlinkLeft", "eyeBlinkRight")  # the shapes the motion vector's blink pair (left, right) drives
 FACE_CLEARANCE_M = 0.012  # hull cells nearer the face mesh than this are the face Gaussians' job
+JAW_BLEND_M = 0.002  # mouth-interior Gaussians go from upper-teeth rigid to jaw-bound over ~this height at the lip line
 
 
 def subject_face(data: SubjectData, model: MorphableModel) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +124,8 @@ def seed_head(config: GaussianHeadConfig, data: SubjectData, model: MorphableMod
     centre = lips.mean(0) + np.array([0.0, 0.0, -0.012])
     mouth = centre + rng.normal(size=(config.n_mouth, 3)) * np.array([0.012, 0.006, 0.004])
     rigid = np.concatenate([hair, mouth]).astype(np.float32)
-    head = GaussianHead(config, mmap.shape[0], base.shape[0], basis.shape[0], len(tris), n_face, len(rigid))
+    head = GaussianHead(config, mmap.shape[0], base.shape[0], basis.shape[0], len(tris), n_face, len(rigid),
+                        n_jaw=len(lm.JAW), motion_regions=face_motion_regions(model))  # fmt: skip
     with torch.no_grad():
         head.base_vertices.copy_(torch.from_numpy(base))
         head.expression_basis.copy_(torch.from_numpy(basis))
@@ -136,6 +139,11 @@ def seed_head(config: GaussianHeadConfig, data: SubjectData, model: MorphableMod
         s = torch.from_numpy(s).repeat_interleave(config.per_triangle)
         head.face_log_scale.copy_(torch.stack([s, s, s + np.log(0.3)], 1))
         head.rigid_means.copy_(torch.from_numpy(rigid))
+        head.jaw_vertices.copy_(torch.tensor(lm.JAW))
+        below = (centre[1] - mouth[:, 1]) / JAW_BLEND_M  # canonical y is up: tongue and lower teeth are below
+        head.rigid_jaw[n_hair:] = torch.from_numpy(1.0 / (1.0 + np.exp(-below))).float()
+        if head.residual is not None:
+            head.residual.set_motion_statistics(torch.from_numpy(data.motion(data.train_ids)))
         head.rigid_log_scale.fill_(float(np.log(0.6 * cell)))
         mouth_scale = float(np.log(0.004))
         head.rigid_log_scale[n_hair:] = mouth_scale

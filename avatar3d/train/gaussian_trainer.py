@@ -131,8 +131,7 @@ def frame_loss(model: GaussianAvatarModel, data: SubjectData, i: int, cache: dic
     torso_mask = opacity_bce(torso_a[target.torso_ok], target.torso[target.torso_ok])
     scale = torch.relu(gaussians.scales - cfg.max_scale_m).mean()
     surface = torch.relu(model.head.face_offset.norm(dim=-1) - cfg.surface_m).square().mean()
-    residual = (gaussians.residual / model.head.config.residual.max_offset_m).square().mean() \
-        if gaussians.residual is not None else torch.zeros(())
+    residual = gaussians.residual.square().mean() if gaussians.residual is not None else torch.zeros(())
     total = (photo + cfg.head_mask_weight * head_mask + cfg.torso_mask_weight * torso_mask
              + cfg.offset_weight * offset.square().mean() + cfg.scale_weight * scale + cfg.surface_weight * surface
              + cfg.residual_weight * residual)  # fmt: skip
