@@ -31,6 +31,7 @@ GROUP_PARAMS = {  # per-Gaussian tensors of each group (parameters, then buffers
     RIGID: ("rigid_means", "rigid_quat", "rigid_log_scale", "rigid_opacity_logit", "rigid_sh", "rigid_jaw"),
 }
 PER_GAUSSIAN_BUFFERS = ("face_tri", "face_bary", "rigid_jaw")
+MIN_GAIN, MAX_GAIN = 0.25, 4.0  # bounds of the learned motion gain
 
 
 @dataclass
@@ -45,6 +46,10 @@ class GaussianHeadConfig:
     head_aabb: tuple[float, ...] = (-0.17, -0.22, -0.14, 0.17, 0.20, 0.17)
     """Canonical box (metres) the rigid Gaussians are seeded in: head, hair, ears, the top of the neck."""
     hull_resolution: int = 48  # visual-hull cells per axis over that box (seeding only)
+    motion_gain: bool = False
+    """Learn a gain per motion channel (around the training frames' mean) before the blendshapes: the tracker's
+    fitted mouth channels move 0.4-0.5x as far as the lips do on real clips, and a mesh that opens too little
+    cannot open the face Gaussians' mouth; the images set how far each channel really moves the face."""
     residual: ResidualConfig = field(default_factory=ResidualConfig)
     """The learned motion-conditioned offset of the face Gaussians (avatar3d/gaussians/residual.py)."""
 
@@ -132,6 +137,8 @@ class GaussianHead(nn.Module):
         self.register_buffer("expression_basis", torch.zeros(n_expression, n_vertices, 3))
         self.register_buffer("triangles", torch.zeros(n_triangles, 3, dtype=torch.long))
         self.register_buffer("motion_map", torch.zeros(motion_dim, n_expression))  # motion vector -> blendshape weights
+        self.register_buffer("motion_centre", torch.zeros(motion_dim))  # the training frames' mean motion
+        self.motion_gain = nn.Parameter(torch.ones(motion_dim), requires_grad=config.motion_gain)
         self.register_buffer("face_tri", torch.zeros(n_face, dtype=torch.long))
         self.register_buffer("face_bary", torch.full((n_face, 3), 1.0 / 3.0))
         self.face_offset = nn.Parameter(torch.zeros(n_face, 3))  # in the triangle's frame (metres)
@@ -154,6 +161,9 @@ class GaussianHead(nn.Module):
         # Heads saved before the jaw binding kept the whole mouth interior rigid.
         state_dict.setdefault(prefix + "rigid_jaw", torch.zeros_like(self.rigid_jaw))
         state_dict.setdefault(prefix + "jaw_vertices", torch.zeros_like(self.jaw_vertices))
+        # ...and before the motion gain, drove the blendshapes with the tracked motion as it is.
+        state_dict.setdefault(prefix + "motion_centre", torch.zeros_like(self.motion_centre))
+        state_dict.setdefault(prefix + "motion_gain", torch.ones_like(self.motion_gain))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
@@ -179,7 +189,9 @@ class GaussianHead(nn.Module):
 
     def mesh(self, motion: torch.Tensor) -> torch.Tensor:
         """Face-model vertices [V, 3] deformed by one motion vector [motion_dim] through the blendshapes."""
-        weights = motion.to(self.motion_map.dtype) @ self.motion_map  # [Ke]
+        m = motion.to(self.motion_map.dtype)
+        m = self.motion_centre + self.motion_gain.clamp(MIN_GAIN, MAX_GAIN) * (m - self.motion_centre)
+        weights = m @ self.motion_map  # [Ke]
         return self.base_vertices + torch.einsum("e,evc->vc", weights, self.expression_basis)
 
     def forward(self, motion: torch.Tensor) -> GaussianSet:

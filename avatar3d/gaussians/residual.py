@@ -35,6 +35,7 @@ from avatar3d.nerf.fields import mlp, motion_statistics, region_weight
 N_OUT = 10  # position (3), rotation as an axis-angle (3), log-scale (3), opacity logit (1)
 POSITION, ROTATION, SCALE, OPACITY = slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)
 EVERYWHERE = (0.0, 0.0, 0.0, 1e3)  # the region of a residual saved before the prior: 1 on the whole head
+ACTIVE_WEIGHT = 1e-3  # face Gaussians with a smaller region weight are not evaluated (their change would be < 10 µm)
 
 
 @dataclass
@@ -92,7 +93,7 @@ class ResidualDeformation(nn.Module):
         self.net = mlp(self.encoding.out_dim + motion_dim, config.hidden, N_OUT)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
-        self._cache: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @torch.no_grad()
     def set_motion_statistics(self, motion: torch.Tensor) -> None:
@@ -116,23 +117,30 @@ class ResidualDeformation(nn.Module):
         self._cache = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _rest_features(self, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(grid features [N, F], region weight [N, 1]) at the rest points; cached while nothing learns."""
+    def _rest_features(self, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(grid features [M, F], region weight [M, 1], their rows [M]) of the rest points inside the regions.
+
+        Only Gaussians whose region weight reaches ``ACTIVE_WEIGHT`` are evaluated (a change scaled by less is
+        under 10 µm): on a face most Gaussians are cheeks, forehead and nose, and the field's cost is a
+        share of every training step.  Cached while nothing learns."""
         version = self.encoding.table._version  # every optimizer step or load changes it
         cached = self._cache
         if (not torch.is_grad_enabled() and cached is not None and cached[0] == version
                 and cached[1].shape == rest.shape and torch.equal(cached[1], rest)):
-            return cached[2], cached[3]
+            return cached[2], cached[3], cached[4]
+        weight = region_weight(rest, self.regions)
+        rows = torch.nonzero(weight >= ACTIVE_WEIGHT).squeeze(1)
         lo, hi = self.aabb[0], self.aabb[1]
-        features = self.encoding(((rest - lo) / (hi - lo)).clamp(0.0, 1.0))
-        weight = region_weight(rest, self.regions)[:, None]
-        self._cache = (version, rest.detach().clone(), features, weight) if not torch.is_grad_enabled() else None
-        return features, weight
+        features = self.encoding(((rest[rows] - lo) / (hi - lo)).clamp(0.0, 1.0))
+        weight = weight[rows, None]
+        self._cache = (version, rest.detach().clone(), features, weight, rows) if not torch.is_grad_enabled() else None
+        return features, weight, rows
 
     def forward(self, rest: torch.Tensor, motion: torch.Tensor) -> ResidualChange:
-        features, weight = self._rest_features(rest)
-        code = ((motion.float() - self.motion_offset) / self.motion_scale).expand(rest.shape[0], -1)
-        unit = torch.tanh(self.net(torch.cat([features, code], -1))) * weight
+        features, weight, rows = self._rest_features(rest)
+        code = ((motion.float() - self.motion_offset) / self.motion_scale).expand(rows.shape[0], -1)
+        active = torch.tanh(self.net(torch.cat([features, code], -1))) * weight
+        unit = active.new_zeros(rest.shape[0], N_OUT).index_copy(0, rows, active)
         c = self.config
         return ResidualChange(offset=unit[:, POSITION] * c.max_offset_m,
                               rotation=axis_angle_quat(unit[:, ROTATION] * c.max_rotation_rad),

@@ -35,6 +35,7 @@ class GaussianOptimConfig:
     lr_grid: float = 1e-2  # the torso field's hash grid
     lr_net: float = 2e-3  # the torso field's MLPs
     lr_pose: float = 5e-4  # the pose-correction knots (pose_knot_frames > 0), rad and 0.1 m units
+    lr_gain: float = 3e-3  # the motion gain (avatar.head.motion_gain)
     pose_refine_start: int = 500  # poses are corrected only once the Gaussians have a shape to align
     lr_final_factor: float = 0.1
 
@@ -56,6 +57,8 @@ class GaussianLossConfig:
     surface_weight: float = 100.0
     residual_weight: float = 0.01
     """On the residual field's mean squared change (in units of its bounds): the blendshapes do the bulk of the motion."""
+    gain_weight: float = 1e-3
+    """On the motion gain's mean squared distance from 1: channels the images say nothing about stay as tracked."""
 
 
 @dataclass

@@ -142,8 +142,10 @@ def seed_head(config: GaussianHeadConfig, data: SubjectData, model: MorphableMod
         head.jaw_vertices.copy_(torch.tensor(lm.JAW))
         below = (centre[1] - mouth[:, 1]) / JAW_BLEND_M  # canonical y is up: tongue and lower teeth are below
         head.rigid_jaw[n_hair:] = torch.from_numpy(1.0 / (1.0 + np.exp(-below))).float()
+        train_motion = torch.from_numpy(data.motion(data.train_ids)).float()
+        head.motion_centre.copy_(train_motion.mean(0))
         if head.residual is not None:
-            head.residual.set_motion_statistics(torch.from_numpy(data.motion(data.train_ids)))
+            head.residual.set_motion_statistics(train_motion)
         head.rigid_log_scale.fill_(float(np.log(0.6 * cell)))
         mouth_scale = float(np.log(0.004))
         head.rigid_log_scale[n_hair:] = mouth_scale

@@ -73,6 +73,8 @@ def _lr_groups(model: GaussianAvatarModel, config: GaussianOptimConfig,
         groups += [{"params": [table], "lr": config.lr_grid, "base_lr": config.lr_grid, "name": "residual_grid"},
                    {"params": [p for p in h.residual.parameters() if p is not table], "lr": config.lr_net,
                     "base_lr": config.lr_net, "name": "residual_net"}]  # fmt: skip
+    if h.config.motion_gain:
+        groups.append({"params": [h.motion_gain], "lr": config.lr_gain, "base_lr": config.lr_gain, "name": "motion_gain"})
     if correction is not None:
         groups.append({"params": [correction.knots], "lr": config.lr_pose, "base_lr": config.lr_pose, "name": "pose"})
     return groups
@@ -132,11 +134,12 @@ def frame_loss(model: GaussianAvatarModel, data: SubjectData, i: int, cache: dic
     scale = torch.relu(gaussians.scales - cfg.max_scale_m).mean()
     surface = torch.relu(model.head.face_offset.norm(dim=-1) - cfg.surface_m).square().mean()
     residual = gaussians.residual.square().mean() if gaussians.residual is not None else torch.zeros(())
+    gain = (model.head.motion_gain - 1).square().mean() if model.head.config.motion_gain else torch.zeros(())
     total = (photo + cfg.head_mask_weight * head_mask + cfg.torso_mask_weight * torso_mask
              + cfg.offset_weight * offset.square().mean() + cfg.scale_weight * scale + cfg.surface_weight * surface
-             + cfg.residual_weight * residual)  # fmt: skip
+             + cfg.residual_weight * residual + cfg.gain_weight * gain)  # fmt: skip
     return {"total": total, "photo": photo, "head_mask": head_mask, "torso_mask": torso_mask, "scale": scale,
-            "surface": surface, "residual": residual}, raster  # fmt: skip
+            "surface": surface, "residual": residual, "gain": gain}, raster  # fmt: skip
 
 
 def train_gaussians(

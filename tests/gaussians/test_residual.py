@@ -2,7 +2,8 @@
 interior (avatar3d/gaussians/head.py) on a hand-built head: the residual starts as the identity, stays
 within its bounds, moves only face Gaussians inside its regions, learns position and opacity from a
 target, is cached at inference without changing a pixel, and avatars saved without it (or with the
-position-only residual) still load; jaw-weighted mouth Gaussians follow the jaw and the others do not."""
+position-only residual) still load; jaw-weighted mouth Gaussians follow the jaw and the others do not; the
+motion gain learns how much further the face moves than the tracked channel says."""
 from __future__ import annotations
 
 import dataclasses
@@ -157,3 +158,35 @@ def test_rigid_fit_recovers_a_rotation_and_jaw_weighted_mouth_gaussians_follow_i
     torch.testing.assert_close(moved[:, 1], torch.tensor([0.0, -0.005, -0.01]), atol=1e-6, rtol=0)
     # density control's clone of a jaw-bound Gaussian stays jaw-bound (the weight is a per-Gaussian buffer)
     assert "rigid_jaw" in GROUP_PARAMS[RIGID] and "rigid_jaw" in PER_GAUSSIAN_BUFFERS
+
+
+def test_the_motion_gain_learns_how_far_a_channel_really_moves_the_face() -> None:
+    """Face Gaussians whose targets were made with the expression channel at twice its tracked swing (around
+    the training mean): the gain learns ~2 for that channel and leaves the channel that moves nothing at 1."""
+    truth = _head(False)
+    head = _head(False)
+    head.config = dataclasses.replace(head.config, motion_gain=True)
+    head.motion_gain.requires_grad_(True)
+    centre = torch.tensor([0.3, 0.0])
+    truth.motion_centre.copy_(centre)
+    head.motion_centre.copy_(centre)
+    with torch.no_grad():
+        truth.motion_gain.copy_(torch.tensor([2.0, 1.0]))
+    motions = [torch.tensor([a, b]) for a in (0.1, 0.3, 0.6) for b in (0.0, 0.5)]
+    targets = [truth(m).means.detach() for m in motions]
+    unchanged = [head(m).means.detach() for m in motions[:1]]
+    torch.testing.assert_close(head(motions[2]).means, truth(motions[2]).means)  # at the centre the gain does nothing
+    assert float((unchanged[0] - targets[0]).abs().max()) > 1e-3
+    opt = torch.optim.Adam([head.motion_gain], lr=2e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        sum(((head(m).means - t) ** 2).sum() for m, t in zip(motions, targets)).backward()
+        opt.step()
+    gain = head.motion_gain.detach()
+    assert abs(float(gain[0]) - 2.0) < 0.05
+    assert abs(float(gain[1]) - 1.0) < 1e-6  # the blendshapes ignore channel 2: no gradient, no change
+    # a head saved before the gain loads with gain 1 (the tracked motion as it is)
+    state = {k: v for k, v in truth.state_dict().items() if k not in ("motion_gain", "motion_centre")}
+    fresh = _head(False, seed=9)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.motion_gain.detach(), torch.ones(2)) and torch.equal(fresh.motion_centre, torch.zeros(2))

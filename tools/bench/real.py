@@ -22,6 +22,9 @@ Figures that need more than the evaluation already computes:
     **at the render's size**: MediaPipe reads a smaller lip gap on a smaller image (a real clip: 0.60x
     at 128² of its 512² figure), so every reference figure (mouth, blinks, sync) is measured on the
     prepared clip area-resized to the render size.
+  * own-motion mouth amplitude: the same ratio for the avatar replaying the subject's whole tracked clip
+    (``render --motion-from SUBJECT --split all``): how far the avatar opens the mouth for motion it was
+    fitted to, apart from what the speech-to-motion model predicts.
   * blinks: the held-out span is 1-2 s, under the 5 s a per-minute rate needs
     (avatar3d.eval.landmark_metrics.MIN_RATE_DURATION_S), so held-out blinks are counts (rendered /
     reference) and the *rate* compared is the new-speech render's against the subject's whole clip.
@@ -65,6 +68,7 @@ from avatar3d.eval.sync import measure_video_sync  # noqa: E402
 from avatar3d.io.atomic import json_safe  # noqa: E402
 from avatar3d.io.video import VideoWriter, probe_video, read_video  # noqa: E402
 from avatar3d.render.drive import DriveConfig  # noqa: E402
+from avatar3d.render.replay import render_from_subject  # noqa: E402
 from avatar3d.render.speech import SpeechSource, render_from_speech  # noqa: E402
 from avatar3d.train.gaussian_config import load_train_config  # noqa: E402
 from data_prep.pipeline import PrepConfig, evaluation_hold_out, prepare  # noqa: E402
@@ -153,6 +157,16 @@ def reference_at(subject: Path, size: int, work: Path) -> Path:
             for frame in read_video(subject / FRAMES):
                 writer.write(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA))
     return out
+
+
+def own_motion(avatar: Path, subject: Path, work: Path, size: int) -> dict:
+    """The avatar replaying the subject's whole tracked clip: its mouth amplitude against the clip's (at ``size``)."""
+    mp4 = work / f"own_motion_{size}.mp4"
+    render_from_subject(avatar, subject, mp4, split="all", size=size, progress=False, log=lambda _: None)
+    _, mouth, _ = measure_video_sync(mp4)
+    _, ref_mouth, _ = measure_video_sync(reference_at(subject, size, work), subject / AUDIO)
+    ref = amplitude(ref_mouth)
+    return {"mouth_amplitude_ratio": amplitude(mouth) / ref if ref > 0 else None, "mp4": str(mp4)}
 
 
 def new_speech(avatar: Path, subject: Path, wavs: list[Path], work: Path, size: int) -> dict:
@@ -247,6 +261,7 @@ def bench_clip(clip: Path, args: argparse.Namespace, wavs: list[Path]) -> dict:
     print(f"[real] {clip.name}: evaluated {m['frames']['n']} held-out frames", flush=True)
     data = load_subject(subject, int(m["training_resolution"]), progress=False)
     speech = new_speech(avatar, subject, wavs, work, int(m["training_resolution"]))
+    own = own_motion(avatar, subject, work, int(m["training_resolution"]))
     sheet = work / "sheet.png"
     contact_sheet(run_big, Path(speech["renders"][0]["mp4"]) if speech["renders"] else None, sheet)
     renders = speech["renders"]
@@ -270,6 +285,7 @@ def bench_clip(clip: Path, args: argparse.Namespace, wavs: list[Path]) -> dict:
         "new_speech": speech,
         "mouth_amplitude_ratio": float(np.nanmean([r["mouth_amplitude_ratio"] or np.nan for r in renders]))
         if renders else None,
+        "own_motion_mouth_amplitude_ratio": own["mouth_amplitude_ratio"],
         "render_fps": m["render_fps"], "new_speech_fps": float(np.mean([r["render_fps"] for r in renders]))
         if renders else None,
         **timing, "sheet": str(sheet),
@@ -298,7 +314,7 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['clip']:<20}{r['head_poses']:>18}{_f(i['psnr_full']):>10}{_f(i['psnr_head']):>7}"
               f"{_f(i['psnr_mouth']):>7}{'':>25}{_f(t['psnr_full']):>6}{_f(t['psnr_head']):>7}{_f(t['psnr_mouth']):>7}")
     print(f"\n{'clip':<20}{'sync held-out r/ref':>20}{'new speech lag r/ref':>22}{'blinks held-out r/ref':>22}"
-          f"{'blink/min new/ref':>19}{'flicker r/ref (pairs)':>23}{'mouth amp':>10}{'FPS':>6}{'train s':>8}{'RAM MB':>8}")
+          f"{'blink/min new/ref':>19}{'flicker r/ref (pairs)':>23}{'mouth amp':>10}{'own':>6}{'FPS':>6}{'train s':>8}{'RAM MB':>8}")
     for r in rows:
         s, ns, b, fl = r["sync_held_out"], r["new_speech"], r["blinks_held_out"], r["flicker"]
         lags = "/".join(str(x["lag"]) for x in ns["renders"])
@@ -308,11 +324,13 @@ def print_table(rows: list[dict]) -> None:
               f"{lags + ' / ' + str(ns['reference']['lag']):>22}{str(b['rendered']) + '/' + str(b['reference']):>22}"
               f"{_f(bpm, 1) + '/' + _f(ns['reference']['blinks_per_min'], 1):>19}"
               f"{_f(fl['rendered']) + '/' + _f(fl['reference']) + ' (' + str(fl['pairs']) + ')':>23}"
-              f"{_f(r['mouth_amplitude_ratio']):>10}{_f(r['render_fps'], 1):>6}{r['train_wall_s']:>8.0f}"
+              f"{_f(r['mouth_amplitude_ratio']):>10}{_f(r.get('own_motion_mouth_amplitude_ratio')):>6}"
+              f"{_f(r['render_fps'], 1):>6}{r['train_wall_s']:>8.0f}"
               f"{r['train_peak_ram_mb']:>8.0f}")
     print("PSNR/SSIM/LMD/sync/blinks/flicker: every held-out frame at the training resolution (val column); "
           "LPIPS at --lpips-size on the same frames; LMD px at 512² scale; mouth amp: new-speech p95-p5 mouth "
-          "opening / the subject's own clip (mean over driving wavs); FPS: held-out render at the training size")
+          "opening / the subject's own clip (mean over driving wavs); own: the same for the avatar replaying the "
+          "clip's own tracked motion; FPS: held-out render at the training size")
 
 
 def main() -> None:
