@@ -60,13 +60,6 @@ class Avatar(ABC):
 
     # ------------------------------------------------------------ shared
 
-    def trained_size(self) -> int | None:
-        """The resolution the avatar was fitted at (None while training scores itself: no bundle yet).
-
-        Renders above it widen the Gaussians (``footprint_filter``) and sample the torso layer rendered at
-        it (``TorsoField.layer``): what was learned between the training pixels is not detail."""
-        return int(self.bundle.resolution) if self.bundle is not None else None
-
     def saved_bundle(self) -> AvatarBundle:
         """The bundle (an avatar in training has none yet: asking for one is a programming error)."""
         if self.bundle is None:

@@ -36,6 +36,10 @@ class GaussianAvatar(Avatar):
         model.eval()
         return cls(model.to(device), bundle)
 
+    def _trained_size(self) -> int | None:
+        """The resolution the Gaussians were fitted at (None while training scores itself: no bundle yet)."""
+        return int(self.bundle.resolution) if self.bundle is not None else None
+
     def to(self, device: torch.device | str) -> "GaussianAvatar":
         self.model.to(device)
         self.device = torch.device(device)
@@ -44,7 +48,7 @@ class GaussianAvatar(Avatar):
     @torch.no_grad()
     def render_frame(self, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, motion: torch.Tensor,
                      background: torch.Tensor, size: int) -> dict[str, torch.Tensor]:  # fmt: skip
-        out = self.model.render(K.float(), R.float(), t.float(), motion.float(), background, size, self.trained_size())
+        out = self.model.render(K.float(), R.float(), t.float(), motion.float(), background, size, self._trained_size())
         return {"rgb": out["rgb"].clamp(0, 1), "head_alpha": out["head_alpha"], "torso_alpha": out["torso_alpha"],
                 "depth": out["depth"]}  # fmt: skip
 
@@ -58,10 +62,9 @@ class GaussianAvatar(Avatar):
         pix = image_pixels(size, K.device)
         view = ViewCamera.of(K, head_R, head_t, torso_R, torso_t, focal_scale, eye_offset_m)
         raster = model.splat(model.head(motion.float()), view.K_head, head_R.float(), view.head_t.float(), size,
-                             self.trained_size())  # fmt: skip
+                             self._trained_size())  # fmt: skip
         head_c, head_a = raster.color.reshape(-1, 3), raster.alpha.reshape(-1)
-        layers = view_layers(model.torso, K, view, torso_R, torso_t, background, pix, size, planes, self.trained_size())
-        out = layers.under(head_c, head_a)
+        out = view_layers(model.torso, K, view, torso_R, torso_t, background, pix, size, planes).under(head_c, head_a)
         shape = (size, size)
         head_alpha = raster.alpha
         depth_z = torch.where(head_alpha > 1e-4, raster.depth / head_alpha.clamp_min(1e-6), torch.zeros_like(head_alpha))

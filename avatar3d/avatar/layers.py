@@ -107,13 +107,11 @@ class ViewLayers:
 
 
 def view_layers(torso: TorsoField, K: torch.Tensor, view: ViewCamera, torso_R: torch.Tensor, torso_t: torch.Tensor,
-                background: torch.Tensor, pix: torch.Tensor, size: int, planes: LayerPlanes,
-                trained_size: int | None = None) -> ViewLayers:  # fmt: skip
+                background: torch.Tensor, pix: torch.Tensor, size: int, planes: LayerPlanes) -> ViewLayers:  # fmt: skip
     """The torso layer and the plate of the training view warped, as planes, into ``view``.
 
     The torso's pose code stays the training view's (how the neck bends is a property of the head
-    pose, not of the camera); ``pix`` [P, 2] are the view's pixel centres; ``trained_size``: see
-    :meth:`TorsoField.layer`.
+    pose, not of the camera); ``pix`` [P, 2] are the view's pixel centres.
     """
     K = K.float()  # the view's K_head is a float32 copy: the training view's homographies are then exactly None
     K_train, K_view = K.double().cpu().numpy(), view.K_head.double().cpu().numpy()
@@ -122,10 +120,10 @@ def view_layers(torso: TorsoField, K: torch.Tensor, view: ViewCamera, torso_R: t
                                                   head_depth + planes.torso_behind_head_m), pix)  # fmt: skip
     plate_H = plane_homography(K_view, K_train, view.Rc, view.tc, head_depth + planes.background_behind_head_m)
     code = torso.pose_code(torso_R[None].float(), torso_t[None].float(), K, size)
-    torso_premult, torso_alpha = torso.layer(layer_pix / size, code, trained_size)
+    torso_rgb, torso_alpha, _ = torso(layer_pix / size, code.expand(pix.shape[0], -1))
     plate = background.float()
     if plate_H is not None:
         grid = (apply_homography(plate_H, pix) / size * 2.0 - 1.0).view(1, size, size, 2)
         plate = torch.nn.functional.grid_sample(plate.permute(2, 0, 1)[None], grid, mode="bilinear",
                                                 padding_mode="border", align_corners=False)[0].permute(1, 2, 0)
-    return ViewLayers(torso_premult, torso_alpha, plate.reshape(-1, 3))
+    return ViewLayers(torso_alpha[:, None] * torso_rgb, torso_alpha, plate.reshape(-1, 3))

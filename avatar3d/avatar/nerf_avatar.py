@@ -41,7 +41,7 @@ class NerfAvatar(Avatar):
     @torch.no_grad()
     def render_frame(self, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, motion: torch.Tensor,
                      background: torch.Tensor, size: int) -> dict[str, torch.Tensor]:  # fmt: skip
-        return self.model.render_image(K, R, t, motion, background, size, self.trained_size())
+        return self.model.render_image(K, R, t, motion, background, size)
 
     @torch.no_grad()
     def render_view(self, K: torch.Tensor, head_R: torch.Tensor, head_t: torch.Tensor, motion: torch.Tensor,
@@ -59,8 +59,8 @@ class NerfAvatar(Avatar):
         pix = image_pixels(size, K.device)
         view = ViewCamera.of(K, head_R, head_t, torso_R, torso_t, focal_scale, eye_offset_m)
         state = model.render_head(view.K_head, head_R, view.head_t, motion, pix)
-        layers = view_layers(model.torso, K, view, torso_R, torso_t, background, pix, size, planes, self.trained_size())
-        out = layers.under(state.color, state.opacity)
+        out = view_layers(model.torso, K, view, torso_R, torso_t, background, pix, size, planes).under(state.color,
+                                                                                                     state.opacity)  # fmt: skip
         dist = state.depth / state.opacity.clamp_min(1e-6)
         depth_z = torch.where(state.opacity > 1e-4, dist * pixel_dirs(view.K_head, pix)[:, 2], torch.zeros_like(dist))
         shape = (size, size)

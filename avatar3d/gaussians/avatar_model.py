@@ -105,19 +105,19 @@ class GaussianAvatarModel(nn.Module):
         """One differentiable frame [size, size] from the training camera (``trained_size``: see :meth:`splat`).
 
         Returns ``rgb`` [H, W, 3] (head over torso over ``background``), ``head_rgb`` (premultiplied),
-        ``head_alpha``, ``torso_alpha``, ``depth`` (metres along the ray, 0 where no head) and the raster
-        output ``raster`` (2D means, radii); ``trained_size`` also widens the torso (``TorsoField.layer``).
+        ``head_alpha``, ``torso_alpha``, ``depth`` (metres along the ray, 0 where no head), ``offset``
+        (the torso deformation, for its regulariser) and the raster output ``raster`` (2D means, radii).
         """
         raster = self.splat(self.head(motion), K, R, t, size, trained_size)
         pix = image_pixels(size, K.device)
         code = self.torso.pose_code(R[None].float(), t[None].float(), K.float(), size)
-        torso_premult, torso_alpha = self.torso.layer(pix / size, code, trained_size)
+        torso_rgb, torso_alpha, offset = self.torso(pix / size, code.expand(pix.shape[0], -1))
         shape = (size, size)
-        torso_premult, torso_alpha = torso_premult.view(*shape, 3), torso_alpha.view(shape)
-        under = torso_premult + (1 - torso_alpha[..., None]) * background.float()
+        torso_rgb, torso_alpha = torso_rgb.view(*shape, 3), torso_alpha.view(shape)
+        under = torso_alpha[..., None] * torso_rgb + (1 - torso_alpha[..., None]) * background.float()
         rgb = raster.color + (1 - raster.alpha[..., None]) * under
         z = raster.depth / raster.alpha.clamp_min(1e-6)
         ray_len = z / pixel_dirs(K.float(), pix)[:, 2].view(shape)
         depth = torch.where(raster.alpha > 1e-4, ray_len, torch.zeros_like(z))
         return {"rgb": rgb, "head_rgb": raster.color, "head_alpha": raster.alpha, "torso_alpha": torso_alpha,
-                "depth": depth, "raster": raster}  # type: ignore[dict-item]
+                "depth": depth, "offset": offset, "raster": raster}  # type: ignore[dict-item]

@@ -222,26 +222,3 @@ class TorsoField(nn.Module):
         feat = self.encoding((uv + offset).clamp(0.0, 1.0))
         out = self.color_net(torch.cat([feat, code], -1) if self.config.color_from_pose else feat)
         return torch.sigmoid(out[:, :3]), torch.sigmoid(out[:, 3]), offset
-
-    def layer(self, uv: torch.Tensor, code: torch.Tensor,
-              trained_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """The torso layer at image points ``uv`` [P, 2] in [0, 1] for one pose code [1, C]:
-        (premultiplied rgb [P, 3], alpha [P]).
-
-        ``trained_size``: the resolution the field was fitted at.  When more points than its pixels are
-        asked for (a larger render), the layer is rendered at that size and sampled bilinearly.  Why:
-        the finest hash levels (512 cells for a 128² avatar) were fitted only at the training pixels'
-        centres; read between them they show a fine checkerboard on shirts, collars and necks.
-        Otherwise (and for training) the field is read where asked.
-        """
-        if trained_size is None or uv.shape[0] <= trained_size * trained_size:
-            rgb, alpha, _ = self(uv, code.expand(uv.shape[0], -1))
-            return alpha[:, None] * rgb, alpha
-        c = (torch.arange(trained_size, device=uv.device, dtype=uv.dtype) + 0.5) / trained_size
-        yy, xx = torch.meshgrid(c, c, indexing="ij")
-        centres = torch.stack([xx, yy], -1).reshape(-1, 2)  # the training pixels' centres, row-major
-        rgb, alpha, _ = self(centres, code.expand(centres.shape[0], -1))
-        image = torch.cat([alpha[:, None] * rgb, alpha[:, None]], 1).T.reshape(1, 4, trained_size, trained_size)
-        sampled = nn.functional.grid_sample(image, (uv * 2.0 - 1.0).view(1, 1, -1, 2), mode="bilinear",
-                                            padding_mode="border", align_corners=False)[0, :, 0]  # fmt: skip
-        return sampled[:3].T, sampled[3]

@@ -179,20 +179,18 @@ class AvatarModel(nn.Module):
     @torch.no_grad()
     def render_image(
         self, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, motion: torch.Tensor, background: torch.Tensor,
-        size: int, trained_size: int | None = None,
+        size: int,
     ) -> dict[str, torch.Tensor]:  # fmt: skip
         """One frame [size, size]: rgb [H, W, 3], head opacity, torso alpha, head depth (metres along the ray).
 
-        K is for this image size; R [3, 3], t [3] the head pose; motion [motion_dim]; background [H, W, 3];
-        ``trained_size``: the avatar's training resolution (a larger render samples the torso layer
-        rendered at it, :meth:`TorsoField.layer`).
+        K is for this image size; R [3, 3], t [3] the head pose; motion [motion_dim]; background [H, W, 3].
         """
         pix = image_pixels(size, K.device)
         state = self.render_head(K, R, t, motion, pix)
         torso_code = self.torso.pose_code(R[None].float(), t[None].float(), K.float(), size)
-        torso_premult, torso_alpha = self.torso.layer(pix / size, torso_code, trained_size)
+        torso_rgb, torso_alpha, _ = self.torso(pix / size, torso_code.expand(pix.shape[0], -1))
         bg = background.reshape(-1, 3).float()
-        under = torso_premult + (1 - torso_alpha[:, None]) * bg
+        under = torso_alpha[:, None] * torso_rgb + (1 - torso_alpha[:, None]) * bg
         rgb = state.color + (1 - state.opacity[:, None]) * under
         shape = (size, size)
         return {"rgb": rgb.clamp(0, 1).view(*shape, 3), "head_alpha": state.opacity.view(shape),

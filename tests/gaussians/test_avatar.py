@@ -239,9 +239,13 @@ def test_pose_refinement_learns_training_poses_and_re_tracks_a_known_error(gauss
 
 
 def test_resume_continues_a_run_whose_gaussian_count_changed(avatar_subject, tmp_path) -> None:
+    """With everything that learns on: density control, pose knots, the residual field and the motion gain."""
     cfg = load_config(GaussianTrainConfig, "gaussians_tiny")
+    head = cfg.avatar.head
+    head = dataclasses.replace(head, motion_gain=True, residual=dataclasses.replace(head.residual, enabled=True))
     cfg = dataclasses.replace(cfg, steps=24, checkpoint_every=6, optim=dataclasses.replace(cfg.optim, pose_refine_start=4),
-                              density=dataclasses.replace(cfg.density, every=5, start=5, stop_fraction=1.0))
+                              density=dataclasses.replace(cfg.density, every=5, start=5, stop_fraction=1.0),
+                              avatar=dataclasses.replace(cfg.avatar, head=head))  # fmt: skip
     straight, split = tmp_path / "straight", tmp_path / "split"
     quiet = {"progress": False, "log": lambda s: None}
     done = train_gaussians(avatar_subject, straight, cfg, **quiet)
@@ -255,6 +259,8 @@ def test_resume_continues_a_run_whose_gaussian_count_changed(avatar_subject, tmp
     a, b = load_avatar(straight).model.state_dict(), load_avatar(split).model.state_dict()
     for k in a:  # multi-threaded CPU reductions differ by ~1e-6; a lost moment or random state by far more
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3, msg=lambda m: f"{k}: {m}")
+    assert float((a["head.motion_gain"] - 1).abs().max()) > 1e-4  # the gain learned (and resumed) something
+    assert float(a["head.residual.net.2.weight"].abs().max()) > 0.0  # the residual's last layer left zero
     ids = AvatarBundle.load(straight).train_ids  # the pose corrections continued too (their knots and moments)
     poses = [AvatarBundle.load(run).R[ids] for run in (straight, split)]
     assert _rotation_deg(poses[0], AvatarBundle.load(straight).R_tracked[ids]).max() > 1e-4
