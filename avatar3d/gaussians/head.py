@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from avatar3d.gaussians.mirror import SH_C0
-from avatar3d.gaussians.residual import ResidualChange, ResidualConfig, ResidualDeformation
+from avatar3d.gaussians.residual import EVERYWHERE, ResidualChange, ResidualConfig, ResidualDeformation
 
 FACE, RIGID = "face", "rigid"
 GROUP_PARAMS = {  # per-Gaussian tensors of each group (parameters, then buffers), sliced together by density control
@@ -153,7 +153,7 @@ class GaussianHead(nn.Module):
         self.rigid_sh = nn.Parameter(torch.zeros(n_rigid, k, 3))
         self.register_buffer("rigid_jaw", torch.zeros(n_rigid))  # how much each rigid Gaussian follows the jaw
         self.register_buffer("jaw_vertices", torch.zeros(n_jaw, dtype=torch.long))
-        regions = motion_regions if motion_regions else ((0.0, 0.0, 0.0, 1e3),)
+        regions = motion_regions if motion_regions else (EVERYWHERE,)
         self.residual = (ResidualDeformation(config.residual, motion_dim, config.head_aabb, regions)
                          if config.residual.enabled else None)  # fmt: skip
 

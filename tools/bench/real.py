@@ -159,13 +159,12 @@ def reference_at(subject: Path, size: int, work: Path) -> Path:
     return out
 
 
-def own_motion(avatar: Path, subject: Path, work: Path, size: int) -> dict:
-    """The avatar replaying the subject's whole tracked clip: its mouth amplitude against the clip's (at ``size``)."""
+def own_motion(avatar: Path, subject: Path, work: Path, size: int, ref: float) -> dict:
+    """The avatar replaying the subject's whole tracked clip: its mouth amplitude against ``ref``, the clip's own
+    (at ``size``, as :func:`new_speech` measured it)."""
     mp4 = work / f"own_motion_{size}.mp4"
     render_from_subject(avatar, subject, mp4, split="all", size=size, progress=False, log=lambda _: None)
     _, mouth, _ = measure_video_sync(mp4)
-    _, ref_mouth, _ = measure_video_sync(reference_at(subject, size, work), subject / AUDIO)
-    ref = amplitude(ref_mouth)
     return {"mouth_amplitude_ratio": amplitude(mouth) / ref if ref > 0 else None, "mp4": str(mp4)}
 
 
@@ -261,7 +260,7 @@ def bench_clip(clip: Path, args: argparse.Namespace, wavs: list[Path]) -> dict:
     print(f"[real] {clip.name}: evaluated {m['frames']['n']} held-out frames", flush=True)
     data = load_subject(subject, int(m["training_resolution"]), progress=False)
     speech = new_speech(avatar, subject, wavs, work, int(m["training_resolution"]))
-    own = own_motion(avatar, subject, work, int(m["training_resolution"]))
+    own = own_motion(avatar, subject, work, int(m["training_resolution"]), speech["reference"]["mouth_amplitude"])
     sheet = work / "sheet.png"
     contact_sheet(run_big, Path(speech["renders"][0]["mp4"]) if speech["renders"] else None, sheet)
     renders = speech["renders"]
