@@ -222,7 +222,11 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
                         "a model of the subject's own (generated, --seed), its median (static), or auto (default: "
                         "follows --pose: generated for generated, static for static, a driving video's own, "
                         "else subject)")
-    p.add_argument("--mouth-scale", type=float, default=1.0, help="scale of the mouth motion (default 1)")
+    p.add_argument("--mouth-amplitude", choices=("subject", "predicted"), default="subject",
+                   help="subject (default): the predicted mouth rescaled so the jaw spans the subject's own range over "
+                        "the speech (within what the training clip showed); predicted: as the motion model gives it")
+    p.add_argument("--mouth-scale", type=float, default=1.0,
+                   help="scale of the mouth motion, after --mouth-amplitude (default 1)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the blink sampler, --pose generated and --idle generated (default 0)")
     p.add_argument("--blendshapes", type=Path, help="with --audio/--text: also write the motion as a Live Link Face "
@@ -267,7 +271,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from avatar3d.render.speech import SpeechSource, render_from_speech
 
     config = DriveConfig(pose=args.pose, blink=args.blink, mouth_scale=args.mouth_scale, seed=args.seed,
-                         idle=args.idle)
+                         idle=args.idle, mouth_amplitude=args.mouth_amplitude)
     source = SpeechSource(audio_path=args.audio, text=args.text, voice=args.voice, phones=args.phones)
     mouth_model = _encoder_motion_model(args.motion_model, args.speech_encoder, "--motion-model")
     render_from_speech(args.avatar, source, args.out, motion_model_path=args.motion_model, config=config,

@@ -18,6 +18,10 @@ for poses and expressions it has seen:
   ``subject``, since a generated pose has no frames of its own).
 * expression: the 16 mouth channels from the motion model (times ``mouth_scale`` around
   their resting value), every channel that is neither mouth nor upper face at its median.
+  ``mouth_amplitude`` ``subject`` (default) first rescales them, all by one gain, so that the
+  lips part as widely over the new speech as the subject's did over the training clip
+  (:func:`mouth_amplitude_gain`): a motion model fitted to seconds of one voice hedges on
+  another voice and opens the mouth less (shared real clips: 0.3-0.99x the subject's lip-gap range).
 * idle (the upper face: eyes, brows, cheeks): ``subject``, the training frames' tracked values
   played forward then backward (the pose's own frames for ``--pose subject``); ``generated``,
   sampled from a model fitted to the training frames (:mod:`avatar3d.render.idle_motion`, with
@@ -44,6 +48,11 @@ from avatar3d.render.pose_sources import check_driving_video, generated_pose, tr
 POSE_MODES = ("subject", "static", "generated")  # or the path of a driving video
 BLINK_MODES = ("auto", "off", "from-pose-source")
 IDLE_MODES = ("auto", "subject", "generated", "static")
+MOUTH_AMPLITUDE_MODES = ("subject", "predicted")
+AMPLITUDE_GAIN_RANGE = (0.5, 3.0)
+"""Bounds of that gain (a mouth twice as wide as predicted is still the subject's own range; more is a guess)."""
+AMPLITUDE_MIN_SECONDS = 2.0
+"""Shorter speech keeps the predicted amplitude: a range over a word or two says little."""
 DEFAULT_BLINK_INTERVAL_S = (2.0, 6.0)
 
 
@@ -64,6 +73,9 @@ class DriveConfig:
     """Upper face (eyes, brows, cheeks): subject (the training frames played back), generated (sampled from a
     model fitted to them), static (their median), or auto (follows the pose: generated for a generated pose,
     static for a static one, the video's own for a driving video, else subject)."""
+    mouth_amplitude: str = "subject"
+    """subject (the predicted mouth rescaled so the jaw spans the subject's own range over the speech, kept inside
+    what the training clip showed) or predicted (as the motion model gives it); ``mouth_scale`` applies after."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pose", str(self.pose))  # a Path is accepted and kept as its text
@@ -73,6 +85,9 @@ class DriveConfig:
             raise Avatar3DError(f"--blink {self.blink!r}: use one of {', '.join(BLINK_MODES)}")
         if self.idle not in IDLE_MODES:
             raise Avatar3DError(f"--idle {self.idle!r}: use one of {', '.join(IDLE_MODES)}")
+        if self.mouth_amplitude not in MOUTH_AMPLITUDE_MODES:
+            raise Avatar3DError(f"--mouth-amplitude {self.mouth_amplitude!r}: use one of "
+                                f"{', '.join(MOUTH_AMPLITUDE_MODES)}")
         if not (np.isfinite(self.mouth_scale) and 0.0 <= self.mouth_scale <= 3.0):
             raise Avatar3DError(f"--mouth-scale {self.mouth_scale}: use a value between 0 and 3 (1 = as predicted)")
 
@@ -104,6 +119,7 @@ class DriveTracks:
     pose_clamped: int = 0  # frames a generated or video pose was held inside the trained range
     pose_note: str = ""  # one line on where the pose came from (empty for subject/static)
     idle_note: str = ""  # one line on the generated upper face (empty otherwise)
+    mouth_gain: float = 1.0  # the amplitude gain applied to the predicted mouth (1 with --mouth-amplitude predicted)
 
     @property
     def motion(self) -> np.ndarray:
@@ -120,6 +136,45 @@ def most_average_frame(R: np.ndarray, t: np.ndarray, ids: np.ndarray) -> int:
     angle = np.arccos(np.clip(cos, -1.0, 1.0))
     offset = np.linalg.norm(t[ids] - np.median(t[ids], axis=0), axis=1)
     return int(ids[np.argmin(angle + 0.5 * offset)])  # 0.5 rad per metre: 1 cm weighs as ~0.3°
+
+
+def spread(curve: np.ndarray) -> float:
+    """p95 - p5 of a curve: its working range, blind to a few outlier frames."""
+    return float(np.percentile(curve, 95) - np.percentile(curve, 5)) if len(curve) else 0.0
+
+
+def mouth_amplitude_gain(mouth: dict[str, np.ndarray], subject: np.ndarray, names: list[str], fps: float,
+                         lip_gap: np.ndarray | None = None) -> tuple[float, str]:
+    """(gain, why): the factor on the predicted mouth channels' motion that gives the new speech the inner-lip gap
+    range (p95 - p5) the subject showed; ``subject`` the tracked expression of the training frames ([N, K], in
+    ``names`` order), ``lip_gap`` the gap per unit of each channel (default: the shipped face model's,
+    :func:`avatar3d.face.lip_gap.lip_gap_weights`).
+
+    Why the lip gap and not one channel: ``mouthClose`` cancels ``jawOpen`` exactly, so a jaw that opens as wide
+    as the subject's can still show a smaller mouth.  Why one gain for every mouth channel: it keeps the model's
+    mix of shapes (a rounded "oo" stays rounded) and only restores the size the model lost hedging on an
+    unfamiliar voice.  Why the range over the whole speech: pauses hold the mouth at rest in the subject's clip
+    and in new speech alike, so their p5s agree.
+    """
+    n = min((len(v) for v in mouth.values()), default=0)
+    if n < AMPLITUDE_MIN_SECONDS * fps:
+        return 1.0, f"speech under {AMPLITUDE_MIN_SECONDS:g} s; mouth as predicted"
+    if lip_gap is None:
+        from avatar3d.face.default_model import load_face_model  # lazy: read once per render, not at import
+        from avatar3d.face.lip_gap import lip_gap_weights
+
+        lip_gap = lip_gap_weights(load_face_model(), names)
+    lip_gap = np.asarray(lip_gap, np.float64)
+    predicted = [(names.index(k), np.asarray(v, np.float64)[:n]) for k, v in mouth.items() if k in names]
+    got = spread(sum((lip_gap[j] * curve for j, curve in predicted), np.zeros(n)))
+    want = spread(np.asarray(subject, np.float64) @ lip_gap)
+    if want < 1e-5 or got < 1e-6:  # metres: a hundredth of a millimetre
+        return 1.0, (f"{'the subject' if want < 1e-5 else 'the prediction'} barely opens the lips; mouth as "
+                     "predicted")
+    gain = float(np.clip(want / got, *AMPLITUDE_GAIN_RANGE))
+    return gain, (f"mouth amplitude matched to the subject's: x{gain:.2f} (inner-lip gap range {1e3 * got:.1f} mm "
+                  f"predicted, {1e3 * want:.1f} mm in the training clip; --mouth-amplitude predicted keeps the "
+                  "model's)")
 
 
 def blink_events(blink: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -224,11 +279,19 @@ def build_tracks(
     if unknown:
         raise Avatar3DError(f"the motion model drives channels the avatar lacks: {', '.join(unknown)}; "
                             "use a motion model made for this face model")  # fmt: skip
+    gain, bounded = 1.0, config.mouth_amplitude == "subject"
+    if bounded and mouth:
+        gain, note = mouth_amplitude_gain({k: np.asarray(v)[:n_frames] for k, v in mouth.items()},
+                                          expression[train_ids], names, fps)
+        log(f"[render] {note}")
     for name, curve in mouth.items():
         j = names.index(name)
         curve = np.asarray(curve, dtype=np.float32)[:n_frames]
         rest = float(np.percentile(curve, 5)) if len(curve) else 0.0  # the closed, silent mouth
-        expr[:, j] = rest + config.mouth_scale * (curve - rest)
+        expr[:, j] = rest + config.mouth_scale * gain * (curve - rest)
+        if bounded and gain != 1.0:  # a larger mouth, but never one the avatar was not shown
+            seen = expression[train_ids, j]
+            expr[:, j] = np.clip(expr[:, j], min(float(seen.min()), rest), max(float(seen.max()), float(curve.max())))
     if config.blink == "auto":
         blinks = sample_blinks(n_frames, fps, blink[train_ids], np.random.default_rng(config.seed))
         if not blinks_seen(blink[train_ids]):
@@ -242,6 +305,7 @@ def build_tracks(
         blinks = blink[source].astype(np.float32)
     if pose is None:
         return DriveTracks(R=R[source], t=t[source], expression=expr, blink=blinks, source_frames=source,
-                           expression_names=names, idle_note=idle_note)  # fmt: skip
+                           expression_names=names, idle_note=idle_note, mouth_gain=gain)  # fmt: skip
     return DriveTracks(R=pose.R, t=pose.t, expression=expr, blink=blinks, source_frames=source, expression_names=names,
-                       pose_clamped=pose.clamped, pose_note=pose.description, idle_note=idle_note)  # fmt: skip
+                       pose_clamped=pose.clamped, pose_note=pose.description, idle_note=idle_note,
+                       mouth_gain=gain)  # fmt: skip

@@ -561,7 +561,8 @@ def render_from_speech(
     camera: str | Path = "training", stereo_ipd_mm: float | None = None, rgba: Path | None = None,
     depth: Path | None = None, yes: bool = False,
 ) -> dict[str, float]:  # fmt: skip
-    """Writes ``out`` (H.264 + AAC) of the avatar saying ``source``; returns frames, seconds and render FPS.
+    """Writes ``out`` (H.264 + AAC) of the avatar saying ``source``; returns frames, seconds, render FPS and the
+    mouth-amplitude gain applied (see :class:`DriveConfig`).
 
     Speech from a file is never held whole: it is decoded in ``source.stream.chunk_s`` chunks once for
     the phone loop (``--phones auto``, in windows), once for the motion model and once more for the
@@ -622,4 +623,5 @@ def render_from_speech(
     seconds = n_samples / SAMPLE_RATE
     log(f"[render] {len(tracks.motion)} frames ({seconds:.1f} s of speech) at {layout} -> {out} "
         f"({fps:.1f} FPS rendering)")  # fmt: skip
-    return {"frames": float(len(tracks.motion)), "seconds": seconds, "render_fps": fps}
+    return {"frames": float(len(tracks.motion)), "seconds": seconds, "render_fps": fps,
+            "mouth_gain": float(tracks.mouth_gain)}

@@ -285,3 +285,21 @@ def test_rebuild_matches_shipped_file(model):
     qb, _ = np.linalg.qr(b.T)
     assert np.linalg.svd(qa.T @ qb, compute_uv=False).min() > 0.999
     assert np.allclose(np.sort(np.linalg.norm(a, axis=1)), np.sort(np.linalg.norm(b, axis=1)), rtol=1e-3)
+
+
+def test_lip_gap_weights_are_the_inner_lip_gap_of_the_model_per_channel() -> None:
+    """The linear gap render uses to size new speech's mouth equals the gap of the posed landmarks."""
+    from avatar3d.face.default_model import load_face_model
+    from avatar3d.face.lip_gap import INNER_LIP_PAIRS, lip_gap_weights
+
+    model = load_face_model()
+    w = lip_gap_weights(model, list(model.expression_names) + ["notAChannel"])
+    assert w[-1] == 0.0
+    rng = np.random.default_rng(0)
+    upper, lower = [u for u, _ in INNER_LIP_PAIRS], [v for _, v in INNER_LIP_PAIRS]
+    rest = model.landmarks()
+    for _ in range(3):
+        e = rng.uniform(0.0, 0.6, model.n_expression).astype(np.float32)
+        lm = model.landmarks(None, e)
+        opened = np.mean(lm[upper, 1] - lm[lower, 1]) - np.mean(rest[upper, 1] - rest[lower, 1])
+        assert float(e @ w[:-1]) == pytest.approx(float(opened), abs=1e-6)

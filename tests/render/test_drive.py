@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from avatar3d.errors import Avatar3DError
-from avatar3d.render.drive import DriveConfig, blink_events, build_tracks, sample_blinks
+from avatar3d.face.default_model import load_face_model
+from avatar3d.face.lip_gap import lip_gap_weights
+from avatar3d.render.drive import AMPLITUDE_GAIN_RANGE, DriveConfig, blink_events, build_tracks, sample_blinks, spread
 from avatar3d.render.frame_order import ping_pong
 
 FPS = 25.0
@@ -51,14 +53,57 @@ def test_subject_pose_comes_from_training_frames_and_static_is_still() -> None:
 def test_mouth_channels_follow_the_model_scaled_around_rest() -> None:
     subj, _ = _subject()
     curve = np.concatenate([np.zeros(50), np.full(50, 0.6)]).astype(np.float32)
-    tracks = build_tracks({"jawOpen": curve}, 100, FPS, train_ids=np.arange(300), **subj)
+    tracks = build_tracks({"jawOpen": curve}, 100, FPS, train_ids=np.arange(300),
+                          config=DriveConfig(mouth_amplitude="predicted"), **subj)  # fmt: skip
     half = build_tracks({"jawOpen": curve}, 100, FPS, train_ids=np.arange(300),
-                        config=DriveConfig(mouth_scale=0.5), **subj)  # fmt: skip
+                        config=DriveConfig(mouth_scale=0.5, mouth_amplitude="predicted"), **subj)  # fmt: skip
     j = subj["expression_names"].index("jawOpen")
     assert np.allclose(tracks.expression[:, j], curve)
     assert np.allclose(half.expression[:, j], curve * 0.5)
     other = subj["expression_names"].index("mouthLeft")  # not predicted: held at its median
     assert np.ptp(tracks.expression[:, other]) == 0
+
+
+def _talking_subject(n: int = 300) -> dict:
+    """A subject whose tracked jaw swings 0.05 .. 0.45 with a closed-lip channel at rest: a 0.4 jaw range."""
+    subj, _ = _subject(n)
+    j = subj["expression_names"].index("jawOpen")
+    subj["expression"][:, j] = 0.25 + 0.2 * np.sin(np.arange(n) / 3.0)
+    subj["expression"][:, subj["expression_names"].index("mouthClose")] = 0.0
+    return subj
+
+
+def test_mouth_amplitude_gives_new_speech_the_subjects_lip_range_within_what_it_showed() -> None:
+    subj = _talking_subject()
+    names, j = subj["expression_names"], subj["expression_names"].index("jawOpen")
+    gap = lip_gap_weights(load_face_model(), names)
+    assert gap[j] > 0.01 and gap[names.index("mouthClose")] == pytest.approx(-gap[j]), \
+        "the shipped model: jawOpen parts the lips, mouthClose shuts them by as much"
+    curve = (0.05 + 0.1 * (1 + np.sin(np.arange(200) / 2.0))).astype(np.float32)  # 8 s, half the subject's range
+    logs: list[str] = []
+    tracks = build_tracks({"jawOpen": curve}, 200, FPS, train_ids=np.arange(300), log=logs.append, **subj)
+    subject_range = spread(subj["expression"][:, j])
+    assert tracks.mouth_gain == pytest.approx(subject_range / spread(curve), rel=0.05)
+    assert spread(tracks.expression[:, j]) == pytest.approx(subject_range, rel=0.05)
+    assert tracks.expression[:, j].max() <= subj["expression"][:, j].max() + 1e-6, "a jaw wider than the clip showed"
+    assert any("mouth amplitude matched" in line for line in logs)
+    kept = build_tracks({"jawOpen": curve}, 200, FPS, train_ids=np.arange(300),
+                        config=DriveConfig(mouth_amplitude="predicted"), **subj)  # fmt: skip
+    assert kept.mouth_gain == 1.0 and np.allclose(kept.expression[:, j], curve)
+    huge = build_tracks({"jawOpen": curve * 0.01}, 200, FPS, train_ids=np.arange(300), **subj)
+    assert huge.mouth_gain == AMPLITUDE_GAIN_RANGE[1], "the gain is bounded"
+
+
+def test_mouth_amplitude_reads_the_lip_gap_and_leaves_short_speech_alone() -> None:
+    subj = _talking_subject()
+    names = subj["expression_names"]
+    swing = (0.05 + 0.1 * (1 + np.sin(np.arange(200) / 2.0))).astype(np.float32)
+    shut = build_tracks({"jawOpen": swing, "mouthClose": swing}, 200, FPS, train_ids=np.arange(300), **subj)
+    assert shut.mouth_gain == 1.0, "a jaw that swings with the lips held shut opens no mouth to rescale"
+    short = build_tracks({"jawOpen": swing[:40]}, 40, FPS, train_ids=np.arange(300), **subj)
+    assert short.mouth_gain == 1.0 and np.allclose(short.expression[:, names.index("jawOpen")], swing[:40])
+    with pytest.raises(Avatar3DError, match="mouth-amplitude"):
+        DriveConfig(mouth_amplitude="loud")
 
 
 def test_auto_blinks_match_the_subjects_rate_and_off_never_blinks() -> None:

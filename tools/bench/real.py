@@ -21,7 +21,9 @@ Figures that need more than the evaluation already computes:
     each new-speech render, divided by the same on the subject's whole prepared clip (its own speech)
     **at the render's size**: MediaPipe reads a smaller lip gap on a smaller image (a real clip: 0.60x
     at 128² of its 512² figure), so every reference figure (mouth, blinks, sync) is measured on the
-    prepared clip area-resized to the render size.
+    prepared clip area-resized to the render size.  The renders use ``--mouth-amplitude subject`` (as
+    ``avatar3d render`` does by default; ``--mouth-amplitude predicted`` for the model's own curves); each
+    render's gain is in the JSON (``mouth_gain``).
   * own-motion mouth amplitude: the same ratio for the avatar replaying the subject's whole tracked clip
     (``render --motion-from SUBJECT --split all``): how far the avatar opens the mouth for motion it was
     fitted to, apart from what the speech-to-motion model predicts.
@@ -168,8 +170,10 @@ def own_motion(avatar: Path, subject: Path, work: Path, size: int, ref: float) -
     return {"mouth_amplitude_ratio": amplitude(mouth) / ref if ref > 0 else None, "mp4": str(mp4)}
 
 
-def new_speech(avatar: Path, subject: Path, wavs: list[Path], work: Path, size: int) -> dict:
-    """Render each driving wav; sync, blink rate and mouth amplitude against the subject's own clip (at ``size``)."""
+def new_speech(avatar: Path, subject: Path, wavs: list[Path], work: Path, size: int,
+               mouth_amplitude: str = "subject") -> dict:
+    """Render each driving wav; sync, blink rate and mouth amplitude against the subject's own clip (at ``size``);
+    ``mouth_amplitude`` as ``render --mouth-amplitude``."""
     reference = reference_at(subject, size, work)
     ref_sync, ref_mouth, _ = measure_video_sync(reference, subject / AUDIO)
     ref_lm = detect_landmarks(read_video(reference), video=False)
@@ -180,8 +184,8 @@ def new_speech(avatar: Path, subject: Path, wavs: list[Path], work: Path, size: 
     for wav in wavs:
         mp4 = work / f"speech_{wav.stem}.mp4"
         stats = render_from_speech(avatar, SpeechSource(audio_path=wav), mp4, size=size,
-                                   config=DriveConfig(pose="subject", blink="auto"), progress=False,
-                                   log=lambda _: None)  # fmt: skip
+                                   config=DriveConfig(pose="subject", blink="auto", mouth_amplitude=mouth_amplitude),
+                                   progress=False, log=lambda _: None)  # fmt: skip
         sync, mouth, _ = measure_video_sync(mp4)
         lm = detect_landmarks(read_video(mp4), video=False)
         blinks = blink_rate(eye_aspect_ratio(lm), float(probe_video(mp4).fps))
@@ -189,6 +193,7 @@ def new_speech(avatar: Path, subject: Path, wavs: list[Path], work: Path, size: 
                      "lag": sync.lag_frames if sync.valid else None, "conf": sync.to_dict()["confidence"],
                      "mouth_amplitude_ratio": amplitude(mouth) / ref_amp if ref_amp > 0 else None,
                      "blinks_per_min": blinks.to_dict()["per_minute"], "face_found": float(np.isfinite(mouth).mean()),
+                     "mouth_gain": stats["mouth_gain"],
                      "mp4": str(mp4)})
         print(f"[real]   {wav.name}: {rows[-1]}", flush=True)
     return {"reference": {"lag": ref_sync.lag_frames if ref_sync.valid else None,
@@ -259,7 +264,7 @@ def bench_clip(clip: Path, args: argparse.Namespace, wavs: list[Path]) -> dict:
     m, mb = run.metrics, run_big.metrics
     print(f"[real] {clip.name}: evaluated {m['frames']['n']} held-out frames", flush=True)
     data = load_subject(subject, int(m["training_resolution"]), progress=False)
-    speech = new_speech(avatar, subject, wavs, work, int(m["training_resolution"]))
+    speech = new_speech(avatar, subject, wavs, work, int(m["training_resolution"]), args.mouth_amplitude)
     own = own_motion(avatar, subject, work, int(m["training_resolution"]), speech["reference"]["mouth_amplitude"])
     sheet = work / "sheet.png"
     contact_sheet(run_big, Path(speech["renders"][0]["mp4"]) if speech["renders"] else None, sheet)
@@ -346,6 +351,8 @@ def main() -> None:
                          "training-resolution evaluation)")
     ap.add_argument("--pose-fit-steps", type=int, default=None,
                     help="steps of the held-out pose fit after training (default: the preset's, scaled by --minutes)")
+    ap.add_argument("--mouth-amplitude", choices=("subject", "predicted"), default="subject",
+                    help="the new-speech renders' --mouth-amplitude (default subject, as `avatar3d render`)")
     ap.add_argument("--retrain", action="store_true", help="train again even when the work folder has an avatar")
     args = ap.parse_args()
     clips = args.clips or sorted(SHARED.glob("*.mp4"))
