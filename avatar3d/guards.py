@@ -39,7 +39,9 @@ EXTRA_VIEW_BYTES_PER_PIXEL = 64  # each further stereo eye: its finished float v
 TRAIN_FIXED_BYTES = 1_500_000_000  # interpreter, torch, the face model, kernels, evaluation renders, TensorBoard
 TRAIN_BYTES_PER_PARAM = 16  # float32 parameter + gradient + Adam's two moments
 TRAIN_BYTES_PER_SAMPLE = 1200  # forward activations kept for backward, per ray sample (hash grid + MLPs)
-TRAIN_FRAME_BYTES_PER_PIXEL = 4  # the memory-mapped frame store: RGB + label, uint8, once touched
+TRAIN_FRAME_BYTES_PER_PIXEL = 4  # the frame store on disk: RGB + label, uint8 (a disk figure, not a RAM one:
+# training reads it memory-mapped, and clean file-backed pages are page cache the kernel counts as available and
+# evicts under pressure -- counting them made a 512² estimate of a 5-minute clip 10.4 GB against 1.3 GB measured)
 # The Gaussian avatar renders whole frames: what grows is the pixels of a step (torso-field activations kept
 # for backward, the rasterizer's per-pixel and per-tile buffers). Measured: configs/gaussians_cpu.yaml at 128²
 # with 30,000 Gaussians peaked at 1.24-1.61 GB on the real clips (125-550 frames); the estimate gives 1.59-1.62.
@@ -134,16 +136,20 @@ def hash_grid_params(n_dims: int, n_levels: int, features_per_level: int, log2_t
 
 
 def estimate_train_bytes(resolution: int, n_frames: int, rays_per_step: int, max_samples: int, n_params: int) -> int:
-    """Peak memory of one training step: fixed + optimiser state + ray samples + the touched frame store."""
+    """Peak memory of one training step: fixed + optimiser state + ray samples (the memory-mapped uint8 frame store
+    is page cache, see :data:`TRAIN_FRAME_BYTES_PER_PIXEL`; ``resolution`` and ``n_frames`` size the model only)."""
+    del resolution, n_frames
     return int(TRAIN_FIXED_BYTES + TRAIN_BYTES_PER_PARAM * n_params + TRAIN_BYTES_PER_SAMPLE * rays_per_step
-               * max_samples + TRAIN_FRAME_BYTES_PER_PIXEL * n_frames * resolution * resolution)  # fmt: skip
+               * max_samples)  # fmt: skip
 
 
 def estimate_gaussian_train_bytes(resolution: int, n_frames: int, frames_per_step: int, n_params: int) -> int:
-    """Peak memory of one Gaussian-avatar training step: fixed + optimiser state + whole-frame buffers + frames."""
+    """Peak memory of one Gaussian-avatar training step: fixed + optimiser state + whole-frame buffers (the frames
+    are memory-mapped page cache, see :data:`TRAIN_FRAME_BYTES_PER_PIXEL`)."""
+    del n_frames
     pixels = int(resolution) * int(resolution)
     return int(TRAIN_FIXED_BYTES + TRAIN_BYTES_PER_PARAM * n_params + GAUSSIAN_BYTES_PER_PIXEL * pixels
-               * int(frames_per_step) + TRAIN_FRAME_BYTES_PER_PIXEL * n_frames * pixels)  # fmt: skip
+               * int(frames_per_step))  # fmt: skip
 
 
 def check_gaussian_train_memory(resolution: int, n_frames: int, frames_per_step: int, n_params: int,

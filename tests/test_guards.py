@@ -30,6 +30,26 @@ def test_train_estimate_covers_the_measured_peak(preset: str, measured_gb: float
     assert 0.95 * measured_gb <= need / 1e9 <= 1.5 * measured_gb
 
 
+@pytest.mark.parametrize("backend,preset,measured_gb", [("gaussians", "gaussians_cpu", 1.297), ("nerf", "gpu_512", 3.927)])
+def test_512_estimate_of_a_five_minute_clip_covers_the_peak_without_counting_the_mapped_frames(
+        backend: str, preset: str, measured_gb: float) -> None:  # fmt: skip
+    """tools/bench/RESULTS.md, host memory at 512² on the 5-minute synthetic subject (7,500 frames): peak RSS
+    1,297 MB (Gaussian) and 3,927 MB (NeRF).  The uint8 frames (7.9 GB on disk) are memory-mapped page cache, so
+    an estimate that counts them refuses machines that can train (it said 10.4 GB for the Gaussian run)."""
+    from avatar3d.guards import estimate_gaussian_train_bytes
+    from avatar3d.train.gaussian_config import load_train_config
+    from avatar3d.train.guard import gaussian_model_parameters
+
+    if backend == "gaussians":
+        g = load_train_config(CONFIGS / f"{preset}.yaml")
+        need = estimate_gaussian_train_bytes(512, 7500, g.frames_per_step, gaussian_model_parameters(g, 7500))
+    else:
+        c = load_config(TrainConfig, CONFIGS / f"{preset}.yaml")
+        need = estimate_train_bytes(512, 7500, c.sampler.rays_per_step, c.avatar.max_samples,
+                                    model_parameters(c, 7500))  # fmt: skip
+    assert measured_gb <= need / 1e9 <= 2.5 * measured_gb, need / 1e9
+
+
 def test_train_and_disk_refusals_say_the_numbers(tmp_path: Path) -> None:
     with pytest.raises(ResourceError, match=r"needs about 1\d\.\d GB of memory, but 8\.0 GB is available; use a "
                                             r"smaller preset"):  # fmt: skip
