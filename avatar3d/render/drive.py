@@ -279,8 +279,8 @@ def build_tracks(
     if unknown:
         raise Avatar3DError(f"the motion model drives channels the avatar lacks: {', '.join(unknown)}; "
                             "use a motion model made for this face model")  # fmt: skip
-    gain, bounded = 1.0, config.mouth_amplitude == "subject"
-    if bounded and mouth:
+    gain = 1.0
+    if config.mouth_amplitude == "subject" and mouth:
         gain, note = mouth_amplitude_gain({k: np.asarray(v)[:n_frames] for k, v in mouth.items()},
                                           expression[train_ids], names, fps)
         log(f"[render] {note}")
@@ -288,10 +288,11 @@ def build_tracks(
         j = names.index(name)
         curve = np.asarray(curve, dtype=np.float32)[:n_frames]
         rest = float(np.percentile(curve, 5)) if len(curve) else 0.0  # the closed, silent mouth
-        expr[:, j] = rest + config.mouth_scale * gain * (curve - rest)
-        if bounded and gain != 1.0:  # a larger mouth, but never one the avatar was not shown
+        matched = rest + gain * (curve - rest)
+        if gain != 1.0:  # a larger mouth, but never one the avatar was not shown (--mouth-scale may go further)
             seen = expression[train_ids, j]
-            expr[:, j] = np.clip(expr[:, j], min(float(seen.min()), rest), max(float(seen.max()), float(curve.max())))
+            matched = np.clip(matched, min(float(seen.min()), rest), max(float(seen.max()), float(curve.max())))
+        expr[:, j] = rest + config.mouth_scale * (matched - rest)
     if config.blink == "auto":
         blinks = sample_blinks(n_frames, fps, blink[train_ids], np.random.default_rng(config.seed))
         if not blinks_seen(blink[train_ids]):
