@@ -50,7 +50,8 @@ BLINK_MODES = ("auto", "off", "from-pose-source")
 IDLE_MODES = ("auto", "subject", "generated", "static")
 MOUTH_AMPLITUDE_MODES = ("subject", "predicted")
 AMPLITUDE_GAIN_RANGE = (0.5, 3.0)
-"""Bounds of that gain (a mouth twice as wide as predicted is still the subject's own range; more is a guess)."""
+"""Bounds of the amplitude gain: 3x covers the largest shortfall measured (a half-body clip, 2.3-3x); beyond,
+the prediction is too flat for its shape to be worth enlarging."""
 AMPLITUDE_MIN_SECONDS = 2.0
 """Shorter speech keeps the predicted amplitude: a range over a word or two says little."""
 DEFAULT_BLINK_INTERVAL_S = (2.0, 6.0)
@@ -74,8 +75,9 @@ class DriveConfig:
     model fitted to them), static (their median), or auto (follows the pose: generated for a generated pose,
     static for a static one, the video's own for a driving video, else subject)."""
     mouth_amplitude: str = "subject"
-    """subject (the predicted mouth rescaled so the jaw spans the subject's own range over the speech, kept inside
-    what the training clip showed) or predicted (as the motion model gives it); ``mouth_scale`` applies after."""
+    """subject (the predicted mouth rescaled so the inner lips part over the speech as widely as the subject's did,
+    kept inside what the training clip showed) or predicted (as the motion model gives it); ``mouth_scale``
+    applies after."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pose", str(self.pose))  # a Path is accepted and kept as its text
