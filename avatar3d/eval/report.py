@@ -165,6 +165,12 @@ def _metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
                      note))
     rows.append(("sync lag rendered - reference", fmt(sync["lag_rendered_minus_reference"], 0),
                  f"frames; {sync['convention']}; searched +-{sync['max_lag_frames']}"))
+    mouth = sync.get("mouth_rendered_vs_reference")
+    if mouth is not None:  # metrics.json written before this entry existed has none
+        rows.append(("mouth lag rendered vs reference / confidence",
+                     f"{fmt(mouth['lag_frames'], 0)} / {fmt(mouth['confidence'], 3)}",
+                     mouth.get("unavailable", "the rendered mouth-opening curve against the reference's, no audio; "
+                                              "positive = rendered late")))
     br, bf = blink["rendered"], blink["reference"]
     rows.append(("blinks per minute rendered / reference", f"{fmt(br['per_minute'], 1)} / {fmt(bf['per_minute'], 1)}",
                  f"{br['count']} / {bf['count']} blinks over {fmt(br['duration_s'], 1)} / "

@@ -69,7 +69,12 @@ def test_unmeasurable_metrics_are_reported_not_invented(tiny_eval) -> None:
         found = np.isfinite(run.mouth_rendered if side == "rendered" else run.mouth_reference).sum()
         if sync["lag_frames"] is not None:
             assert found >= 12 and abs(sync["lag_frames"]) <= m["sync"]["max_lag_frames"]
+    direct = m["sync"]["mouth_rendered_vs_reference"]  # the avatar's lag without the audio in between
+    assert (direct["lag_frames"] is None) == ("unavailable" in direct)
+    if direct["lag_frames"] is not None:
+        assert abs(direct["lag_frames"]) <= m["sync"]["max_lag_frames"] and np.isfinite(direct["confidence"])
     html = (out / "report.html").read_text()
+    assert "mouth lag rendered vs reference" in html
     if both == 0 or m["sync"]["rendered"]["lag_frames"] is None:
         assert "n/a" in html
     print("tiny eval:", json.dumps({k: m[k] for k in ("image", "lmd", "sync", "detection_rate")}, indent=None))
