@@ -33,7 +33,7 @@ from scipy.signal import butter, sosfiltfilt
 
 from avatar3d.errors import Avatar3DError
 from avatar3d.eval.landmark_metrics import detect_landmarks
-from avatar3d.face.landmark_sets import EYE_OUTER_CORNERS, LIP_INNER_LOWER, LIP_INNER_UPPER
+from avatar3d.face.landmark_sets import EYE_OUTER_CORNERS, INNER_LIP_PAIRS
 from avatar3d.io.audio import read_wav
 from avatar3d.io.video import probe_video, read_audio, read_video
 
@@ -56,7 +56,6 @@ MIN_PAIRS = 12  # a lag scored on fewer finite frame pairs than this is not scor
 
 # MediaPipe face-mesh indices: inner lip contour pairs (upper, lower), centre and either side,
 # and the outer eye corners (the face-size normaliser).
-_INNER_LIP_PAIRS = tuple((LIP_INNER_UPPER[k], LIP_INNER_LOWER[k]) for k in (5, 4, 6, 3, 7))  # (13, 14), (82, 87), ...
 _EYE_OUTER = EYE_OUTER_CORNERS
 
 
@@ -145,8 +144,8 @@ def mouth_opening_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
     if lm.ndim != 3 or lm.shape[1] < 468 or lm.shape[2] < 2:
         raise ValueError(f"landmarks must be [N, 468+, 2+], got {lm.shape}")
     xy = lm[:, :, :2]
-    upper = xy[:, [u for u, _ in _INNER_LIP_PAIRS]]
-    lower = xy[:, [v for _, v in _INNER_LIP_PAIRS]]
+    upper = xy[:, [u for u, _ in INNER_LIP_PAIRS]]
+    lower = xy[:, [v for _, v in INNER_LIP_PAIRS]]
     gap = np.linalg.norm(lower - upper, axis=-1).mean(axis=1)
     eyes = np.linalg.norm(xy[:, _EYE_OUTER[0]] - xy[:, _EYE_OUTER[1]], axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):

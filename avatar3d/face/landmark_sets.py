@@ -11,6 +11,8 @@ LIP_OUTER_UPPER = [61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291]
 LIP_OUTER_LOWER = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291]
 LIP_INNER_UPPER = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]
 LIP_INNER_LOWER = [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308]
+INNER_LIP_PAIRS = tuple((LIP_INNER_UPPER[k], LIP_INNER_LOWER[k]) for k in (5, 4, 6, 3, 7))  # (13, 14), (82, 87), ...
+"""(upper, lower) inner-lip landmarks facing each other across the middle of the mouth: the mouth opening."""
 LIPS = sorted(set(LIP_OUTER_UPPER + LIP_OUTER_LOWER + LIP_INNER_UPPER + LIP_INNER_LOWER))  # == FACEMESH_LIPS
 MOUTH_CORNERS_OUTER = (61, 291)  # (right, left)
 MOUTH_CORNERS_INNER = (78, 308)

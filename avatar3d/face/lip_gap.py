@@ -11,11 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from avatar3d.face.landmark_sets import LIP_INNER_LOWER, LIP_INNER_UPPER
+from avatar3d.face.landmark_sets import INNER_LIP_PAIRS
 from avatar3d.face.model import MorphableModel
-
-INNER_LIP_PAIRS = tuple((LIP_INNER_UPPER[k], LIP_INNER_LOWER[k]) for k in (3, 4, 5, 6, 7))
-"""(upper, lower) MediaPipe landmarks facing each other across the middle of the mouth (13 / 14 and neighbours)."""
 
 
 def lip_gap_weights(model: MorphableModel, names: Sequence[str]) -> np.ndarray:
@@ -32,4 +29,4 @@ def lip_gap_weights(model: MorphableModel, names: Sequence[str]) -> np.ndarray:
     return out
 
 
-__all__ = ["INNER_LIP_PAIRS", "lip_gap_weights"]
+__all__ = ["lip_gap_weights"]

@@ -290,7 +290,8 @@ def test_rebuild_matches_shipped_file(model):
 def test_lip_gap_weights_are_the_inner_lip_gap_of_the_model_per_channel() -> None:
     """The linear gap render uses to size new speech's mouth equals the gap of the posed landmarks."""
     from avatar3d.face.default_model import load_face_model
-    from avatar3d.face.lip_gap import INNER_LIP_PAIRS, lip_gap_weights
+    from avatar3d.face.landmark_sets import INNER_LIP_PAIRS
+    from avatar3d.face.lip_gap import lip_gap_weights
 
     model = load_face_model()
     w = lip_gap_weights(model, list(model.expression_names) + ["notAChannel"])
