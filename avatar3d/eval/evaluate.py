@@ -33,7 +33,7 @@ from avatar3d.eval.landmark_metrics import blink_rate, detect_landmarks, eye_asp
 from avatar3d.eval.lpips import MIN_SIZE, load_lpips, lpips_pairs, resolve_weights
 from avatar3d.eval.report import render_html
 from avatar3d.eval.results import EvalRun
-from avatar3d.eval.sync import MIN_PAIRS, audio_envelope, mouth_opening_from_landmarks, sync_offset
+from avatar3d.eval.sync import MIN_PAIRS, audio_envelope, lag_spread, mouth_opening_from_landmarks, sync_offset
 from avatar3d.guards import warn
 from avatar3d.io.atomic import json_safe, write_json_atomic, write_text_atomic
 from avatar3d.io.audio import read_wav
@@ -215,8 +215,12 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
     mouth_pred = _span_curve(mouth_opening_from_landmarks(lm_pred), ids, start, span)
     mouth_ref = _span_curve(mouth_opening_from_landmarks(lm_ref), ids, start, span)
     audio, rate = read_wav(data.audio_path)
-    envelope = audio_envelope(audio, rate, fps, data.n_frames)[start:start + span]
+    clip_envelope = audio_envelope(audio, rate, fps, data.n_frames)
+    envelope = clip_envelope[start:start + span]
     max_lag = int(max(0, min(config.max_lag_frames, span // 3)))
+    # how much the reference's own audio lag wanders over stretches this long (prep's landmarks, whole clip):
+    # a rendered-minus-reference difference inside it is not a measured sync error
+    spread = lag_spread(mouth_opening_from_landmarks(data.landmarks), clip_envelope, span, max_lag) if span >= 2 else None
     sync_pred = sync_offset(mouth_pred, envelope, max_lag)
     sync_ref = sync_offset(mouth_ref, envelope, max_lag)
     relative = (sync_pred.lag_frames - sync_ref.lag_frames) if sync_pred.valid and sync_ref.valid else None
@@ -253,6 +257,7 @@ def evaluate(avatar: str | Path, subject: str | Path, out_dir: str | Path, confi
         "sync": {"rendered": _sync_entry(sync_pred, envelope), "reference": _sync_entry(sync_ref, envelope),
                  "lag_rendered_minus_reference": relative, "mouth_rendered_vs_reference": _mouth_sync_entry(sync_mouth),
                  "max_lag_frames": max_lag,
+                 "reference_lag_spread": spread.to_dict() if spread is not None else None,
                  "convention": "positive lag = video late (mouth opens after the sound)"},
         "detection_rate": {"rendered": _num(lmd.detection_rate_pred), "reference": _num(lmd.detection_rate_ref)},
     }

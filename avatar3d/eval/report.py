@@ -165,6 +165,12 @@ def _metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
                      note))
     rows.append(("sync lag rendered - reference", fmt(sync["lag_rendered_minus_reference"], 0),
                  f"frames; {sync['convention']}; searched +-{sync['max_lag_frames']}"))
+    spread = sync.get("reference_lag_spread")
+    if spread is not None:  # metrics.json written before this entry existed has none
+        rows.append(("reference's own audio-lag spread at this span length", fmt(spread["spread_frames"], 1, " frames"),
+                     f"robust sd of the lag over {spread['windows']} stretches of {spread['window_frames']} frames of "
+                     "the whole clip (prep's landmarks); a rendered - reference difference inside it is not a measured "
+                     "sync error" + ("" if spread["spread_frames"] is not None else " (too few stretches to tell)")))
     mouth = sync.get("mouth_rendered_vs_reference")
     if mouth is not None:  # metrics.json written before this entry existed has none
         rows.append(("mouth lag rendered vs reference / confidence",

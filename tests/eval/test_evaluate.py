@@ -73,8 +73,11 @@ def test_unmeasurable_metrics_are_reported_not_invented(tiny_eval) -> None:
     assert (direct["lag_frames"] is None) == ("unavailable" in direct)
     if direct["lag_frames"] is not None:
         assert abs(direct["lag_frames"]) <= m["sync"]["max_lag_frames"] and np.isfinite(direct["confidence"])
+    spread = m["sync"]["reference_lag_spread"]  # the reference's own lag wander at the held-out span's length
+    assert spread["window_frames"] == run.mouth_rendered.size and spread["windows"] >= 0
+    assert (spread["spread_frames"] is None) == (spread["windows"] < 3)
     html = (out / "report.html").read_text()
-    assert "mouth lag rendered vs reference" in html
+    assert "mouth lag rendered vs reference" in html and "audio-lag spread" in html
     if both == 0 or m["sync"]["rendered"]["lag_frames"] is None:
         assert "n/a" in html
     print("tiny eval:", json.dumps({k: m[k] for k in ("image", "lmd", "sync", "detection_rate")}, indent=None))

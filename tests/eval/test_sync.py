@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from avatar3d.errors import Avatar3DError
-from avatar3d.eval.sync import (audio_envelope, measure_video_sync, mouth_opening_from_landmarks, shift_curve,
-                                sync_offset)
+from avatar3d.eval.sync import (audio_envelope, lag_spread, measure_video_sync, mouth_opening_from_landmarks,
+                                shift_curve, sync_offset)
 from avatar3d.io.audio import read_wav
 
 VOWELS = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"}
@@ -91,6 +91,22 @@ def test_no_face_frames_are_skipped_not_filled(clip: dict) -> None:
     few[:8] = clip["mouth"][:8]
     bad = sync_offset(few, clip["env"])
     assert not bad.valid and bad.to_dict()["lag_frames"] is None
+
+
+def test_lag_spread_is_the_measure_noise_at_that_length(clip: dict) -> None:
+    """Per-window lags of one clip: the median of 4 s windows is the whole clip's lag and a delay moves it;
+    1 s windows (a real clip's held-out span) scatter several times more -- too much to resolve +-1 frame."""
+    mouth, env, whole = clip["mouth"], clip["env"], clip["result"].lag_frames
+    long = lag_spread(mouth, env, 100, 15)
+    assert long.lags.size == 4 and abs(long.median - whole) <= 1 and long.resolves(2.0), long
+    late = lag_spread(shift_curve(mouth, 4), env, 100, 15)
+    assert abs(late.median - (long.median + 4)) <= 1, (late, long)
+    short = lag_spread(mouth, env, 25, 8)  # what eval uses on a 25-frame span
+    assert short.lags.size >= 12 and short.spread > 2 * long.spread and not short.resolves(1.0), (short, long)
+    assert lag_spread(mouth[:150], env[:150], 100).to_dict()["spread_frames"] is None  # 1 window tells nothing
+    # 14 frames leave +-2 lags with the 12 pairs a lag needs: too narrow a search to show any wander
+    assert lag_spread(mouth, env, 14, 8).to_dict() == {"window_frames": 14, "windows": 0, "median_lag": None,
+                                                       "spread_frames": None, "within_one": None}
 
 
 def test_bad_audio_is_a_clear_error() -> None:

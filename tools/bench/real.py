@@ -31,7 +31,9 @@ Figures that need more than the evaluation already computes:
     (avatar3d.eval.landmark_metrics.MIN_RATE_DURATION_S), so held-out blinks are counts (rendered /
     reference) and the *rate* compared is the new-speech render's against the subject's whole clip.
   * sync: ``avatar3d eval``'s lag on the held-out span (n/a when that span has too few frames for
-    a lag search, the reason is printed), and the new-speech render's lag against its driving audio
+    a lag search, the reason is printed) with the spread of the reference's own lag over stretches that
+    long (below ~1 frame only when the clip's speech makes the audio measure that steady), and the
+    new-speech render's lag against its driving audio
     next to the subject's whole clip's lag (the speaker's own reference).
 n/a always comes with the reason in the JSON (``unavailable``).  Contact sheet ``sheet.png`` per clip:
 4 held-out frames as reference | rendered | |error| x4 at 256², then 4 frames of the first new-speech render.
@@ -284,6 +286,7 @@ def bench_clip(clip: Path, args: argparse.Namespace, wavs: list[Path]) -> dict:
                           "reference_conf": m["sync"]["reference"].get("confidence"),
                           "mouth_lag": m["sync"].get("mouth_rendered_vs_reference", {}).get("lag_frames"),
                           "mouth_conf": m["sync"].get("mouth_rendered_vs_reference", {}).get("confidence"),
+                          "reference_spread": (m["sync"].get("reference_lag_spread") or {}).get("spread_frames"),
                           **({"unavailable": m["sync"]["rendered"]["unavailable"]}
                              if "unavailable" in m["sync"]["rendered"] else {})},
         "blinks_held_out": {"rendered": m["blink"]["rendered"]["count"], "reference": m["blink"]["reference"]["count"]},
@@ -319,14 +322,15 @@ def print_table(rows: list[dict]) -> None:
         i, t = r["image"], r["image_landmark_tracked"]
         print(f"{r['clip']:<20}{r['head_poses']:>18}{_f(i['psnr_full']):>10}{_f(i['psnr_head']):>7}"
               f"{_f(i['psnr_mouth']):>7}{'':>25}{_f(t['psnr_full']):>6}{_f(t['psnr_head']):>7}{_f(t['psnr_mouth']):>7}")
-    print(f"\n{'clip':<20}{'sync held-out r/ref (mouth)':>28}{'new speech lag r/ref':>22}{'blinks held-out r/ref':>22}"
+    print(f"\n{'clip':<20}{'sync held-out r/ref (mouth) ±spread':>36}{'new speech lag r/ref':>22}{'blinks held-out r/ref':>22}"
           f"{'blink/min new/ref':>19}{'flicker r/ref (pairs)':>23}{'mouth amp':>10}{'own':>6}{'FPS':>6}{'train s':>8}{'RAM MB':>8}")
     for r in rows:
         s, ns, b, fl = r["sync_held_out"], r["new_speech"], r["blinks_held_out"], r["flicker"]
         lags = "/".join(str(x["lag"]) for x in ns["renders"])
         bpm = np.nanmean([x["blinks_per_min"] if x["blinks_per_min"] is not None else np.nan for x in ns["renders"]]) \
             if ns["renders"] else None
-        print(f"{r['clip']:<20}{str(s['rendered']) + '/' + str(s['reference']) + ' (' + str(s.get('mouth_lag')) + ')':>28}"
+        held = f"{s['rendered']}/{s['reference']} ({s.get('mouth_lag')}) ±{_f(s.get('reference_spread'), 1)}"
+        print(f"{r['clip']:<20}{held:>36}"
               f"{lags + ' / ' + str(ns['reference']['lag']):>22}{str(b['rendered']) + '/' + str(b['reference']):>22}"
               f"{_f(bpm, 1) + '/' + _f(ns['reference']['blinks_per_min'], 1):>19}"
               f"{_f(fl['rendered']) + '/' + _f(fl['reference']) + ' (' + str(fl['pairs']) + ')':>23}"
@@ -334,7 +338,8 @@ def print_table(rows: list[dict]) -> None:
               f"{_f(r['render_fps'], 1):>6}{r['train_wall_s']:>8.0f}"
               f"{r['train_peak_ram_mb']:>8.0f}")
     print("PSNR/SSIM/LMD/sync/blinks/flicker: every held-out frame at the training resolution (val column); "
-          "sync (mouth): the rendered mouth's lag against the reference's, no audio; "
+          "sync (mouth): the rendered mouth's lag against the reference's, no audio; ±spread: how much the "
+          "reference's own audio lag wanders over stretches of the held-out length (robust sd, frames); "
           "LPIPS at --lpips-size on the same frames; LMD px at 512² scale; mouth amp: new-speech p95-p5 mouth "
           "opening / the subject's own clip (mean over driving wavs); own: the same for the avatar replaying the "
           "clip's own tracked motion; FPS: held-out render at the training size")
