@@ -12,6 +12,7 @@ from pathlib import Path
 from avatar3d.dataset.contract import CACHE_DIR, MANIFEST
 from avatar3d.guards import (check_disk, check_gaussian_train_memory, check_train_memory, estimate_train_disk,
                              hash_grid_params)  # fmt: skip
+from avatar3d.nerf.encoding import layout_from_config
 from avatar3d.train.config import TrainConfig
 from avatar3d.train.gaussian_config import GaussianTrainConfig
 
@@ -33,8 +34,8 @@ def gaussian_model_parameters(config: GaussianTrainConfig, n_frames: int) -> int
     """Upper bound of a Gaussian avatar's parameter count: the Gaussian cap, the torso field, the residual field,
     pose knots."""
     per_gaussian = 3 + 4 + 3 + 1 + 3 * (config.avatar.head.sh_degree + 1) ** 2  # position, rotation, scale, opacity, SH
-    torso = config.avatar.torso.grid
-    grid = hash_grid_params(torso.n_dims, torso.n_levels, torso.features_per_level, torso.log2_table_size)
+    torso = config.avatar.torso.grid  # its exact size: a coarse 2D grid fills far less than its tables
+    grid = layout_from_config(torso).n_rows * torso.features_per_level
     res = config.avatar.head.residual
     residual = hash_grid_params(3, res.n_levels, 2, res.log2_table_size) + MLP_PARAMS if res.enabled else 0
     knots = 6 * (n_frames // config.pose_knot_frames + 2) if config.pose_knot_frames > 0 else 0
